@@ -1,0 +1,71 @@
+"""The Evaluation record: what the judge says about one candidate on one backend.
+
+Plain data only, so it crosses process and Ray boundaries as JSON (shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+STATUSES = ("ok", "rejected", "compile_error", "incorrect", "timeout", "crashed")
+FEEDBACK_LIMIT = 2000  # characters; feedback goes into prompts and the store
+
+
+@dataclasses.dataclass
+class ShapeResult:
+    """Per-shape figures. Times are seconds; figures that were not produced stay None."""
+
+    shape: tuple[int, int, int]
+    layout: str = "nn"
+    max_abs_err: float | None = None
+    max_scaled_err: float | None = None  # max |C - R| / (|A||B|), see evaluators/correctness.py
+    tolerance: float | None = None  # the bound max_scaled_err was held to
+    time_s: float | None = None  # measured candidate median (cuda backends only)
+    time_iqr_s: float | None = None
+    torch_time_s: float | None = None  # measured torch.matmul median, same protocol
+    tflops: float | None = None  # measured or modelled, per the Evaluation's backend
+    speedup: float | None = None  # torch time / candidate time (measured only)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    status: str
+    backend: str  # "cuda:<device>" measured, "model:<gpu>" modelled, "cpu:interpreter" (no fitness)
+    fitness: float = 0.0  # 0 unless status == "ok" and the backend yields a fitness
+    fitness_kind: str = "none"  # "measured", "modelled" or "none" (CPU check only)
+    feedback: str = ""
+    shapes: list[ShapeResult] = dataclasses.field(default_factory=list)
+    compile: list[dict] = dataclasses.field(default_factory=list)  # per-kernel compile facts
+    seconds: dict = dataclasses.field(default_factory=dict)  # stage -> wall seconds
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
+        if self.status != "ok":
+            self.fitness = 0.0
+        if not math.isfinite(self.fitness) or self.fitness < 0:
+            self.fitness = 0.0
+        if len(self.feedback) > FEEDBACK_LIMIT:
+            self.feedback = self.feedback[: FEEDBACK_LIMIT - 15] + " …[truncated]"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for s in d["shapes"]:
+            s["shape"] = list(s["shape"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Evaluation:
+        d = dict(d)
+        d["shapes"] = [ShapeResult(**{**s, "shape": tuple(s["shape"])}) for s in d.get("shapes", [])]
+        return cls(**d)
