@@ -1,0 +1,22 @@
+"""The judge: static rules, compile-for-target, correctness, guards and GPU timing.
+
+Imports nothing from `evolve`. Public API: `evaluate`, `EvalOptions`, `Evaluation`,
+`Task`, `load_task`.
+"""
+
+__version__ = "0.1.0"
+
+from .evaluate import EvalOptions, evaluate  # noqa: E402
+from .evaluation import Evaluation, ShapeResult  # noqa: E402
+from .task import Task, TaskError, load_task, parse_shapes  # noqa: E402
+
+__all__ = [
+    "EvalOptions",
+    "Evaluation",
+    "ShapeResult",
+    "Task",
+    "TaskError",
+    "evaluate",
+    "load_task",
+    "parse_shapes",
+]

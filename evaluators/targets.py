@@ -74,9 +74,13 @@ def limit_violations(limits: TargetLimits, *, shared: int, regs: int, num_warps:
             "use smaller BLOCK_* tiles or fewer num_stages"
         )
     if regs > limits.max_regs_per_thread:
-        problems.append(f"needs {regs} registers per thread, {limits.name} allows {limits.max_regs_per_thread}")
+        problems.append(
+            f"needs {regs} registers per thread, {limits.name} allows {limits.max_regs_per_thread}"
+        )
     if threads > limits.max_threads_per_block:
-        problems.append(f"num_warps={num_warps} is {threads} threads, above {limits.max_threads_per_block} per CTA")
+        problems.append(
+            f"num_warps={num_warps} is {threads} threads, above {limits.max_threads_per_block} per CTA"
+        )
     elif regs * threads > limits.regs_per_sm:
         problems.append(
             f"{regs} registers x {threads} threads = {regs * threads} exceeds the {limits.regs_per_sm} "

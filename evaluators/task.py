@@ -111,7 +111,7 @@ def parse_shapes(text: str, source: str = "--shapes") -> tuple[Shape, ...]:
             raise TaskError(f"{source}: '{part}' is not M,N,K; write shapes like \"64,64,64;300,260,280\"")
         out.append(tuple(int(f) for f in fields))
     if not out:
-        raise TaskError(f"{source}: no shapes given; write shapes like \"64,64,64;300,260,280\"")
+        raise TaskError(f'{source}: no shapes given; write shapes like "64,64,64;300,260,280"')
     return tuple(_shapes(source, source, out))
 
 
@@ -121,7 +121,9 @@ _FIELDS = {f.name for f in dataclasses.fields(Task)}
 def _build(d: dict, source: str) -> Task:
     unknown = set(d) - _FIELDS
     if unknown:
-        raise TaskError(f"{source}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS - {'source'})}")
+        raise TaskError(
+            f"{source}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS - {'source'})}"
+        )
     for required in ("name", "dtype", "train", "check"):
         if required not in d:
             raise TaskError(f"{source}: missing field '{required}'")
@@ -139,7 +141,9 @@ def _build(d: dict, source: str) -> Task:
     if not isinstance(allow_tf32, bool):
         raise TaskError(f"{source}: field 'allow_tf32' must be true or false")
     if allow_tf32 and d["dtype"] != "fp32":
-        raise TaskError(f"{source}: field 'allow_tf32' applies to dtype fp32 only; remove it or set dtype = \"fp32\"")
+        raise TaskError(
+            f"{source}: field 'allow_tf32' applies to dtype fp32 only; remove it or set dtype = \"fp32\""
+        )
     trials = d.get("trials", 3)
     if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 20:
         raise TaskError(f"{source}: field 'trials' must be an integer from 1 to 20")

@@ -1,0 +1,319 @@
+"""The sandboxed child process: loads one untrusted candidate and answers the parent.
+
+Started by evaluators/sandbox.py with a scrubbed environment, resource limits and a
+temporary working directory, ahead of time (torch and triton already imported) but
+used for one candidate only. Protocol (frames from evaluators/wire.py):
+
+    child  -> {"event": "ready"}
+    parent -> {"cmd": "job", mode, source, task}   mode: compile | check | cuda
+    child  -> {"event": "loaded", ...}  (compile facts for compile/cuda) | {"event": "error", stage, message}
+    parent -> {"cmd": "run", shape, layout, seed}         (repeated)
+    child  -> {"event": "result", ...} + tensor "out"    | {"event": "error", ...}
+    parent -> {"cmd": "time", shape, layout, seeds, protocol}   (GPU only)
+    child  -> {"event": "timed", ...} + recheck tensors
+    parent -> {"cmd": "stop"}
+
+Everything the child says is checked by the parent; the child never decides a status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+import traceback
+
+
+def _private_channels() -> tuple[int, int]:
+    """Keep stdin/stdout for the protocol; the candidate's prints go to stderr."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    return proto_in, proto_out
+
+
+def _tail(exc: BaseException, limit: int = 1200) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("candidate.py")]
+    if frames:
+        text = f"candidate.py line {frames[-1].lineno}: " + text
+    return text[:limit]
+
+
+class Child:
+    def __init__(self, proto_in: int, proto_out: int) -> None:
+        import torch
+
+        from . import guards, wire
+
+        self.torch, self.guards, self.wire = torch, guards, wire
+        self.baseline = torch.matmul  # captured before any candidate code runs
+        self.proto_in, self.proto_out = proto_in, proto_out
+        self.launch = guards.LaunchDepth()
+        self.kept: list = []  # earlier trials' tensors stay alive, so each trial gets new addresses
+        self.recorded_kernels: list = []
+        self._wrap_launchers()
+
+    # -- launch interception, installed before the candidate is imported
+    def _wrap_launchers(self) -> None:
+        from triton.runtime import interpreter, jit
+
+        launch = self.launch
+        recorded = self.recorded_kernels
+        for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+            original = cls.run
+
+            def run(fn_self, *args, _original=original, **kwargs):
+                if getattr(self, "capture", None) is not None:
+                    return self.capture(fn_self, args, kwargs)
+                launch.launches += 1
+                launch.depth += 1
+                try:
+                    result = _original(fn_self, *args, **kwargs)
+                finally:
+                    launch.depth -= 1
+                if result is not None and hasattr(result, "metadata"):
+                    recorded.append((fn_self, result))
+                return result
+
+            cls.run = run
+        self.capture = None
+
+    def send(self, header: dict, tensors: dict | None = None) -> None:
+        self.wire.write_frame(self.proto_out, header, tensors)
+
+    def load(self, path: str, name: str, interpret: bool):
+        # The interpreter must be chosen before triton is imported (triton.language's own
+        # jit helpers are built at import), so the sandbox starts check children with it set.
+        if interpret != (os.environ.get("TRITON_INTERPRET") == "1"):
+            raise RuntimeError(f"child started with TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    # -- stages
+    def compile_offline(self, path: str, task: dict) -> dict:
+        """Capture every launch on meta tensors, compile each new specialisation for the target."""
+        from . import compile as comp
+        from .correctness import layout_views
+
+        module = self.load(path, "candidate", interpret=False)
+        target, backend = comp.child_backend(int(task["target"].split("_")[1]))
+        calls: list = []
+
+        def capture(fn, args, kwargs):
+            grid = kwargs.pop("grid")
+            kwargs.pop("warmup", None)
+            spec = comp.child_specialise(fn, backend, args, kwargs)
+            if callable(grid):
+                named = {**dict(zip(fn.arg_names, args, strict=False)), **kwargs}
+                grid = grid({**named, **spec_constexprs(fn, spec)})
+            calls.append((fn, spec, tuple(int(g) for g in grid)))
+
+        self.capture = capture
+        dtype = self.wire.torch_dtype(task["dtype"])
+        launches, kernels, todo = [], {}, {}
+        try:
+            for shape in task["train"]:
+                for layout in task["layouts"]:
+                    a, b = layout_views(shape, layout, dtype, device="meta")
+                    calls.clear()
+                    module.matmul(a, b)
+                    entry = {"shape": list(shape), "layout": layout, "calls": []}
+                    for fn, spec, grid in calls:
+                        key = comp.spec_key(fn.__name__, spec)
+                        todo.setdefault(key, (fn, spec))
+                        entry["calls"].append({"kernel": fn.__name__, "key": key, "grid": list(grid)})
+                    launches.append(entry)
+        finally:
+            self.capture = None
+        known = task.get("known_kernels", {})
+        for key, (fn, spec) in todo.items():
+            kernels[key] = known.get(key) or {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
+        return {"kernels": kernels, "launches": launches}
+
+    def compile_jit(self, module, task: dict) -> dict:
+        """On a GPU the real JIT compiles at first launch; record what it built."""
+        from . import compile as comp
+        from .correctness import make_inputs
+
+        torch = self.torch
+        launches = []
+        for shape in task["train"]:
+            for layout in task["layouts"]:
+                a, b = make_inputs(tuple(shape), layout, task["dtype"], torch.Generator().manual_seed(0))
+                self.recorded_kernels.clear()
+                module.matmul(a.cuda(), b.cuda())
+                torch.cuda.synchronize()
+                entry = {"shape": list(shape), "layout": layout, "calls": []}
+                for fn, kernel in self.recorded_kernels:
+                    key = f"{fn.__name__}-{kernel.hash}" if hasattr(kernel, "hash") else fn.__name__
+                    entry["calls"].append({"kernel": fn.__name__, "key": key})
+                    facts = comp.compiled_facts(
+                        kernel.asm,
+                        kernel.metadata.shared,
+                        kernel.metadata.num_warps,
+                        kernel.metadata.num_stages,
+                    )
+                    facts.update(kernel=fn.__name__, regs=kernel.n_regs, spill_bytes=kernel.n_spills)
+                    self.kernels[key] = facts
+                launches.append(entry)
+        return {"kernels": self.kernels, "launches": launches}
+
+    def run_once(self, module, task: dict, cmd: dict) -> None:
+        from .correctness import make_inputs
+
+        torch, guards = self.torch, self.guards
+        device = task["device"]
+        gen = torch.Generator().manual_seed(int(cmd["seed"]))
+        a, b = make_inputs(tuple(cmd["shape"]), cmd["layout"], task["dtype"], gen)
+        if device == "cuda":
+            a, b = a.cuda(), b.cuda()
+        a_before, b_before = a.clone(), b.clone()
+        self.kept.append((a_before, b_before))
+        recorder = guards.OpRecorder(self.launch)
+        self.launch.launches = 0
+        with recorder:
+            out = module.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        facts = {
+            "event": "result",
+            "ops": recorder.ops,
+            "launches": self.launch.launches,
+            "output_type": type(out).__module__ + "." + type(out).__qualname__,
+            "inputs_changed": not (torch.equal(a, a_before) and torch.equal(b, b_before)),
+        }
+        if type(out) is not torch.Tensor:
+            self.send(facts)
+            return
+        facts.update(
+            dtype=str(out.dtype).replace("torch.", ""),
+            shape=list(out.shape),
+            device=out.device.type,
+            aliases_input=_shares_memory(out, a) or _shares_memory(out, b),
+        )
+        self.kept.append((a, b, out))
+        wire_out = out if out.dtype in (torch.float16, torch.bfloat16, torch.float32) else out.float()
+        self.send(facts, {"out": wire_out})
+
+    def time_pair(self, module, task: dict, cmd: dict) -> None:
+        from . import timing
+        from .correctness import make_inputs
+
+        torch = self.torch
+        inputs = []
+        for seed in cmd["seeds"]:
+            a, b = make_inputs(
+                tuple(cmd["shape"]), cmd["layout"], task["dtype"], torch.Generator().manual_seed(seed)
+            )
+            inputs.append((a.cuda(), b.cuda()))
+        protocol = timing.TimingProtocol(**cmd.get("protocol", {}))
+        device = timing.CudaDevice(protocol)
+        pair = timing.time_pair(module.matmul, self.baseline, inputs, device, protocol)
+        stats = {
+            name: s.__dict__ if hasattr(s, "__dict__") else dict(s._asdict())
+            for name, s in (("candidate", pair.candidate), ("baseline", pair.baseline))
+        }
+        rechecks = {f"out{i}": out for i, out in pair.rechecks}
+        self.send(
+            {
+                "event": "timed",
+                "stats": _plain(stats),
+                "wall_median_s": pair.wall_median_s,
+                "notes": list(getattr(device, "notes", [])),
+            },
+            rechecks,
+        )
+
+    def serve(self) -> None:
+        """One candidate: compile (offline, CPU), check (interpreter, CPU) or both plus timing (cuda)."""
+        self.send({"event": "ready", "pid": os.getpid()})
+        job, _ = self.wire.read_frame(self.proto_in)
+        task, mode = job["task"], job["mode"]
+        path = os.path.abspath("candidate.py")
+        with open(path, "w") as f:
+            f.write(job["source"])
+        self.kernels: dict = {}
+        try:
+            if mode == "compile":
+                report = self.compile_offline(path, task)
+            elif mode == "check":
+                from .interp_fix import ensure_bf16_dot
+
+                module = self.load(path, "candidate", interpret=True)
+                report = {"interp_bf16_dot": ensure_bf16_dot()}
+            else:
+                module = self.load(path, "candidate", interpret=False)
+                report = self.compile_jit(module, task)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes a message for the parent
+            self.send(
+                {"event": "error", "stage": mode, "message": _tail(e), "memory": isinstance(e, MemoryError)}
+            )
+            return
+        self.send({"event": "loaded", **report})
+        while True:
+            cmd, _ = self.wire.read_frame(self.proto_in)
+            if cmd.get("cmd") not in ("run", "time"):
+                return
+            try:
+                if cmd["cmd"] == "run":
+                    self.run_once(module, task, cmd)
+                else:
+                    self.time_pair(module, task, cmd)
+            except BaseException as e:  # noqa: BLE001
+                self.send(
+                    {
+                        "event": "error",
+                        "stage": cmd["cmd"],
+                        "message": _tail(e),
+                        "memory": isinstance(e, MemoryError) or "allocate" in str(e),
+                    }
+                )
+
+
+def spec_constexprs(fn, spec: dict) -> dict:
+    """Constexpr values by parameter name, for grid lambdas that read META['BLOCK_M']."""
+    out = {}
+    for path, value in spec["constexprs"].items():
+        if len(path) == 1:
+            out[fn.arg_names[path[0]]] = value
+    return out
+
+
+def _shares_memory(x, y) -> bool:
+    xs, ys = x.untyped_storage(), y.untyped_storage()
+    x0, y0 = xs.data_ptr(), ys.data_ptr()
+    return x0 < y0 + ys.nbytes() and y0 < x0 + xs.nbytes() and xs.nbytes() > 0 and ys.nbytes() > 0
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def main() -> None:
+    proto_in, proto_out = _private_channels()
+    start = time.perf_counter()
+    try:
+        child = Child(proto_in, proto_out)
+    except BaseException as e:  # noqa: BLE001
+        from . import wire
+
+        wire.write_frame(proto_out, {"event": "error", "stage": "start", "message": _tail(e)})
+        raise
+    child.startup_s = time.perf_counter() - start
+    child.serve()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: nothing of the candidate's should run after us
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Compile stage: what the GPU compiler makes of a candidate, with or without a GPU.
+
+Without a GPU we capture each launch the entry point makes (on `meta` tensors, so
+nothing runs and nothing is allocated), let Triton's own binder derive the
+specialisation the JIT would use (divisibility-16 attributes, stride-1 constexprs),
+and compile ahead of time for the task's target. Shared memory comes from the
+compiled metadata, registers and spills from the cubin via the `cuobjdump` that
+ships in the Triton wheel. Limits are checked by the caller (targets.py), since an
+offline compile happily produces kernels that would fail to launch.
+
+Functions prefixed `child_` run inside the sandboxed child; the rest in the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+LOG_LIMIT = 1500  # characters of compiler output kept in feedback
+
+
+def truncate(text: str, limit: int = LOG_LIMIT) -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return text[: limit // 3] + "\n…[truncated]…\n" + text[-(2 * limit) // 3 :]
+
+
+# ---------------------------------------------------------------- child side
+
+
+def child_backend(capability: int):
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", capability, 32)
+    return target, make_backend(target)
+
+
+def child_specialise(jit_fn, backend, args: tuple, kwargs: dict) -> dict:
+    """Triton's own binder applied to real arguments: signature, constexprs, attrs, options."""
+    from triton.runtime import jit as tjit
+
+    kwargs = dict(kwargs)
+    binder = tjit.create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = jit_fn._pack_args(
+        backend, kwargs, bound_args, specialization, options
+    )
+    return {"signature": signature, "constexprs": constexprs, "attrs": attrs, "options": options}
+
+
+def spec_key(kernel_name: str, spec: dict) -> str:
+    """Stable text key of one specialisation (what the JIT's own cache keys on)."""
+    opts = spec["options"].__dict__ if hasattr(spec["options"], "__dict__") else spec["options"]
+    opts = {k: v for k, v in sorted(opts.items()) if k not in ("extern_libs",)}
+    text = json.dumps(
+        [
+            kernel_name,
+            spec["signature"],
+            sorted((str(k), repr(v)) for k, v in spec["constexprs"].items()),
+            sorted((str(k), repr(v)) for k, v in spec["attrs"].items()),
+            repr(opts),
+        ],
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def child_compile(jit_fn, spec: dict, target) -> dict:
+    """Compile ahead of time; facts about the result as plain data."""
+    import triton
+    from triton.compiler import ASTSource
+
+    start = time.perf_counter()
+    src = ASTSource(jit_fn, spec["signature"], spec["constexprs"], spec["attrs"])
+    kernel = triton.compile(src, target=target, options=spec["options"].__dict__)
+    facts = compiled_facts(
+        kernel.asm, kernel.metadata.shared, kernel.metadata.num_warps, kernel.metadata.num_stages
+    )
+    facts.update(cubin_resources(kernel.asm["cubin"]))
+    facts["compile_s"] = round(time.perf_counter() - start, 3)
+    return facts
+
+
+def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int) -> dict:
+    ptx = asm.get("ptx", "")
+    return {
+        "shared": int(shared),
+        "num_warps": int(num_warps),
+        "num_stages": int(num_stages),
+        "uses_wgmma": "wgmma" in ptx,
+        "uses_tma": "cp.async.bulk.tensor" in ptx,
+        "dots": dot_facts(asm.get("ttir", "")),
+    }
+
+
+_DOT = re.compile(
+    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<[^>]*?x(\w+)>\s*\*\s*tensor<[^>]*?x(\w+)>"
+)
+
+
+def dot_facts(ttir: str) -> list[dict]:
+    """Each tt.dot's operand element types and input precision (None means IEEE/default)."""
+    out = []
+    for line in ttir.splitlines():
+        if "tt.dot " not in line:
+            continue
+        m = _DOT.search(line)
+        if m:
+            out.append({"precision": m.group(1) or "ieee", "a": m.group(2), "b": m.group(3)})
+    return out
+
+
+def cuobjdump_path() -> str | None:
+    try:
+        import triton
+
+        path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        return str(path) if path.exists() else None
+    except Exception:
+        return None
+
+
+def cubin_resources(cubin: bytes) -> dict:
+    """Registers and spill (local memory) bytes per thread, from `cuobjdump -res-usage`."""
+    tool = cuobjdump_path()
+    if tool is None:
+        return {"regs": None, "spill_bytes": None, "resource_note": "cuobjdump not found in the triton wheel"}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
+    regs = re.search(r"REG:(\d+)", out)
+    local = re.search(r"LOCAL:(\d+)", out)
+    return {
+        "regs": int(regs.group(1)) if regs else None,
+        "spill_bytes": int(local.group(1)) if local else None,
+    }
+
+
+# ---------------------------------------------------------------- parent side
+
+
+class CompileCache:
+    """Compile facts by (source hash, specialisation, target), on disk as one JSON file per source."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "triton-evolve" / "compile"
+        self.root = Path(root) if root else default
+        self._memory: dict[str, dict] = {}
+
+    def _file(self, source_hash: str, target: str) -> Path:
+        return self.root / f"{source_hash}-{target}.json"
+
+    def get(self, source_hash: str, target: str) -> dict:
+        key = f"{source_hash}-{target}"
+        if key not in self._memory:
+            try:
+                self._memory[key] = json.loads(self._file(source_hash, target).read_text())
+            except (OSError, ValueError):
+                self._memory[key] = {}
+        return dict(self._memory[key])
+
+    def put(self, source_hash: str, target: str, entries: dict) -> None:
+        if not entries:
+            return
+        merged = {**self.get(source_hash, target), **entries}
+        self._memory[f"{source_hash}-{target}"] = merged
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self._file(source_hash, target).with_suffix(".tmp")
+            tmp.write_text(json.dumps(merged))
+            tmp.replace(self._file(source_hash, target))
+        except OSError:
+            pass  # a read-only cache only costs time
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def precision_problems(facts: dict, dtype: str, allow_tf32: bool) -> list[str]:
+    """On a strict fp32 task every dot must take fp32 operands at IEEE precision."""
+    if dtype != "fp32" or allow_tf32:
+        return []
+    problems = []
+    for dot in facts.get("dots", []):
+        if dot["a"] != "f32" or dot["b"] != "f32":
+            problems.append(f"tl.dot on {dot['a']} x {dot['b']} operands: the task is strict fp32")
+        elif dot["precision"] != "ieee":
+            problems.append(
+                f"tl.dot with input_precision={dot['precision']}: the task is strict fp32 (no TF32); "
+                'pass input_precision="ieee"'
+            )
+    return problems

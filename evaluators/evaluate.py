@@ -1,0 +1,292 @@
+"""The cascade: static rules -> compile -> correctness -> timing (GPU) -> Evaluation.
+
+Every verdict is reached here, in the trusted process, from what the sandboxed
+child reports: the child runs the candidate, the parent computes the float64
+reference from its own copy of the inputs and compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import time
+
+import torch
+
+from . import compile as comp
+from . import guards, sandbox, static_rules
+from .correctness import compare, make_inputs, reference
+from .evaluation import Evaluation, ShapeResult
+from .targets import TARGET_LIMITS, limit_violations
+from .task import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """How one evaluation runs (documented defaults suit the CPU demo)."""
+
+    device: str = (
+        "cpu"  # "cpu": offline compile + interpreter checks; "cuda": JIT, checks and timing on the GPU
+    )
+    timeout_s: float = 120.0  # hard wall-clock limit for the whole child, compile included
+    memory_bytes: int | None = sandbox.DEFAULT_MEMORY_LIMIT  # child address space (CPU only)
+    prestart: bool = True  # keep one spare child started ahead of time
+    parent_source: str | None = None  # enforce EVOLVE-BLOCK regions against this parent
+
+
+def evaluate(
+    source: str,
+    task: Task,
+    options: EvalOptions | None = None,
+    *,
+    cache: comp.CompileCache | None = None,
+    **overrides,
+) -> Evaluation:
+    """Judge one kernel module. Never raises for a bad candidate: the status says what went wrong."""
+    options = dataclasses.replace(options or EvalOptions(), **overrides)
+    cache = cache if cache is not None else _default_cache()
+    return _Run(source, task, options, cache).run()
+
+
+_CACHE: comp.CompileCache | None = None
+
+
+def _default_cache() -> comp.CompileCache:
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = comp.CompileCache()
+    return _CACHE
+
+
+class _Stop(Exception):
+    def __init__(self, status: str, feedback: str) -> None:
+        super().__init__(feedback)
+        self.status, self.feedback = status, feedback
+
+
+class _Run:
+    def __init__(self, source: str, task: Task, options: EvalOptions, cache: comp.CompileCache) -> None:
+        self.source, self.task, self.options, self.cache = source, task, options, cache
+        self.seconds: dict[str, float] = {}
+        self.shapes: list[ShapeResult] = []
+        self.kernels: dict = {}
+        self.provenance = _provenance(options.device)
+        self.backend = (
+            "cpu:interpreter" if options.device == "cpu" else f"cuda:{self.provenance.get('gpu', '?')}"
+        )
+
+    def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
+        compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
+        return Evaluation(
+            status=status,
+            backend=self.backend,
+            fitness=fitness,
+            fitness_kind=kind,
+            feedback=feedback,
+            shapes=self.shapes,
+            compile=compile_facts,
+            seconds={k: round(v, 3) for k, v in self.seconds.items()},
+            provenance=self.provenance,
+        )
+
+    def run(self) -> Evaluation:
+        start = time.perf_counter()
+        violations = static_rules.check_source(self.source, parent_source=self.options.parent_source)
+        self.seconds["static"] = time.perf_counter() - start
+        if violations:
+            return self.result("rejected", static_rules.feedback(violations))
+        deadline = time.monotonic() + self.options.timeout_s
+        cpu = self.options.device == "cpu"
+        boxes: list[sandbox.Sandbox] = []
+        try:
+            # On a CPU the offline compile and the interpreter need triton imported two
+            # different ways, so they run in two children; on a GPU one child does all.
+            box = self._open(boxes, "compile" if cpu else "cuda", deadline)
+            self.compile(box, deadline)
+            if cpu:
+                box.close()
+                box = self._open(boxes, "check", deadline)
+                self.load_checker(box, deadline)
+            self.check(box, deadline)
+            if not cpu:
+                return self.time(box, deadline)
+            return self.result(
+                "ok",
+                "correct on every check shape under the CPU interpreter; "
+                "no fitness: nothing was timed or modelled on this backend",
+            )
+        except _Stop as stop:
+            return self.result(stop.status, stop.feedback)
+        except sandbox.ChildTimeout:
+            return self.result(
+                "timeout",
+                f"no answer within the {self.options.timeout_s:g} s limit "
+                "(a hang, an endless loop, or far too slow)",
+            )
+        except sandbox.ChildDied as died:
+            return self.result("crashed", str(died))
+        finally:
+            for box in boxes:
+                box.close()
+            self.seconds["total"] = time.perf_counter() - start
+
+    def _open(self, boxes: list, mode: str, deadline: float) -> sandbox.Sandbox:
+        box = sandbox.take(mode, self.options.memory_bytes, self.options.prestart)
+        boxes.append(box)
+        self.seconds[f"{mode}_child_wait"] = box.wait_ready(deadline)
+        return box
+
+    def job(self, box: sandbox.Sandbox, mode: str, deadline: float, extra: dict | None = None) -> dict:
+        task = {**self.task.to_dict(), "device": self.options.device, **(extra or {})}
+        header, _ = box.request({"cmd": "job", "mode": mode, "source": self.source, "task": task}, deadline)
+        if header.get("event") == "error":
+            status = "crashed" if header.get("memory") else "compile_error"
+            raise _Stop(status, f"{header.get('stage')} failed: {comp.truncate(str(header.get('message')))}")
+        if header.get("event") != "loaded":
+            raise _Stop("crashed", f"the child sent an unexpected reply to the {mode} request")
+        return header
+
+    def load_checker(self, box: sandbox.Sandbox, deadline: float) -> None:
+        start = time.perf_counter()
+        header = self.job(box, "check", deadline)
+        self.provenance["interp_bf16_dot"] = header.get("interp_bf16_dot")
+        self.seconds["check_load"] = time.perf_counter() - start
+
+    def compile(self, box: sandbox.Sandbox, deadline: float) -> None:
+        start = time.perf_counter()
+        src_hash = comp.source_hash(self.source)
+        known = self.cache.get(src_hash, self.task.target) if self.options.device == "cpu" else {}
+        mode = "compile" if self.options.device == "cpu" else "cuda"
+        header = self.job(box, mode, deadline, {"known_kernels": known})
+        self.seconds["compile"] = time.perf_counter() - start
+        self.kernels = dict(header.get("kernels", {}))
+        self.launches = header.get("launches", [])
+        if self.options.device == "cpu":
+            self.cache.put(src_hash, self.task.target, self.kernels)
+        if not any(entry["calls"] for entry in self.launches) and self.options.device == "cpu":
+            raise _Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+        limits = TARGET_LIMITS[self.task.target]
+        for key, facts in self.kernels.items():
+            problems = limit_violations(
+                limits,
+                shared=facts.get("shared", 0),
+                regs=facts.get("regs") or 0,
+                num_warps=facts.get("num_warps", 4),
+            )
+            if problems:
+                raise _Stop(
+                    "compile_error", f"kernel {facts.get('kernel')} {key[:8]}: " + "; ".join(problems)
+                )
+            precision = comp.precision_problems(facts, self.task.dtype, self.task.allow_tf32)
+            if precision:
+                raise _Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
+
+    def check(self, box: sandbox.Sandbox, deadline: float) -> None:
+        """Fresh inputs each trial; reference from the parent's own copy; every layout."""
+        start = time.perf_counter()
+        shapes = self.task.check if self.options.device == "cpu" else self.task.train
+        device = "cuda" if self.options.device == "cuda" else "cpu"
+        for shape in shapes:
+            for layout in self.task.layouts:
+                result = ShapeResult(shape=tuple(shape), layout=layout, max_abs_err=0.0, max_scaled_err=0.0)
+                self.shapes.append(result)
+                for _ in range(self.task.trials):
+                    seed = secrets.randbits(63)
+                    a, b = make_inputs(
+                        tuple(shape), layout, self.task.dtype, torch.Generator().manual_seed(seed)
+                    )
+                    ref = reference(a.to(device), b.to(device))
+                    header, tensors = box.request(
+                        {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}, deadline
+                    )
+                    where = f"shape {tuple(shape)} layout {layout}"
+                    verdict = self.judge_output(header, tensors, ref, shape, where)
+                    result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
+                    result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
+                    result.tolerance = verdict.tolerance
+        self.seconds["correctness"] = time.perf_counter() - start
+
+    def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
+        if header.get("event") == "error":
+            status = "crashed"
+            hint = " (out of memory)" if header.get("memory") else ""
+            raise _Stop(
+                status, f"{where}: the entry point raised{hint}: {comp.truncate(str(header.get('message')))}"
+            )
+        forbidden = guards.describe_forbidden([str(o) for o in header.get("ops", [])])
+        if forbidden:
+            raise _Stop("rejected", f"{where}: {forbidden}")
+        if int(header.get("launches", 0)) < 1:
+            raise _Stop(
+                "rejected", f"{where}: the call launched no Triton kernel; the work must happen in Triton"
+            )
+        if header.get("output_type") != "torch.Tensor":
+            raise _Stop(
+                "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
+            )
+        M, N, _K = shape
+        expected_dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
+        if header.get("shape") != [M, N] or header.get("dtype") != expected_dtype:
+            raise _Stop(
+                "incorrect",
+                f"{where}: returned shape {header.get('shape')} {header.get('dtype')}, "
+                f"expected [{M}, {N}] {expected_dtype}",
+            )
+        if header.get("aliases_input"):
+            raise _Stop(
+                "incorrect", f"{where}: the output shares memory with an input; allocate a new tensor"
+            )
+        if header.get("inputs_changed"):
+            raise _Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
+        out = tensors.get("out")
+        if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{expected_dtype}":
+            raise _Stop("incorrect", f"{where}: the output did not arrive intact")
+        verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
+        if not verdict.ok:
+            raise _Stop("incorrect", f"{where}: {verdict.message}")
+        return verdict
+
+    def time(self, box: sandbox.Sandbox, deadline: float) -> Evaluation:  # pragma: no cover - needs a GPU
+        from .gpu_timing import time_task
+
+        return time_task(self, box, deadline)
+
+
+def _provenance(device: str) -> dict:
+    import platform
+
+    import triton
+
+    from . import __version__
+
+    info = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "triton_evolve": __version__,
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["driver"] = _driver_version()
+    return info
+
+
+def _driver_version() -> str | None:  # pragma: no cover - needs a GPU
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libcuda.so.1")
+        v = ctypes.c_int()
+        lib.cuDriverGetVersion(ctypes.byref(v))
+        return f"{v.value // 1000}.{(v.value % 1000) // 10}"
+    except OSError:
+        return None
+
+
+def geometric_mean(values: list[float]) -> float:
+    if not values or any(v <= 0 for v in values):
+        return 0.0
+    return math.exp(sum(math.log(v) for v in values) / len(values))

@@ -1,0 +1,91 @@
+"""Run-time guards inside the child: which torch ops the entry point calls, and
+whether it launched a Triton kernel at all.
+
+The static rules already reject named matrix products; these catch what a name
+check cannot: a product reached through some other torch function (tensordot,
+broadcasting plus a sum, a conv), or an entry point that returns without launching
+anything. Torch ops made by Triton's own launch machinery (the interpreter copies
+arguments) are not the candidate's and are not recorded.
+"""
+
+from __future__ import annotations
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# What an honest entry point needs from torch: allocate, view, cast, copy, and the
+# sum / add that finish a split-K reduction. Arithmetic that could compute a product
+# (mul, exp, ...) belongs in the Triton kernel.
+ALLOWED_OPS = frozenset(
+    """
+    empty empty_strided empty_like new_empty new_empty_strided zeros zeros_like new_zeros
+    full full_like new_full ones ones_like fill_ zero_ t transpose permute view reshape
+    _unsafe_view expand as_strided contiguous clone copy_ _to_copy to detach alias
+    select slice unsqueeze squeeze sum add add_ resolve_conj resolve_neg lift_fresh
+    """.split()
+)
+PRODUCT_WORDS = (
+    "mm",
+    "matmul",
+    "dot",
+    "linear",
+    "einsum",
+    "tensordot",
+    "conv",
+    "mv",
+    "ger",
+    "outer",
+    "bilinear",
+)
+
+
+def op_name(func) -> str:
+    packet = getattr(func, "overloadpacket", None)
+    return getattr(packet, "__name__", str(func)).split(".")[-1]
+
+
+class LaunchDepth:
+    """Counts Triton launches; ops seen while a launch is in progress are Triton's own."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+        self.depth = 0
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self, launch: LaunchDepth) -> None:
+        super().__init__()
+        self.launch = launch
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.launch.depth == 0:
+            self.ops.append(op_name(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _is_product(op: str) -> bool:
+    return op.lstrip("_") in PRODUCT_WORDS or any(w in op for w in ("mm", "matmul", "conv"))
+
+
+def classify_ops(ops: list[str]) -> tuple[list[str], list[str]]:
+    """(matrix products, other forbidden ops) among the recorded ops, each named once."""
+    seen = list(dict.fromkeys(ops))
+    products = [o for o in seen if _is_product(o)]
+    others = [o for o in seen if o not in ALLOWED_OPS and o not in products]
+    return products, others
+
+
+def describe_forbidden(ops: list[str]) -> str:
+    """Feedback for the first guard that fired; empty when every op was allowed."""
+    products, others = classify_ops(ops)
+    if products:
+        return (
+            f"the entry point called torch op(s) {', '.join('aten.' + o for o in products)}: a library matrix "
+            "product; compute C in your own Triton kernel"
+        )
+    if others:
+        return (
+            f"the entry point called torch op(s) {', '.join('aten.' + o for o in others)}; outside Triton kernels "
+            "the entry point may only allocate, view, cast, copy and sum split-K partials"
+        )
+    return ""
