@@ -201,33 +201,41 @@ class Child:
         wire_out = out if out.dtype in (torch.float16, torch.bfloat16, torch.float32) else out.float()
         self.send(facts, {"out": wire_out})
 
-    def time_pair(self, module, task: dict, cmd: dict) -> None:
+    def time_pair(self, module, task: dict, cmd: dict) -> None:  # pragma: no cover - needs a GPU
+        """Candidate vs torch.matmul, interleaved (evaluators/timing.py), then a cache probe.
+
+        The probe refills every timed buffer in place (same addresses, new values) and
+        calls the candidate once more: a result cached by pointer or shape is then wrong.
+        """
         from . import timing
         from .correctness import make_inputs
 
         torch = self.torch
-        inputs = []
-        for seed in cmd["seeds"]:
-            a, b = make_inputs(
-                tuple(cmd["shape"]), cmd["layout"], task["dtype"], torch.Generator().manual_seed(seed)
-            )
-            inputs.append((a.cuda(), b.cuda()))
+        shape, layout, dtype = tuple(cmd["shape"]), cmd["layout"], task["dtype"]
+
+        def inputs_for(seed: int):
+            return make_inputs(shape, layout, dtype, torch.Generator().manual_seed(int(seed)))
+
+        inputs = [tuple(x.cuda() for x in inputs_for(seed)) for seed in cmd["seeds"]]
         protocol = timing.TimingProtocol(**cmd.get("protocol", {}))
-        device = timing.CudaDevice(protocol)
-        pair = timing.time_pair(module.matmul, self.baseline, inputs, device, protocol)
-        stats = {
-            name: s.__dict__ if hasattr(s, "__dict__") else dict(s._asdict())
-            for name, s in (("candidate", pair.candidate), ("baseline", pair.baseline))
-        }
-        rechecks = {f"out{i}": out for i, out in pair.rechecks}
+        pair = timing.time_pair(module.matmul, self.baseline, inputs, self.cuda_device, protocol)
+        out = {f"timed{i}": o for i, o in pair.rechecks}
+        for j, seed in enumerate(cmd["probe_seeds"]):
+            a, b = inputs[j + 1]
+            fresh_a, fresh_b = inputs_for(seed)
+            a.copy_(fresh_a)
+            b.copy_(fresh_b)
+            out[f"probe{j + 1}"] = module.matmul(a, b)
+        torch.cuda.synchronize()
+        stats = {"candidate": _plain(pair.candidate.__dict__), "baseline": _plain(pair.baseline.__dict__)}
         self.send(
             {
                 "event": "timed",
-                "stats": _plain(stats),
+                "stats": stats,
                 "wall_median_s": pair.wall_median_s,
-                "notes": list(getattr(device, "notes", [])),
+                "notes": list(pair.notes),
             },
-            rechecks,
+            {k: v for k, v in out.items() if type(v) is torch.Tensor},
         )
 
     def serve(self) -> None:
@@ -248,6 +256,9 @@ class Child:
                 module = self.load(path, "candidate", interpret=True)
                 report = {"interp_bf16_dot": ensure_bf16_dot()}
             else:
+                from .timing import CudaDevice
+
+                self.cuda_device = CudaDevice()  # binds sync and events before candidate code exists
                 module = self.load(path, "candidate", interpret=False)
                 report = self.compile_jit(module, task)
         except BaseException as e:  # noqa: BLE001 - every failure becomes a message for the parent
@@ -272,6 +283,7 @@ class Child:
                         "stage": cmd["cmd"],
                         "message": _tail(e),
                         "memory": isinstance(e, MemoryError) or "allocate" in str(e),
+                        "timing_guard": type(e).__name__ == "TimingError",
                     }
                 )
 

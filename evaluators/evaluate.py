@@ -97,20 +97,32 @@ class _Run:
         if violations:
             return self.result("rejected", static_rules.feedback(violations))
         deadline = time.monotonic() + self.options.timeout_s
+        evaluation = self.stages(deadline)
+        evaluation.seconds["total"] = round(time.perf_counter() - start, 3)
+        return evaluation
+
+    def stages(self, deadline: float) -> Evaluation:
         cpu = self.options.device == "cpu"
         boxes: list[sandbox.Sandbox] = []
         try:
             # On a CPU the offline compile and the interpreter need triton imported two
-            # different ways, so they run in two children; on a GPU one child does all.
-            box = self._open(boxes, "compile" if cpu else "cuda", deadline)
-            self.compile(box, deadline)
+            # different ways, so they run in two children (started together); on a GPU one does all.
             if cpu:
-                box.close()
-                box = self._open(boxes, "check", deadline)
-                self.load_checker(box, deadline)
-            self.check(box, deadline)
+                compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
+                check_box = sandbox.take("check", self.options.memory_bytes, self.options.prestart)
+                boxes += [compile_box, check_box]
+            else:
+                compile_box = check_box = sandbox.take("cuda", None, self.options.prestart)
+                boxes.append(compile_box)
+            self.wait(compile_box, "compile_child_wait", deadline)
+            self.compile(compile_box, deadline)
+            if cpu:
+                compile_box.close()
+                self.wait(check_box, "check_child_wait", deadline)
+                self.load_checker(check_box, deadline)
+            self.check(check_box, deadline)
             if not cpu:
-                return self.time(box, deadline)
+                return self.time(check_box, deadline)
             return self.result(
                 "ok",
                 "correct on every check shape under the CPU interpreter; "
@@ -121,21 +133,18 @@ class _Run:
         except sandbox.ChildTimeout:
             return self.result(
                 "timeout",
-                f"no answer within the {self.options.timeout_s:g} s limit "
-                "(a hang, an endless loop, or far too slow)",
+                f"no answer within the {self.options.timeout_s:g} s limit (a hang, an endless loop, or far too slow)",
             )
         except sandbox.ChildDied as died:
             return self.result("crashed", str(died))
         finally:
             for box in boxes:
                 box.close()
-            self.seconds["total"] = time.perf_counter() - start
 
-    def _open(self, boxes: list, mode: str, deadline: float) -> sandbox.Sandbox:
-        box = sandbox.take(mode, self.options.memory_bytes, self.options.prestart)
-        boxes.append(box)
-        self.seconds[f"{mode}_child_wait"] = box.wait_ready(deadline)
-        return box
+    def wait(self, box: sandbox.Sandbox, label: str, deadline: float) -> None:
+        start = time.perf_counter()
+        box.wait_ready(deadline)
+        self.seconds[label] = time.perf_counter() - start
 
     def job(self, box: sandbox.Sandbox, mode: str, deadline: float, extra: dict | None = None) -> dict:
         task = {**self.task.to_dict(), "device": self.options.device, **(extra or {})}
