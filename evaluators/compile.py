@@ -103,7 +103,7 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int) -> d
 
 
 _DOT = re.compile(
-    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<[^>]*?x(\w+)>\s*\*\s*tensor<[^>]*?x(\w+)>"
+    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<(?:\d+x)+(\w+)>\s*\*\s*tensor<(?:\d+x)+(\w+)>"
 )
 
 

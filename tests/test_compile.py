@@ -1,0 +1,48 @@
+import pytest
+
+from evaluators.compile import CompileCache, dot_facts, precision_problems, truncate
+from evaluators.targets import TARGET_LIMITS, limit_violations, peak_tflops
+
+TTIR_TF32 = "%acc = tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<128x64xf32> * tensor<64x128xf32> -> tensor<128x128xf32>"
+TTIR_IEEE = "%acc = tt.dot %a, %b, %c : tensor<64x32xf32> * tensor<32x64xf32> -> tensor<64x64xf32>"
+TTIR_F16 = "%acc = tt.dot %a, %b, %c : tensor<64x32xf16> * tensor<32x64xf16> -> tensor<64x64xf32>"
+
+
+def test_dot_facts_and_strict_fp32():
+    facts = {"dots": dot_facts(TTIR_TF32)}
+    assert facts["dots"][0]["precision"] == "tf32"
+    assert "input_precision=tf32" in precision_problems(facts, "fp32", False)[0]
+    assert precision_problems(facts, "fp32", True) == []
+    assert precision_problems({"dots": dot_facts(TTIR_IEEE)}, "fp32", False) == []
+    assert "f16" in precision_problems({"dots": dot_facts(TTIR_F16)}, "fp32", False)[0]
+    assert precision_problems({"dots": dot_facts(TTIR_F16)}, "fp16", False) == []
+
+
+def test_limits_per_target():
+    sm90, sm89 = TARGET_LIMITS["sm_90"], TARGET_LIMITS["sm_89"]
+    assert limit_violations(sm90, shared=98304, regs=116, num_warps=8) == []
+    assert "shared memory" in limit_violations(sm89, shared=196608, regs=116, num_warps=8)[0]
+    assert "registers" in limit_violations(sm90, shared=0, regs=255, num_warps=16)[0]
+    assert "threads" in limit_violations(sm90, shared=0, regs=32, num_warps=64)[0]
+
+
+def test_peaks():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4)
+    assert peak_tflops("NVIDIA H100 PCIe", "fp16") == pytest.approx(756.0)
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32", allow_tf32=True) == pytest.approx(156.0)
+    assert peak_tflops("Some Unknown GPU", "fp16") is None
+
+
+def test_cache_roundtrip(tmp_path):
+    cache = CompileCache(tmp_path)
+    assert cache.get("abc", "sm_90") == {}
+    cache.put("abc", "sm_90", {"k1": {"shared": 1}})
+    cache.put("abc", "sm_90", {"k2": {"shared": 2}})
+    assert CompileCache(tmp_path).get("abc", "sm_90") == {"k1": {"shared": 1}, "k2": {"shared": 2}}
+    assert CompileCache(tmp_path).get("abc", "sm_80") == {}
+
+
+def test_truncate_keeps_both_ends():
+    text = "start " + "x" * 5000 + " end"
+    out = truncate(text, 300)
+    assert out.startswith("start") and out.endswith("end") and len(out) < 400

@@ -1,0 +1,113 @@
+"""The cascade end to end on the CPU: the seed is accepted, verdicts arrive as JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluators import Evaluation, Task, evaluate
+from evaluators.compile import CompileCache
+
+SEED = Path("kernels/seeds/tiled_matmul.py").read_text()
+SMALL = Task(
+    name="small",
+    dtype="fp16",
+    layouts=("nn",),
+    train=((512, 512, 512),),
+    held_out=(),
+    check=((48, 40, 72),),
+    trials=2,
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return CompileCache(tmp_path_factory.mktemp("compile-cache"))
+
+
+def test_seed_is_ok_and_reports_compile_facts(cache):
+    ev = evaluate(SEED, SMALL, cache=cache, timeout_s=120)
+    assert ev.status == "ok", ev.feedback
+    assert ev.backend == "cpu:interpreter" and ev.fitness == 0.0 and ev.fitness_kind == "none"
+    assert "no fitness" in ev.feedback
+    assert [s.shape for s in ev.shapes] == [(48, 40, 72)]
+    assert ev.shapes[0].max_scaled_err <= ev.shapes[0].tolerance
+    (kernel,) = ev.compile
+    assert kernel["shared"] > 0 and kernel["regs"] > 0 and kernel["spill_bytes"] == 0
+    assert kernel["uses_wgmma"] is True  # sm_90 and a 128x128 tile at 512^3
+    assert ev.provenance["interp_bf16_dot"] in ("ok", "patched")
+    # the compile is cached by (source, specialisation, target)
+    again = evaluate(SEED, SMALL, cache=cache, timeout_s=120)
+    assert again.status == "ok" and again.seconds["compile"] < ev.seconds["compile"]
+
+
+def test_strict_fp32_seed_uses_ieee_dots(cache):
+    task = Task(
+        name="f32",
+        dtype="fp32",
+        layouts=("nn",),
+        train=((256, 256, 256),),
+        held_out=(),
+        check=((32, 32, 32),),
+        trials=1,
+    )
+    ev = evaluate(SEED, task, cache=cache, timeout_s=120)
+    assert ev.status == "ok", ev.feedback
+    assert {d["precision"] for k in ev.compile for d in k["dots"]} == {"ieee"}
+    assert {d["a"] for k in ev.compile for d in k["dots"]} == {"f32"}
+
+
+def test_compile_limit_is_enforced(cache):
+    huge = SEED.replace(
+        "return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)",
+        "return dict(BLOCK_M=256, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=5)",
+    )
+    big = Task(
+        name="big",
+        dtype="fp16",
+        layouts=("nn",),
+        train=((1024, 1024, 1024),),
+        held_out=(),
+        check=((48, 40, 72),),
+        trials=1,
+    )
+    ev = evaluate(huge, big, cache=cache, timeout_s=300)
+    assert ev.status == "compile_error", ev.feedback
+    assert "shared memory" in ev.feedback and "sm_90" in ev.feedback
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "evaluators", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_json_is_last_line_even_for_broken_kernels(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import os\ndef matmul(a, b:\n")
+    out = _cli("check", str(broken), "--task", "runs/demo_cpu.toml", "--json")
+    assert out.returncode == 1
+    ev = Evaluation.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert ev.status == "rejected" and "line 2" in ev.feedback
+    assert set(json.loads(out.stdout.splitlines()[-1])) >= {
+        "status",
+        "backend",
+        "fitness",
+        "fitness_kind",
+        "feedback",
+        "shapes",
+        "compile",
+        "seconds",
+        "provenance",
+    }
+
+
+def test_cli_bad_arguments_are_clear(tmp_path):
+    out = _cli("check", "kernels/seeds/tiled_matmul.py", "--task", "runs/missing.toml")
+    assert out.returncode == 2 and "no such task file" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("check", str(tmp_path / "nope.py"), "--task", "runs/demo_cpu.toml")
+    assert out.returncode == 2 and "no such kernel file" in out.stderr
+    out = _cli("check", "kernels/seeds/tiled_matmul.py", "--task", "runs/demo_cpu.toml", "--shapes", "1,2")
+    assert out.returncode == 2 and "M,N,K" in out.stderr
