@@ -150,15 +150,16 @@ def cubin_resources(cubin: bytes) -> dict:
 
 
 class CompileCache:
-    """Compile facts by (source hash, specialisation, target), on disk as one JSON file per source."""
+    """Compile facts by (source hash, specialisation, target), one JSON file per source, and
+    finished verdicts by (source, task, backend) under evaluations/."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "triton-evolve" / "compile"
-        self.root = Path(root) if root else default
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "triton-evolve"
+        self.root = Path(root or os.environ.get("TRITON_EVOLVE_CACHE") or default)
         self._memory: dict[str, dict] = {}
 
     def _file(self, source_hash: str, target: str) -> Path:
-        return self.root / f"{source_hash}-{target}.json"
+        return self.root / "compile" / f"{source_hash}-{target}.json"
 
     def get(self, source_hash: str, target: str) -> dict:
         key = f"{source_hash}-{target}"
@@ -175,12 +176,28 @@ class CompileCache:
         merged = {**self.get(source_hash, target), **entries}
         self._memory[f"{source_hash}-{target}"] = merged
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._file(source_hash, target).parent.mkdir(parents=True, exist_ok=True)
             tmp = self._file(source_hash, target).with_suffix(".tmp")
             tmp.write_text(json.dumps(merged))
             tmp.replace(self._file(source_hash, target))
         except OSError:
             pass  # a read-only cache only costs time
+
+    def get_evaluation(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.root / "evaluations" / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put_evaluation(self, key: str, evaluation: dict) -> None:
+        try:
+            folder = self.root / "evaluations"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{key}.tmp"
+            tmp.write_text(json.dumps(evaluation))
+            tmp.replace(folder / f"{key}.json")
+        except OSError:
+            pass
 
 
 def source_hash(source: str) -> str:

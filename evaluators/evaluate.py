@@ -8,9 +8,13 @@ reference from its own copy of the inputs and compares.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import math
 import secrets
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +37,7 @@ class EvalOptions:
     memory_bytes: int | None = sandbox.DEFAULT_MEMORY_LIMIT  # child address space (CPU only)
     prestart: bool = True  # keep one spare child started ahead of time
     parent_source: str | None = None  # enforce EVOLVE-BLOCK regions against this parent
+    memo: bool = True  # return the stored verdict for a (source, task, backend) judged before
 
 
 def evaluate(
@@ -46,7 +51,44 @@ def evaluate(
     """Judge one kernel module. Never raises for a bad candidate: the status says what went wrong."""
     options = dataclasses.replace(options or EvalOptions(), **overrides)
     cache = cache if cache is not None else _default_cache()
-    return _Run(source, task, options, cache).run()
+    run = _Run(source, task, options, cache)
+    key = _memo_key(source, task, options, run.backend)
+    if options.memo:
+        start = time.perf_counter()
+        stored = cache.get_evaluation(key)
+        if stored is not None:
+            evaluation = Evaluation.from_dict(stored)
+            evaluation.seconds = {"memo": round(time.perf_counter() - start, 4)}
+            evaluation.provenance["memo_hit"] = True
+            return evaluation
+    evaluation = run.run()
+    if evaluation.status in MEMO_STATUSES:
+        cache.put_evaluation(key, evaluation.to_dict())
+    return evaluation
+
+
+# Verdicts that depend only on the source and the task; timeouts and crashes may be
+# the machine's fault, so those are judged afresh next time.
+MEMO_STATUSES = ("ok", "rejected", "compile_error", "incorrect")
+
+
+def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> str:
+    task_dict = {k: v for k, v in task.to_dict().items() if k != "source"}
+    text = json.dumps(
+        [source, task_dict, backend, options.parent_source, _judge_fingerprint()], sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _judge_fingerprint() -> str:
+    """Hash of the judge's own code and versions: a changed judge never reuses old verdicts."""
+    import triton
+
+    digest = hashlib.sha256(f"{torch.__version__} {triton.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 _CACHE: comp.CompileCache | None = None

@@ -39,8 +39,12 @@ def test_seed_is_ok_and_reports_compile_facts(cache):
     assert kernel["uses_wgmma"] is True  # sm_90 and a 128x128 tile at 512^3
     assert ev.provenance["interp_bf16_dot"] in ("ok", "patched")
     # the compile is cached by (source, specialisation, target)
-    again = evaluate(SEED, SMALL, cache=cache, timeout_s=120)
+    again = evaluate(SEED, SMALL, cache=cache, timeout_s=120, memo=False)
     assert again.status == "ok" and again.seconds["compile"] < ev.seconds["compile"]
+    # and a finished verdict is remembered whole
+    memo = evaluate(SEED, SMALL, cache=cache)
+    assert memo.provenance["memo_hit"] is True and memo.status == "ok" and memo.seconds["memo"] < 0.5
+    assert memo.shapes == again.shapes
 
 
 def test_strict_fp32_seed_uses_ieee_dots(cache):

@@ -90,7 +90,7 @@ def launch(a, b, c, M, N, K, precision=None):
 def matmul(a, b):
     M, K = a.shape
     N = b.shape[1]
-    scratch = torch.empty(1 << 40, dtype=torch.uint8, device=a.device)
+    scratch = torch.empty(1 << 40, dtype=torch.int8, device=a.device)
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)
     launch(a, b, c, M, N, K)
     return c if scratch.numel() else c

@@ -1,0 +1,189 @@
+"""Adversarial kernels: each module in kernels/ is one cheat (or one honest kernel) and must
+end with exactly the expected status and feedback. See each module's docstring for the cheat
+and its source in shared/REFERENCES.md.
+
+CPU only (interpreter checks). Check shapes are kept tiny; the ragged (300, 260, 280) shape
+is used only where the cheat needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluators import Task, evaluate
+
+KERNELS = Path(__file__).parent / "kernels"
+SEED = Path(__file__).resolve().parents[2] / "kernels" / "seeds" / "tiled_matmul.py"
+TRAIN = ((256, 256, 256),)
+
+
+def task(dtype: str = "fp16", check=((64, 64, 64),), layouts=("nn",), trials: int = 2) -> Task:
+    return Task(
+        name="adv", dtype=dtype, layouts=layouts, train=TRAIN, held_out=(), check=check, trials=trials
+    )
+
+
+SMALL = task()
+RAGGED = task(check=((64, 64, 64), (300, 260, 280)), trials=1)
+K128 = task(check=((64, 64, 128),))
+FP32 = task(dtype="fp32")
+
+
+def source(name: str) -> str:
+    return (KERNELS / f"{name}.py").read_text()
+
+
+def run(name: str, t: Task = SMALL, timeout_s: float = 60.0):
+    return evaluate(source(name), t, timeout_s=timeout_s)
+
+
+# name, task, expected status, phrases that must all appear in the feedback
+CASES = [
+    # 1. matrix product reached indirectly
+    ("product_tensordot", SMALL, "rejected", ["torch.tensordot is a library matrix product"]),
+    ("product_via_cov", SMALL, "rejected", ["aten.mm", "a library matrix product"]),
+    ("product_broadcast_sum", SMALL, "rejected", ["aten.mul", "may only allocate, view, cast, copy"]),
+    # 2. cached results
+    ("cached_results", SMALL, "incorrect", ["shape (64, 64, 64)", "max scaled error"]),
+    ("cached_no_launch", SMALL, "rejected", ["launched no Triton kernel"]),
+    # 3. only small shapes computed
+    ("small_shapes_only", RAGGED, "incorrect", ["shape (300, 260, 280)", "max scaled error"]),
+    # 4. inputs zeroed in place
+    ("zero_inputs", SMALL, "incorrect", ["modified its inputs"]),
+    # 5. uninitialised output
+    ("uninit_no_launch", SMALL, "rejected", ["launched no Triton kernel on any training shape"]),
+    ("uninit_row0", SMALL, "incorrect", ["shape (64, 64, 64)"]),
+    # 6. checker monkeypatched
+    ("patch_allclose", SMALL, "rejected", ["torch.allclose monkeypatches", "torch.testing.assert_close"]),
+    ("patch_tensor_eq", SMALL, "rejected", ["torch.Tensor.__eq__ monkeypatches a library"]),
+    # 7. side stream
+    ("side_stream", SMALL, "rejected", ["no streams, events, graphs or syncs"]),
+    # 8. silent exit
+    ("os_exit", SMALL, "rejected", ["import os is not allowed"]),
+    ("system_exit", SMALL, "compile_error", ["SystemExit"]),
+    ("wild_pointer_segv", SMALL, "crashed", ["killed by SIGSEGV"]),
+    ("oom_huge_empty", SMALL, "crashed", ["(out of memory)", "can't allocate memory"]),
+    # 9. environment read
+    ("env_read_static", SMALL, "rejected", ["typing.sys", "torch.os", "triton.knobs", "math.__dict__"]),
+    # 11. memory bombs
+    ("memory_bomb_list", SMALL, "crashed", ["MemoryError"]),
+    # 12. precision lowered on an fp32 task
+    ("fp32_cast_fp16", FP32, "incorrect", ["f16 x", "strict fp32"]),
+    ("fp32_default_tf32", FP32, "incorrect", ["input_precision=tf32", "strict fp32"]),
+    # 13. wrong type / dtype
+    ("returns_fp32", SMALL, "incorrect", ["float32, expected [64, 64] float16"]),
+    ("returns_subclass", SMALL, "incorrect", ["candidate.Result, expected a plain torch.Tensor"]),
+    # 14. aliasing
+    ("returns_input", SMALL, "incorrect", ["shares memory with an input"]),
+    ("returns_view", SMALL, "incorrect", ["shares memory with an input"]),
+    # 15. half of K
+    ("half_k", K128, "incorrect", ["shape (64, 64, 128)", "max scaled error"]),
+    # 16. no masks on ragged edges
+    ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
+]
+
+
+@pytest.mark.parametrize("name,t,status,phrases", CASES, ids=[c[0] for c in CASES])
+def test_cheat(name, t, status, phrases):
+    ev = run(name, t)
+    assert (ev.status, name) == (status, name), ev.feedback
+    for phrase in phrases:
+        assert phrase in ev.feedback, (phrase, ev.feedback)
+    assert ev.fitness == 0.0
+
+
+def test_every_kernel_has_a_docstring_naming_the_cheat_and_source():
+    names = sorted(p.stem for p in KERNELS.glob("*.py"))
+    assert len(names) >= 14
+    for name in names:
+        text = source(name)
+        assert text.startswith('"""'), name
+        doc = text.split('"""')[1]
+        assert ("Cheat" in doc or "Honest" in doc) and "REFERENCES.md" in doc, name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evaluator bug: static rules allow triton.language.math.<anything>, so "
+    "tl.math.core.knobs.getenv (= triton.knobs, os.getenv) passes; status is compile_error "
+    "from the run, not rejected",
+)
+def test_env_read_through_tl_math_core_knobs_is_rejected_statically():
+    ev = run("env_read_knobs")
+    assert ev.status == "rejected"
+
+
+def test_secret_env_never_reaches_the_evaluation(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
+    ev = run("env_read_knobs")
+    text = ev.to_json()
+    assert "sk-test-SECRET123" not in text
+    # the kernel did reach getenv and echoed what it got: the scrubbed child has no key
+    assert "LEAK OPENAI_API_KEY=None" in ev.feedback
+    assert ev.status != "ok"
+
+
+@pytest.mark.parametrize("name", ["hang_entry", "hang_kernel"])
+def test_hang_times_out(name):
+    ev = run(name, timeout_s=10.0)
+    assert ev.status == "timeout", ev.feedback
+    assert "no answer within the 10 s limit" in ev.feedback
+
+
+def test_memory_bomb_crashes_and_evaluator_keeps_working():
+    ev = run("memory_bomb")
+    assert ev.status in ("crashed", "timeout"), ev.feedback
+    assert ev.status == "crashed" and "out of memory" in ev.feedback
+    again = evaluate(SEED.read_text(), SMALL, timeout_s=60.0)
+    assert again.status == "ok", again.feedback
+
+
+def test_sandbox_child_dying_mid_request_is_crashed_and_next_evaluation_is_fine():
+    # wild_pointer_segv kills its child with SIGSEGV inside a run request.
+    ev = run("wild_pointer_segv")
+    assert ev.status == "crashed" and "before it reported a result" in ev.feedback
+    assert run("honest_split_k").status == "ok"
+
+
+def test_json_shape_of_a_rejection():
+    ev = run("product_tensordot")
+    d = json.loads(ev.to_json())
+    assert set(d) >= {
+        "status",
+        "backend",
+        "fitness",
+        "fitness_kind",
+        "feedback",
+        "shapes",
+        "compile",
+        "seconds",
+        "provenance",
+    }
+    assert d["status"] == "rejected" and d["fitness"] == 0
+    assert d["backend"] == "cpu:interpreter"
+
+
+# ------------------------------------------------------------------ honest kernels
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_seed_all_layouts(dtype):
+    t = task(dtype=dtype, check=((48, 40, 72),), layouts=("nn", "nt", "tn"), trials=1)
+    ev = evaluate(SEED.read_text(), t, timeout_s=90.0)
+    assert ev.status == "ok", ev.feedback
+    assert [(s.shape, s.layout) for s in ev.shapes] == [((48, 40, 72), lay) for lay in ("nn", "nt", "tn")]
+    d = json.loads(ev.to_json())
+    assert d["fitness"] == 0 and d["fitness_kind"] == "none" and d["backend"] == "cpu:interpreter"
+
+
+def test_honest_split_k_ragged():
+    ev = run("honest_split_k", task(check=((64, 64, 64), (100, 72, 136)), trials=1))
+    assert ev.status == "ok", ev.feedback
+
+
+def test_honest_transposed_b_nt():
+    ev = run("honest_transposed_b", task(check=((64, 64, 64), (48, 40, 72)), layouts=("nt",)))
+    assert ev.status == "ok", ev.feedback
