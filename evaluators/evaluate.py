@@ -144,32 +144,17 @@ class _Run:
         return evaluation
 
     def stages(self, deadline: float) -> Evaluation:
-        cpu = self.options.device == "cpu"
         boxes: list[sandbox.Sandbox] = []
         try:
-            # On a CPU the offline compile and the interpreter need triton imported two
-            # different ways, so they run in two children (started together); on a GPU one does all.
-            if cpu:
-                compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
-                check_box = sandbox.take("check", self.options.memory_bytes, self.options.prestart)
-                boxes += [compile_box, check_box]
-            else:
-                compile_box = check_box = sandbox.take("cuda", None, self.options.prestart)
-                boxes.append(compile_box)
-            self.wait(compile_box, "compile_child_wait", deadline)
-            self.compile(compile_box, deadline)
-            if cpu:
-                compile_box.close()
-                self.wait(check_box, "check_child_wait", deadline)
-                self.load_checker(check_box, deadline)
-            self.check(check_box, deadline)
-            if not cpu:
-                return self.time(check_box, deadline)
-            return self.result(
-                "ok",
-                "correct on every check shape under the CPU interpreter; "
-                "no fitness: nothing was timed or modelled on this backend",
-            )
+            if self.options.device == "cpu":
+                return self.cpu_stages(boxes, deadline)
+            box = sandbox.take("cuda", None, self.options.prestart)
+            boxes.append(box)
+            self.wait(box, "child_wait", deadline)
+            self.send_job(box, "cuda", {})
+            self.finish_compile(box, deadline)
+            self.check(box, deadline)
+            return self.time(box, deadline)
         except _Stop as stop:
             return self.result(stop.status, stop.feedback)
         except sandbox.ChildTimeout:
@@ -183,14 +168,43 @@ class _Run:
             for box in boxes:
                 box.close()
 
+    def cpu_stages(self, boxes: list, deadline: float) -> Evaluation:
+        """The offline compile and the interpreter need triton imported two different ways,
+        so they run in two children, side by side (two cores); the compile's verdict wins."""
+        compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
+        check_box = sandbox.take("check", self.options.memory_bytes, self.options.prestart)
+        boxes += [compile_box, check_box]
+        self.wait(compile_box, "compile_child_wait", deadline)
+        known = self.cache.get(comp.source_hash(self.source), self.task.target)
+        self.send_job(compile_box, "compile", {"known_kernels": known})
+        check_failure: Exception | None = None
+        try:
+            self.wait(check_box, "check_child_wait", deadline)
+            self.load_checker(check_box, deadline)
+            self.check(check_box, deadline)
+        except (_Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
+            check_failure = failure
+        self.finish_compile(compile_box, deadline)
+        if check_failure is not None:
+            raise check_failure
+        return self.result(
+            "ok",
+            "correct on every check shape under the CPU interpreter; "
+            "no fitness: nothing was timed or modelled on this backend",
+        )
+
     def wait(self, box: sandbox.Sandbox, label: str, deadline: float) -> None:
         start = time.perf_counter()
         box.wait_ready(deadline)
         self.seconds[label] = time.perf_counter() - start
 
-    def job(self, box: sandbox.Sandbox, mode: str, deadline: float, extra: dict | None = None) -> dict:
-        task = {**self.task.to_dict(), "device": self.options.device, **(extra or {})}
-        header, _ = box.request({"cmd": "job", "mode": mode, "source": self.source, "task": task}, deadline)
+    def send_job(self, box: sandbox.Sandbox, mode: str, extra: dict) -> None:
+        task = {**self.task.to_dict(), "device": self.options.device, **extra}
+        box.send({"cmd": "job", "mode": mode, "source": self.source, "task": task})
+        box.job_sent = time.perf_counter()
+
+    def receive_job(self, box: sandbox.Sandbox, mode: str, deadline: float) -> dict:
+        header, _ = box.read(deadline)
         if header.get("event") == "error":
             status = "crashed" if header.get("memory") else "compile_error"
             raise _Stop(status, f"{header.get('stage')} failed: {comp.truncate(str(header.get('message')))}")
@@ -200,23 +214,21 @@ class _Run:
 
     def load_checker(self, box: sandbox.Sandbox, deadline: float) -> None:
         start = time.perf_counter()
-        header = self.job(box, "check", deadline)
+        self.send_job(box, "check", {})
+        header = self.receive_job(box, "check", deadline)
         self.provenance["interp_bf16_dot"] = header.get("interp_bf16_dot")
         self.seconds["check_load"] = time.perf_counter() - start
 
-    def compile(self, box: sandbox.Sandbox, deadline: float) -> None:
-        start = time.perf_counter()
-        src_hash = comp.source_hash(self.source)
-        known = self.cache.get(src_hash, self.task.target) if self.options.device == "cpu" else {}
-        mode = "compile" if self.options.device == "cpu" else "cuda"
-        header = self.job(box, mode, deadline, {"known_kernels": known})
-        self.seconds["compile"] = time.perf_counter() - start
+    def finish_compile(self, box: sandbox.Sandbox, deadline: float) -> None:
+        cpu = self.options.device == "cpu"
+        header = self.receive_job(box, "compile" if cpu else "cuda", deadline)
+        self.seconds["compile"] = time.perf_counter() - box.job_sent
         self.kernels = dict(header.get("kernels", {}))
         self.launches = header.get("launches", [])
-        if self.options.device == "cpu":
-            self.cache.put(src_hash, self.task.target, self.kernels)
-        if not any(entry["calls"] for entry in self.launches) and self.options.device == "cpu":
-            raise _Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+        if cpu:
+            self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
+            if not any(entry["calls"] for entry in self.launches):
+                raise _Stop("rejected", "the entry point launched no Triton kernel on any training shape")
         limits = TARGET_LIMITS[self.task.target]
         for key, facts in self.kernels.items():
             problems = limit_violations(

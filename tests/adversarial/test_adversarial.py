@@ -64,7 +64,6 @@ CASES = [
     # 8. silent exit
     ("os_exit", SMALL, "rejected", ["import os is not allowed"]),
     ("system_exit", SMALL, "compile_error", ["SystemExit"]),
-    ("wild_pointer_segv", SMALL, "crashed", ["killed by SIGSEGV"]),
     ("oom_huge_empty", SMALL, "crashed", ["(out of memory)", "can't allocate memory"]),
     # 9. environment read
     ("env_read_static", SMALL, "rejected", ["typing.sys", "torch.os", "triton.knobs", "math.__dict__"]),
@@ -128,24 +127,27 @@ def test_secret_env_never_reaches_the_evaluation(monkeypatch):
 
 @pytest.mark.parametrize("name", ["hang_entry", "hang_kernel"])
 def test_hang_times_out(name):
-    ev = run(name, timeout_s=10.0)
+    ev = run(name, timeout_s=8.0)
     assert ev.status == "timeout", ev.feedback
-    assert "no answer within the 10 s limit" in ev.feedback
+    assert "no answer within the 8 s limit" in ev.feedback
 
 
 def test_memory_bomb_crashes_and_evaluator_keeps_working():
     ev = run("memory_bomb")
     assert ev.status in ("crashed", "timeout"), ev.feedback
     assert ev.status == "crashed" and "out of memory" in ev.feedback
-    again = evaluate(SEED.read_text(), SMALL, timeout_s=60.0)
+    again = evaluate(SEED.read_text(), task(check=((32, 32, 32),), trials=1), timeout_s=60.0)
     assert again.status == "ok", again.feedback
 
 
 def test_sandbox_child_dying_mid_request_is_crashed_and_next_evaluation_is_fine():
     # wild_pointer_segv kills its child with SIGSEGV inside a run request.
     ev = run("wild_pointer_segv")
-    assert ev.status == "crashed" and "before it reported a result" in ev.feedback
-    assert run("honest_split_k").status == "ok"
+    assert ev.status == "crashed", ev.feedback
+    assert "killed by SIGSEGV" in ev.feedback and "before it reported a result" in ev.feedback
+    # the next evaluation (an honest split-K kernel on a ragged shape) is unaffected
+    honest = run("honest_split_k", task(check=((64, 64, 64), (100, 72, 136)), trials=1))
+    assert honest.status == "ok", honest.feedback
 
 
 def test_json_shape_of_a_rejection():
@@ -177,11 +179,6 @@ def test_seed_all_layouts(dtype):
     assert [(s.shape, s.layout) for s in ev.shapes] == [((48, 40, 72), lay) for lay in ("nn", "nt", "tn")]
     d = json.loads(ev.to_json())
     assert d["fitness"] == 0 and d["fitness_kind"] == "none" and d["backend"] == "cpu:interpreter"
-
-
-def test_honest_split_k_ragged():
-    ev = run("honest_split_k", task(check=((64, 64, 64), (100, 72, 136)), trials=1))
-    assert ev.status == "ok", ev.feedback
 
 
 def test_honest_transposed_b_nt():
