@@ -247,6 +247,7 @@ class Child:
         with open(path, "w") as f:
             f.write(job["source"])
         self.kernels: dict = {}
+        started = time.perf_counter()
         try:
             if mode == "compile":
                 report = self.compile_offline(path, task)
@@ -266,7 +267,7 @@ class Child:
                 {"event": "error", "stage": mode, "message": _tail(e), "memory": isinstance(e, MemoryError)}
             )
             return
-        self.send({"event": "loaded", **report})
+        self.send({"event": "loaded", "seconds": round(time.perf_counter() - started, 3), **report})
         while True:
             cmd, _ = self.wire.read_frame(self.proto_in)
             if cmd.get("cmd") not in ("run", "time"):
