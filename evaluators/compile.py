@@ -99,23 +99,28 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int) -> d
         "uses_wgmma": "wgmma" in ptx,
         "uses_tma": "cp.async.bulk.tensor" in ptx,
         "dots": dot_facts(asm.get("ttir", "")),
+        "atomics": "tt.atomic_rmw" in asm.get("ttir", ""),
     }
 
 
 _DOT = re.compile(
-    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<(?:\d+x)+(\w+)>\s*\*\s*tensor<(?:\d+x)+(\w+)>"
+    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<((?:\d+x)+)(\w+)>\s*\*\s*tensor<((?:\d+x)+)(\w+)>"
 )
 
 
 def dot_facts(ttir: str) -> list[dict]:
-    """Each tt.dot's operand element types and input precision (None means IEEE/default)."""
+    """Each tt.dot: operand element types, input precision (absent means IEEE) and the
+    tile it multiplies, [BLOCK_M, BLOCK_N, BLOCK_K] (whatever the kernel calls them)."""
     out = []
     for line in ttir.splitlines():
         if "tt.dot " not in line:
             continue
         m = _DOT.search(line)
         if m:
-            out.append({"precision": m.group(1) or "ieee", "a": m.group(2), "b": m.group(3)})
+            a_dims = [int(x) for x in m.group(2).rstrip("x").split("x")]
+            b_dims = [int(x) for x in m.group(4).rstrip("x").split("x")]
+            tile = [a_dims[-2], b_dims[-1], a_dims[-1]] if len(a_dims) >= 2 and len(b_dims) >= 2 else []
+            out.append({"precision": m.group(1) or "ieee", "a": m.group(3), "b": m.group(5), "tile": tile})
     return out
 
 
