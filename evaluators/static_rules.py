@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import math
 import types
 import typing
@@ -167,6 +168,9 @@ ALLOWED_DECORATORS = frozenset(
 )
 
 
+_libdevice = importlib.import_module("triton.language.extra.libdevice")
+
+
 def _public_names(module: types.ModuleType, prefix: str) -> set[str]:
     """Public, non-module names of `module` as dotted paths under `prefix`."""
     return {
@@ -188,7 +192,11 @@ ALLOWED_PATHS: frozenset[str] = frozenset(
     {f"torch.{n}" for n in _TORCH}
     | {f"triton.{n}" for n in _TRITON}
     | _public_names(_tl, "triton.language")
-    | {"triton.language.math", "triton.language.extra"}  # device-side libraries, open below
+    # device-side math libraries: their functions only, never the modules they import
+    # (tl.math.core leads to triton.knobs, tl.extra.modules to pkgutil)
+    | _public_names(_tl.math, "triton.language.math")
+    | _public_names(_libdevice, "triton.language.extra.libdevice")
+    | _public_names(_libdevice, "triton.language.extra.cuda.libdevice")
     | _public_names(math, "math")
     | {f"functools.{n}" for n in ("lru_cache", "cache", "partial", "reduce", "wraps")}
     | {f"typing.{n}" for n in typing.__all__ if n not in ("get_type_hints", "ForwardRef")}  # both eval text
@@ -283,7 +291,7 @@ class _Checker(ast.NodeVisitor):
             return self.add(
                 node, "module-attr", f"{path} is a module; use it only as {path}.<name>, not as a value"
             )
-        first = ".".join([root, *parts[:2]]) if path.startswith("triton.language.") else f"{root}.{parts[0]}"
+        first = path if path.startswith("triton.language.") else f"{root}.{parts[0]}"
         hint = _ALLOWED_HINT.get(root, f"the public names of {root}")
         self.add(
             node, "module-attr", f"{first} is not available to kernel modules; allowed {root} names: {hint}"

@@ -104,25 +104,37 @@ def test_every_kernel_has_a_docstring_naming_the_cheat_and_source():
         assert ("Cheat" in doc or "Honest" in doc) and "REFERENCES.md" in doc, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluator bug: static rules allow triton.language.math.<anything>, so "
-    "tl.math.core.knobs.getenv (= triton.knobs, os.getenv) passes; status is compile_error "
-    "from the run, not rejected",
-)
 def test_env_read_through_tl_math_core_knobs_is_rejected_statically():
     ev = run("env_read_knobs")
-    assert ev.status == "rejected"
+    assert ev.status == "rejected" and ev.fitness == 0.0
+    assert "triton.language.math.core" in ev.feedback and "not available" in ev.feedback
 
 
-def test_secret_env_never_reaches_the_evaluation(monkeypatch):
+def test_secret_env_never_reaches_the_child(monkeypatch):
+    """Below the static rules: even code that does reach getenv finds no secret in the child."""
+    import time
+
+    from evaluators import sandbox
+
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
-    ev = run("env_read_knobs")
-    text = ev.to_json()
-    assert "sk-test-SECRET123" not in text
-    # the kernel did reach getenv and echoed what it got: the scrubbed child has no key
-    assert "LEAK OPENAI_API_KEY=None" in ev.feedback
-    assert ev.status != "ok"
+    box = sandbox.Sandbox("check")
+    try:
+        deadline = time.monotonic() + 60
+        box.wait_ready(deadline)
+        job = {
+            "cmd": "job",
+            "mode": "check",
+            "source": source("env_read_knobs"),
+            "task": {**SMALL.to_dict(), "device": "cpu"},
+        }
+        header, _ = box.request(job, deadline)
+        assert header["event"] == "loaded"
+        header, _ = box.request({"cmd": "run", "shape": [32, 32, 32], "layout": "nn", "seed": 1}, deadline)
+    finally:
+        box.close()
+    assert header["event"] == "error"
+    assert "LEAK OPENAI_API_KEY=None" in header["message"]  # it reached getenv, and found nothing
+    assert "sk-test-SECRET123" not in json.dumps(header)
 
 
 @pytest.mark.parametrize("name", ["hang_entry", "hang_kernel"])
