@@ -169,6 +169,10 @@ ALLOWED_DECORATORS = frozenset(
 
 
 _libdevice = importlib.import_module("triton.language.extra.libdevice")
+# May be imported under an alias; their attributes are still checked name by name.
+DEVICE_LIBRARIES = frozenset(
+    {"triton.language.math", "triton.language.extra.libdevice", "triton.language.extra.cuda.libdevice"}
+)
 
 
 def _public_names(module: types.ModuleType, prefix: str) -> set[str]:
@@ -328,7 +332,9 @@ class _Checker(ast.NodeVisitor):
                 self.add(node, "import", f"from {module} import * is not allowed; import names explicitly")
             elif alias.asname and _is_dunder(alias.asname):
                 self.add(node, "dunder", f"the alias {alias.asname} is a dunder name; pick a plain name")
-            elif f"{module}.{alias.name}" not in ALLOWED_MODULES:  # `from triton import language` is fine
+            elif (
+                f"{module}.{alias.name}" not in ALLOWED_MODULES | DEVICE_LIBRARIES
+            ):  # e.g. `from triton import language`
                 self.check_path(node, f"{module}.{alias.name}")
 
     # -- names and attributes -----------------------------------------------------------------

@@ -1,0 +1,426 @@
+"""The run store: one SQLite file per run (shared/DESIGN.md, "Store").
+
+The controller is the only writer; it commits after every call, so a Ctrl-C or SIGKILL
+loses at most the evaluations in flight, and `pending_ids()` names exactly the
+candidates to re-queue on resume. Readers (the leaderboard) open the file read-only
+(`Store.open(path)`) while a run is going or after it died. WAL mode with
+`synchronous=NORMAL`: a commit is durable against a process kill (not against power loss
+since the last checkpoint), which is the failure this store is built for.
+
+Times (`created`) are Unix seconds (float). JSON columns come back decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from evolve.candidate import Proposal, normalised_hash
+
+SCHEMA_VERSION = 1
+PACKAGE = "triton-evolve"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    name TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'created', notes TEXT NOT NULL DEFAULT '');
+CREATE TABLE candidates (
+    id INTEGER PRIMARY KEY, run TEXT NOT NULL REFERENCES runs(name), source TEXT NOT NULL,
+    source_hash TEXT NOT NULL, parent_ids TEXT NOT NULL DEFAULT '[]', island INTEGER NOT NULL,
+    generation INTEGER NOT NULL, proposer TEXT NOT NULL, model TEXT NOT NULL DEFAULT '',
+    template TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
+    niche TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL, UNIQUE (run, source_hash));
+CREATE INDEX candidates_by_island ON candidates (island, generation);
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+    backend TEXT NOT NULL, status TEXT NOT NULL, ok INTEGER NOT NULL, fitness REAL NOT NULL,
+    fitness_kind TEXT NOT NULL, metrics TEXT NOT NULL, feedback TEXT NOT NULL DEFAULT '',
+    seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, UNIQUE (candidate_id, backend));
+CREATE INDEX evaluations_top ON evaluations (backend, fitness DESC, ok DESC, candidate_id);
+CREATE TABLE backend_counts (backend TEXT PRIMARY KEY, ok INTEGER NOT NULL, total INTEGER NOT NULL);
+CREATE TABLE pending (candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id), created REAL NOT NULL);
+CREATE TABLE proposer_stats (
+    proposer TEXT NOT NULL, island INTEGER NOT NULL, proposals INTEGER NOT NULL DEFAULT 0,
+    accepted INTEGER NOT NULL DEFAULT 0, improved INTEGER NOT NULL DEFAULT 0,
+    failures TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (proposer, island));
+CREATE TABLE llm_calls (
+    id INTEGER PRIMARY KEY, candidate_id INTEGER, model TEXT NOT NULL, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost REAL, latency_s REAL, error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL);
+"""
+
+_CANDIDATE_COLS = (
+    "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
+)
+_ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
+    c.created, e.status, e.fitness, e.backend, e.fitness_kind, e.feedback, e.seconds, e.created,
+    e.metrics FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
+
+
+class StoreError(Exception):
+    """The file is missing, not a run store, of another schema version, or misused."""
+
+
+class Store:
+    """One run's SQLite file. Build with `Store.create` (new run) or `Store.open` (resume/read)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._depth = 0  # transaction nesting: only the outermost level commits
+        self.run_name: str = conn.execute("SELECT name FROM runs LIMIT 1").fetchone()[0]
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def create(cls, path: str | Path, run_name: str, config: dict, seed: int) -> Store:
+        """Start a new run in a new file at `path` (parent folders are made).
+
+        Raises StoreError when the file already exists: resume with `Store.open(path, readonly=False)`.
+        """
+        path = Path(path)
+        if path.exists() and path.stat().st_size > 0:
+            raise StoreError(
+                f"{path} already exists; resume it with Store.open(path, readonly=False) "
+                "or choose a new run name"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(path, readonly=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("schema_version", str(SCHEMA_VERSION)), ("package", PACKAGE), ("created", str(time.time()))],
+            )
+            conn.execute(
+                "INSERT INTO runs (name, config, created, seed) VALUES (?, ?, ?, ?)",
+                (run_name, json.dumps(config, sort_keys=True, default=str), time.time(), int(seed)),
+            )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, readonly=False)
+
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = True) -> Store:
+        """Open an existing run: read-only (default; safe while the run's writer is live) or to resume."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"{path}: no run store there (file not found)")
+        conn = cls._connect(path, readonly)
+        try:
+            cls._check(conn, path)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+            return cls(conn, path, readonly)
+        except BaseException:
+            conn.close()
+            raise
+
+    @staticmethod
+    def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+        uri = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open ({e})") from e
+        if not readonly:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={64 << 20}")
+        return conn
+
+    @staticmethod
+    def _check(conn: sqlite3.Connection, path: Path) -> None:
+        not_store = (
+            f"{path} is not a triton-evolve run store; pass the run.sqlite written by a triton-evolve run"
+        )
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{not_store} ({e})") from e
+        if meta.get("package") != PACKAGE:
+            raise StoreError(not_store)
+        stored = meta.get("schema_version")
+        if version != SCHEMA_VERSION or stored != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{path} was created by schema {stored or version}, this triton-evolve reads "
+                f"{SCHEMA_VERSION}; start a new run or use a matching version of triton-evolve"
+            )
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Group writes into one commit (bulk loads, tests). Calls inside do not commit on their own;
+        an exception rolls the whole group back. Nests: only the outermost level commits."""
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only; open with readonly=False to write")
+        if self._depth == 0:
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ writes
+
+    def add_candidate(
+        self,
+        source: str,
+        *,
+        parent_ids: Iterable[int] = (),
+        proposer: str,
+        island: int,
+        generation: int,
+        niche: Any = (),
+        note: str = "",
+        model: str = "",
+        template: str = "",
+        pending: bool = False,
+    ) -> int | None:
+        """Store a new candidate; its id, or None when its normalised source is already in this run.
+
+        `pending=True` also marks it handed to the pool, in the same commit.
+        """
+        h = normalised_hash(source)
+        with self.transaction():
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO candidates (run, source, source_hash, parent_ids, island, generation,"
+                " proposer, model, template, note, niche, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (self.run_name, source, h, json.dumps([int(p) for p in parent_ids]), int(island),
+                 int(generation), proposer, model, template, note, json.dumps(niche), time.time()),
+            )  # fmt: skip
+            if cur.rowcount == 0:
+                return None
+            cid = int(cur.lastrowid)  # type: ignore[arg-type]
+            if pending:
+                self.mark_pending(cid)
+        return cid
+
+    def add_proposal(
+        self, proposal: Proposal, island: int, generation: int, niche: Any = (), pending: bool = False
+    ) -> int | None:
+        """`add_candidate` with the fields of an `evolve.candidate.Proposal`."""
+        return self.add_candidate(
+            proposal.source, parent_ids=proposal.parent_ids, proposer=proposal.proposer, island=island,
+            generation=generation, niche=niche, note=proposal.note, model=proposal.model,
+            template=proposal.template, pending=pending,
+        )  # fmt: skip
+
+    def mark_pending(self, candidate_id: int) -> None:
+        """Record that the candidate was handed to the worker pool and is not yet evaluated."""
+        with self.transaction():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO pending (candidate_id, created) VALUES (?, ?)", (candidate_id, time.time())
+            )
+
+    def add_evaluation(self, candidate_id: int, evaluation: dict | Any) -> bool:
+        """Store an Evaluation (dict or object with `to_dict`) and clear the candidate's pending mark.
+
+        Idempotent per (candidate_id, backend): a repeat is ignored and returns False; True when stored.
+        """
+        ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
+        status = ev["status"]
+        seconds = ev.get("seconds") or {}
+        total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
+        ok = int(status == "ok")
+        try:
+            with self.transaction():
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO evaluations (candidate_id, backend, status, ok, fitness,"
+                    " fitness_kind, metrics, feedback, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (candidate_id, ev["backend"], status, ok, float(ev.get("fitness") or 0.0),
+                     ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
+                     ev.get("feedback", ""), total, time.time()),
+                )  # fmt: skip
+                self._conn.execute("DELETE FROM pending WHERE candidate_id = ?", (candidate_id,))
+                if cur.rowcount:
+                    self._conn.execute(
+                        "INSERT INTO backend_counts (backend, ok, total) VALUES (?, ?, 1) ON CONFLICT (backend)"
+                        " DO UPDATE SET ok = ok + excluded.ok, total = total + 1",
+                        (ev["backend"], ok),
+                    )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"{self.path}: cannot store evaluation of candidate {candidate_id} ({e})") from e
+        return bool(cur.rowcount)
+
+    def update_proposer_stats(self, proposer: str, island: int, status: str, improved: bool) -> None:
+        """Count one proposal: accepted when `status` is "ok", else a failure under its status
+        (any string, e.g. "duplicate"); `improved` when it beat the island's best."""
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT failures FROM proposer_stats WHERE proposer = ? AND island = ?", (proposer, island)
+            ).fetchone()
+            failures = json.loads(row[0]) if row else {}
+            if status != "ok":
+                failures[status] = failures.get(status, 0) + 1
+            self._conn.execute(
+                "INSERT INTO proposer_stats (proposer, island, proposals, accepted, improved, failures)"
+                " VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (proposer, island) DO UPDATE SET"
+                " proposals = proposals + 1, accepted = accepted + excluded.accepted,"
+                " improved = improved + excluded.improved, failures = excluded.failures",
+                (proposer, island, int(status == "ok"), int(bool(improved)), json.dumps(failures, sort_keys=True)),
+            )
+
+    def set_run_status(self, status: str, notes: str | None = None) -> None:
+        """Set the run's status (e.g. "running", "stopped", "finished"), and optionally its notes."""
+        with self.transaction():
+            self._conn.execute("UPDATE runs SET status = ? WHERE name = ?", (status, self.run_name))
+            if notes is not None:
+                self._conn.execute("UPDATE runs SET notes = ? WHERE name = ?", (notes, self.run_name))
+
+    # ------------------------------------------------------------------- reads
+
+    def pending_ids(self) -> list[int]:
+        """Candidates handed to the pool and not yet evaluated, oldest first: re-queue these on resume."""
+        return [r[0] for r in self._conn.execute("SELECT candidate_id FROM pending ORDER BY candidate_id")]
+
+    def has_hash(self, source_hash: str) -> bool:
+        """Whether a candidate with this normalised source hash is already in the run."""
+        q = "SELECT 1 FROM candidates WHERE run = ? AND source_hash = ?"
+        return self._conn.execute(q, (self.run_name, source_hash)).fetchone() is not None
+
+    def candidate(self, candidate_id: int) -> dict:
+        """One candidate with its evaluations (no metrics); StoreError when unknown."""
+        found = self.candidates([candidate_id])
+        if not found:
+            raise StoreError(f"{self.path}: no candidate {candidate_id}")
+        return found[0]
+
+    def candidates(self, ids: Iterable[int]) -> list[dict]:
+        """Candidates in the order of `ids` (unknown ids skipped). Each dict holds the candidate
+        columns plus `evaluations`: [{backend, status, fitness, fitness_kind, feedback}]."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cur = self._conn.execute(f"SELECT {_CANDIDATE_COLS} FROM candidates WHERE id IN ({marks})", chunk)
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                c = dict(zip(names, row))
+                c["parent_ids"] = json.loads(c["parent_ids"])
+                c["niche"] = json.loads(c["niche"])
+                c["evaluations"] = []
+                out[c["id"]] = c
+            q = (
+                "SELECT candidate_id, backend, status, fitness, fitness_kind, feedback FROM evaluations"
+                f" WHERE candidate_id IN ({marks}) ORDER BY id"
+            )
+            for cid, backend, status, fitness, kind, feedback in self._conn.execute(q, chunk):
+                out[cid]["evaluations"].append(
+                    {"backend": backend, "status": status, "fitness": fitness, "fitness_kind": kind,
+                     "feedback": feedback}
+                )  # fmt: skip
+        return [out[i] for i in ids if i in out]
+
+    def default_backend(self) -> str | None:
+        """The backend with the most ok evaluations (ties: most evaluations, then name); None if none."""
+        row = self._conn.execute(
+            "SELECT backend FROM backend_counts ORDER BY ok DESC, total DESC, backend LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def top(self, k: int, backend: str | None = None) -> list[dict]:
+        """The k best evaluations on one backend (default: `default_backend()`), fitness descending
+        (ties: ok first, then lower id). Backends are never mixed. Rows: see `_row`."""
+        backend = backend if backend is not None else self.default_backend()
+        if backend is None:
+            return []
+        q = f"{_ROW_SQL} WHERE e.backend = ? ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
+        return [self._row(r) for r in self._conn.execute(q, (backend, int(k)))]
+
+    def best(self, backend: str | None = None) -> dict | None:
+        """The best ok evaluation on `backend` (default: `default_backend()`), or None."""
+        rows = self.top(1, backend)
+        return rows[0] if rows and rows[0]["status"] == "ok" else None
+
+    def all_evaluated(self) -> list[dict]:
+        """Every evaluation of every candidate (by candidate id, then backend), for `--json` output.
+        Rows as in `top`, plus `metrics` (the full Evaluation dict)."""
+        q = f"{_ROW_SQL} ORDER BY e.candidate_id, e.backend"
+        return [self._row(r, full=True) for r in self._conn.execute(q)]
+
+    def counts_by_status(self, backend: str | None = None) -> dict[str, int]:
+        """Number of evaluations per status (all backends unless one is named); "pending" is added."""
+        q, args = "SELECT status, COUNT(*) FROM evaluations", ()
+        if backend is not None:
+            q, args = q + " WHERE backend = ?", (backend,)
+        counts = dict(self._conn.execute(q + " GROUP BY status ORDER BY status", args))
+        counts["pending"] = self._conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+        return counts
+
+    def evaluated_count(self) -> int:
+        """Number of distinct candidates with at least one evaluation."""
+        return self._conn.execute("SELECT COUNT(DISTINCT candidate_id) FROM evaluations").fetchone()[0]
+
+    def proposer_stats(self) -> list[dict]:
+        """Rows {proposer, island, proposals, accepted, improved, failures: {status: n}}."""
+        cur = self._conn.execute(
+            "SELECT proposer, island, proposals, accepted, improved, failures FROM proposer_stats"
+            " ORDER BY proposer, island"
+        )
+        names = [d[0] for d in cur.description]
+        return [{**dict(zip(names, r)), "failures": json.loads(r[5])} for r in cur]
+
+    def run_info(self) -> dict:
+        """{name, config, created, seed, status, notes, schema_version, package, path}."""
+        cur = self._conn.execute("SELECT name, config, created, seed, status, notes FROM runs LIMIT 1")
+        info = dict(zip([d[0] for d in cur.description], cur.fetchone()))
+        info["config"] = json.loads(info["config"])
+        meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+        return {**info, "schema_version": int(meta["schema_version"]), "package": meta["package"],
+                "path": str(self.path)}  # fmt: skip
+
+    @staticmethod
+    def _row(r: tuple, full: bool = False) -> dict:
+        metrics = json.loads(r[16])
+        row = {
+            "id": r[0], "generation": r[1], "island": r[2], "niche": json.loads(r[3]), "proposer": r[4],
+            "model": r[5], "note": r[6], "parent_ids": json.loads(r[7]), "created": r[8], "status": r[9],
+            "fitness": r[10], "backend": r[11], "fitness_kind": r[12], "feedback": r[13], "seconds": r[14],
+            "evaluated": r[15], "shapes": metrics.get("shapes", []),
+        }  # fmt: skip
+        if full:
+            row["metrics"] = metrics
+        return row
