@@ -184,6 +184,7 @@ class Child:
         facts = {
             "event": "result",
             "ops": recorder.ops,
+            "launch_ops": recorder.launch_ops,
             "launches": self.launch.launches,
             "output_type": type(out).__module__ + "." + type(out).__qualname__,
             "inputs_changed": not (torch.equal(a, a_before) and torch.equal(b, b_before)),

@@ -277,7 +277,9 @@ class _Run:
             raise _Stop(
                 status, f"{where}: the entry point raised{hint}: {comp.truncate(str(header.get('message')))}"
             )
-        forbidden = guards.describe_forbidden([str(o) for o in header.get("ops", [])])
+        forbidden = guards.describe_forbidden(
+            [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
+        )
         if forbidden:
             raise _Stop("rejected", f"{where}: {forbidden}")
         if int(header.get("launches", 0)) < 1:

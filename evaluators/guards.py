@@ -4,8 +4,9 @@ whether it launched a Triton kernel at all.
 The static rules already reject named matrix products; these catch what a name
 check cannot: a product reached through some other torch function (tensordot,
 broadcasting plus a sum, a conv), or an entry point that returns without launching
-anything. Torch ops made by Triton's own launch machinery (the interpreter copies
-arguments) are not the candidate's and are not recorded.
+anything. Ops made while a launch is in progress are recorded apart: the
+interpreter's own argument copies are expected there, anything else would be the
+kernel body (plain Python under the interpreter) calling torch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ ALLOWED_OPS = frozenset(
     select slice unsqueeze squeeze sum add add_ resolve_conj resolve_neg lift_fresh
     """.split()
 )
+# What Triton's interpreter itself does with the arguments of a launch.
+LAUNCH_OPS = frozenset("set_ empty new_empty empty_like copy_ _to_copy detach alias view".split())
 PRODUCT_WORDS = (
     "mm",
     "matmul",
@@ -55,11 +58,11 @@ class OpRecorder(TorchDispatchMode):
     def __init__(self, launch: LaunchDepth) -> None:
         super().__init__()
         self.launch = launch
-        self.ops: list[str] = []
+        self.ops: list[str] = []  # called by the entry point itself
+        self.launch_ops: list[str] = []  # called while a Triton launch was in progress
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.launch.depth == 0:
-            self.ops.append(op_name(func))
+        (self.launch_ops if self.launch.depth else self.ops).append(op_name(func))
         return func(*args, **(kwargs or {}))
 
 
@@ -75,8 +78,14 @@ def classify_ops(ops: list[str]) -> tuple[list[str], list[str]]:
     return products, others
 
 
-def describe_forbidden(ops: list[str]) -> str:
+def describe_forbidden(ops: list[str], launch_ops: list[str] = ()) -> str:
     """Feedback for the first guard that fired; empty when every op was allowed."""
+    inside = [o for o in dict.fromkeys(launch_ops) if o not in LAUNCH_OPS]
+    if inside:
+        return (
+            f"torch op(s) {', '.join('aten.' + o for o in inside)} ran inside a Triton launch: the kernel "
+            "body must compute with triton.language only"
+        )
     products, others = classify_ops(ops)
     if products:
         return (

@@ -17,3 +17,11 @@ def test_arithmetic_outside_triton_is_refused():
     # a broadcasting product: (a[:, :, None] * b[None]).sum(1)
     text = describe_forbidden(["unsqueeze", "mul", "sum"])
     assert "aten.mul" in text and "only allocate, view, cast, copy" in text
+
+
+def test_torch_inside_a_launch_is_refused():
+    # the interpreter's own argument handling is fine ...
+    assert describe_forbidden(["empty"], ["set_", "empty", "new_empty", "copy_"]) == ""
+    # ... torch called from a kernel body (plain Python under the interpreter) is not
+    text = describe_forbidden(["empty"], ["set_", "mm"])
+    assert "aten.mm" in text and "inside a Triton launch" in text
