@@ -62,12 +62,16 @@ class Child:
 
         launch = self.launch
         recorded = self.recorded_kernels
+        signatures = self.launch_signatures = []
         for cls in (jit.JITFunction, interpreter.InterpretedFunction):
             original = cls.run
 
             def run(fn_self, *args, _original=original, **kwargs):
                 if getattr(self, "capture", None) is not None:
                     return self.capture(fn_self, args, kwargs)
+                signatures.append(
+                    self.guards.launch_signature(fn_self.__name__, fn_self.arg_names, args, kwargs)
+                )
                 launch.launches += 1
                 launch.depth += 1
                 try:
@@ -106,6 +110,11 @@ class Child:
         calls: list = []
 
         def capture(fn, args, kwargs):
+            self.launch_signatures.append(
+                self.guards.launch_signature(fn.__name__, fn.arg_names, args, kwargs)
+            )
+            if not compiling:
+                return
             grid = kwargs.pop("grid")
             kwargs.pop("warmup", None)
             spec = comp.child_specialise(fn, backend, args, kwargs)
@@ -116,7 +125,8 @@ class Child:
 
         self.capture = capture
         dtype = self.wire.torch_dtype(task["dtype"])
-        launches, kernels, todo = [], {}, {}
+        launches, kernels, todo, check_launches = [], {}, {}, []
+        compiling = True
         try:
             for shape in task["train"]:
                 for layout in task["layouts"]:
@@ -129,12 +139,22 @@ class Child:
                         todo.setdefault(key, (fn, spec))
                         entry["calls"].append({"kernel": fn.__name__, "key": key, "grid": list(grid)})
                     launches.append(entry)
+            # What the entry point launches for the check shapes, to hold the interpreter run to it.
+            compiling = False
+            for shape in task["check"]:
+                for layout in task["layouts"]:
+                    a, b = layout_views(shape, layout, dtype, device="meta")
+                    self.launch_signatures.clear()
+                    module.matmul(a, b)
+                    check_launches.append(
+                        {"shape": list(shape), "layout": layout, "signatures": list(self.launch_signatures)}
+                    )
         finally:
             self.capture = None
         known = task.get("known_kernels", {})
         for key, (fn, spec) in todo.items():
             kernels[key] = known.get(key) or {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
-        return {"kernels": kernels, "launches": launches}
+        return {"kernels": kernels, "launches": launches, "check_launches": check_launches}
 
     def compile_jit(self, module, task: dict) -> dict:
         """On a GPU the real JIT compiles at first launch; record what it built."""
@@ -177,6 +197,7 @@ class Child:
         self.kept.append((a_before, b_before))
         recorder = guards.OpRecorder(self.launch)
         self.launch.launches = 0
+        self.launch_signatures.clear()
         with recorder:
             out = module.matmul(a, b)
         if device == "cuda":
@@ -185,6 +206,7 @@ class Child:
             "event": "result",
             "ops": recorder.ops,
             "launch_ops": recorder.launch_ops,
+            "launch_signatures": list(self.launch_signatures),
             "launches": self.launch.launches,
             "output_type": type(out).__module__ + "." + type(out).__qualname__,
             "inputs_changed": not (torch.equal(a, a_before) and torch.equal(b, b_before)),

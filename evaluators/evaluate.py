@@ -113,6 +113,7 @@ class _Run:
         self.seconds: dict[str, float] = {}
         self.shapes: list[ShapeResult] = []
         self.kernels: dict = {}
+        self.run_signatures: dict = {}  # (shape, layout) -> launches seen in the checked run
         self.provenance = _provenance(options.device)
         self.backend = (
             "cpu:interpreter" if options.device == "cpu" else f"cuda:{self.provenance.get('gpu', '?')}"
@@ -229,6 +230,7 @@ class _Run:
             self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
             if not any(entry["calls"] for entry in self.launches):
                 raise _Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+            self.compare_launches(header.get("check_launches", []))
         limits = TARGET_LIMITS[self.task.target]
         for key, facts in self.kernels.items():
             problems = limit_violations(
@@ -244,6 +246,20 @@ class _Run:
             precision = comp.precision_problems(facts, self.task.dtype, self.task.allow_tf32)
             if precision:
                 raise _Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
+
+    def compare_launches(self, compiled: list) -> None:
+        """The code that was compiled must be the code that was checked: on the check shapes the
+        entry point must launch the same kernels, grids and arguments on `meta` tensors (compile
+        run) as on real ones (interpreter run). A kernel module that looks at the device to
+        behave differently is caught here."""
+        for entry in compiled:
+            key = (tuple(entry["shape"]), entry["layout"])
+            if key in self.run_signatures and self.run_signatures[key] != entry["signatures"]:
+                raise _Stop(
+                    "rejected",
+                    f"shape {key[0]} layout {key[1]}: the entry point launches different kernels, grids or "
+                    "arguments when compiled (meta tensors) than when checked; it must not depend on the device",
+                )
 
     def check(self, box: sandbox.Sandbox, deadline: float) -> None:
         """Fresh inputs each trial; reference from the parent's own copy; every layout."""
@@ -265,6 +281,13 @@ class _Run:
                     )
                     where = f"shape {tuple(shape)} layout {layout}"
                     verdict = self.judge_output(header, tensors, ref, shape, where)
+                    signatures = header.get("launch_signatures")
+                    if self.run_signatures.setdefault((tuple(shape), layout), signatures) != signatures:
+                        raise _Stop(
+                            "rejected",
+                            f"{where}: the entry point launched different kernels on "
+                            "two calls with the same shape; launches must depend on shapes only",
+                        )
                     result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
                     result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
                     result.tolerance = verdict.tolerance

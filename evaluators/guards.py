@@ -98,3 +98,27 @@ def describe_forbidden(ops: list[str], launch_ops: list[str] = ()) -> str:
             "the entry point may only allocate, view, cast, copy and sum split-K partials"
         )
     return ""
+
+
+def launch_signature(name: str, arg_names: list[str], args: tuple, kwargs: dict) -> list:
+    """What one launch looks like, comparable between a `meta` run and a real one:
+    kernel, grid, and every argument (tensors by dtype, shape and strides; scalars by value)."""
+    options = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    grid = kwargs.get("grid")
+    if callable(grid):
+        grid = grid({**dict(zip(arg_names, args, strict=False)), **options})
+    grid = [int(g) for g in (grid if isinstance(grid, tuple | list) else (grid,))]
+    return [
+        name,
+        grid,
+        [_arg_signature(a) for a in args],
+        sorted([k, _arg_signature(v)] for k, v in options.items()),
+    ]
+
+
+def _arg_signature(x):
+    if hasattr(x, "dtype") and hasattr(x, "stride") and hasattr(x, "shape"):
+        return ["tensor", str(x.dtype), list(x.shape), list(x.stride())]
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    return type(x).__name__

@@ -152,8 +152,11 @@ class Sandbox:
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS) else ""
-            return f"the candidate's process was killed by {name}{hint} before it reported a result"
-        return f"the candidate's process exited with code {code} before it reported a result"
+            text = f"the candidate's process was killed by {name}{hint} before it reported a result"
+        else:
+            text = f"the candidate's process exited with code {code} before it reported a result"
+        tail = " ".join(self.stderr_tail(300).split())
+        return f"{text}; its last output: {tail}" if tail else text
 
     def stderr_tail(self, limit: int = 800) -> str:
         try:

@@ -80,6 +80,8 @@ CASES = [
     ("returns_view", SMALL, "incorrect", ["shares memory with an input"]),
     # 15. half of K
     ("half_k", K128, "incorrect", ["shape (64, 64, 128)", "max scaled error"]),
+    # 17. one config shown to the compiler, another run
+    ("device_dependent_config", SMALL, "rejected", ["must not depend on the device"]),
     # 16. no masks on ragged edges
     ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
 ]
