@@ -55,9 +55,7 @@ CREATE TABLE llm_calls (
     created REAL NOT NULL);
 """
 
-_CANDIDATE_COLS = (
-    "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
-)
+_CANDIDATE_COLS = "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
 _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
     c.created, e.status, e.fitness, e.backend, e.fitness_kind, e.feedback, e.seconds, e.created,
     e.metrics FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
@@ -101,7 +99,11 @@ class Store:
                     conn.execute(stmt)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("package", PACKAGE), ("created", str(time.time()))],
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("package", PACKAGE),
+                    ("created", str(time.time())),
+                ],
             )
             conn.execute(
                 "INSERT INTO runs (name, config, created, seed) VALUES (?, ?, ?, ?)",
@@ -225,8 +227,9 @@ class Store:
         h = normalised_hash(source)
         with self.transaction():
             cur = self._conn.execute(
-                "INSERT OR IGNORE INTO candidates (run, source, source_hash, parent_ids, island, generation,"
-                " proposer, model, template, note, niche, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO candidates (run, source, source_hash, parent_ids, island, generation, proposer,"
+                " model, template, note, niche, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (run, source_hash) DO NOTHING",
                 (self.run_name, source, h, json.dumps([int(p) for p in parent_ids]), int(island),
                  int(generation), proposer, model, template, note, json.dumps(niche), time.time()),
             )  # fmt: skip
@@ -249,10 +252,12 @@ class Store:
 
     def mark_pending(self, candidate_id: int) -> None:
         """Record that the candidate was handed to the worker pool and is not yet evaluated."""
-        with self.transaction():
-            self._conn.execute(
-                "INSERT OR IGNORE INTO pending (candidate_id, created) VALUES (?, ?)", (candidate_id, time.time())
-            )
+        q = "INSERT INTO pending (candidate_id, created) VALUES (?, ?) ON CONFLICT (candidate_id) DO NOTHING"
+        try:
+            with self.transaction():
+                self._conn.execute(q, (candidate_id, time.time()))
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"{self.path}: cannot mark candidate {candidate_id} pending ({e})") from e
 
     def add_evaluation(self, candidate_id: int, evaluation: dict | Any) -> bool:
         """Store an Evaluation (dict or object with `to_dict`) and clear the candidate's pending mark.
@@ -267,8 +272,9 @@ class Store:
         try:
             with self.transaction():
                 cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO evaluations (candidate_id, backend, status, ok, fitness,"
-                    " fitness_kind, metrics, feedback, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO evaluations (candidate_id, backend, status, ok, fitness, fitness_kind,"
+                    " metrics, feedback, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (candidate_id, backend) DO NOTHING",
                     (candidate_id, ev["backend"], status, ok, float(ev.get("fitness") or 0.0),
                      ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
                      ev.get("feedback", ""), total, time.time()),
@@ -299,7 +305,13 @@ class Store:
                 " VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (proposer, island) DO UPDATE SET"
                 " proposals = proposals + 1, accepted = accepted + excluded.accepted,"
                 " improved = improved + excluded.improved, failures = excluded.failures",
-                (proposer, island, int(status == "ok"), int(bool(improved)), json.dumps(failures, sort_keys=True)),
+                (
+                    proposer,
+                    island,
+                    int(status == "ok"),
+                    int(bool(improved)),
+                    json.dumps(failures, sort_keys=True),
+                ),
             )
 
     def set_run_status(self, status: str, notes: str | None = None) -> None:
@@ -338,7 +350,7 @@ class Store:
             cur = self._conn.execute(f"SELECT {_CANDIDATE_COLS} FROM candidates WHERE id IN ({marks})", chunk)
             names = [d[0] for d in cur.description]
             for row in cur:
-                c = dict(zip(names, row))
+                c = dict(zip(names, row, strict=True))
                 c["parent_ids"] = json.loads(c["parent_ids"])
                 c["niche"] = json.loads(c["niche"])
                 c["evaluations"] = []
@@ -401,12 +413,12 @@ class Store:
             " ORDER BY proposer, island"
         )
         names = [d[0] for d in cur.description]
-        return [{**dict(zip(names, r)), "failures": json.loads(r[5])} for r in cur]
+        return [{**dict(zip(names, r, strict=True)), "failures": json.loads(r[5])} for r in cur]
 
     def run_info(self) -> dict:
         """{name, config, created, seed, status, notes, schema_version, package, path}."""
         cur = self._conn.execute("SELECT name, config, created, seed, status, notes FROM runs LIMIT 1")
-        info = dict(zip([d[0] for d in cur.description], cur.fetchone()))
+        info = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
         info["config"] = json.loads(info["config"])
         meta = dict(self._conn.execute("SELECT key, value FROM meta"))
         return {**info, "schema_version": int(meta["schema_version"]), "package": meta["package"],

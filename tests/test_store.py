@@ -1,0 +1,253 @@
+"""The run store on real SQLite files: ranking, duplicates, idempotence, resume, readers, kills."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evaluators.evaluation import Evaluation, ShapeResult
+from evolve.candidate import Proposal, normalised_hash
+from evolve.store import SCHEMA_VERSION, Store, StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA = "cuda:NVIDIA H100"
+MODEL = "model:H100"
+
+
+def src(i: int) -> str:
+    return f"import triton\n\n\ndef kernel():\n    return {i}\n"
+
+
+def ev(fitness: float, backend: str = CUDA, status: str = "ok") -> dict:
+    shapes = [
+        ShapeResult(shape=(1024, 1024, 1024), time_s=1e-4, torch_time_s=1e-4 * fitness, speedup=fitness)
+    ]
+    kind = "measured" if backend.startswith("cuda") else "modelled"
+    return Evaluation(
+        status, backend, fitness, kind, feedback="", shapes=shapes, seconds={"bench": 0.5}
+    ).to_dict()
+
+
+def add(store: Store, i: int, island: int = 0, **kw) -> int:
+    cid = store.add_candidate(src(i), parent_ids=[], proposer="mutator", island=island, generation=1, **kw)
+    assert cid is not None
+    return cid
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.create(tmp_path / "runs" / "r1" / "run.sqlite", "r1", {"task": "demo"}, seed=7) as s:
+        yield s
+
+
+def test_create_insert_and_top_k_ordering(store):
+    fits = [1.2, 0.0, 3.4, 2.2, 0.9]
+    ids = [add(store, i, niche=[i % 2, "big"]) for i in range(len(fits))]
+    for cid, f in zip(ids, fits, strict=True):
+        store.add_evaluation(cid, ev(f, status="ok" if f else "incorrect"))
+    top = store.top(3, CUDA)
+    assert [r["fitness"] for r in top] == [3.4, 2.2, 1.2]
+    assert top[0]["id"] == ids[2] and top[0]["niche"] == [0, "big"] and top[0]["backend"] == CUDA
+    assert top[0]["shapes"][0]["speedup"] == 3.4 and top[0]["fitness_kind"] == "measured"
+    assert {"id", "generation", "island", "proposer", "status", "created"} <= set(top[0])
+    assert store.top(10)[-1]["status"] == "incorrect"  # failures rank last
+    assert store.best(CUDA)["id"] == ids[2]
+    assert store.counts_by_status() == {"ok": 4, "incorrect": 1, "pending": 0}
+    assert store.evaluated_count() == 5
+    assert len(store.all_evaluated()) == 5 and "metrics" in store.all_evaluated()[0]
+    info = store.run_info()
+    assert info["name"] == "r1" and info["config"] == {"task": "demo"} and info["seed"] == 7
+    assert info["schema_version"] == SCHEMA_VERSION
+    store.set_run_status("finished")
+    assert store.run_info()["status"] == "finished"
+
+
+def test_create_refuses_existing_run(store):
+    with pytest.raises(StoreError, match="already exists.*Store.open"):
+        Store.create(store.path, "r1", {}, seed=0)
+
+
+def test_candidate_round_trip(store):
+    p = Proposal(src(1), parent_ids=(), proposer="mutator", note="seed")
+    root = store.add_proposal(p, island=0, generation=0)
+    child = store.add_candidate(src(2), parent_ids=[root], proposer="llm:x", island=1, generation=1,
+                                niche=[3], model="x", template="t1")  # fmt: skip
+    store.add_evaluation(child, ev(1.5))
+    c = store.candidate(child)
+    assert c["parent_ids"] == [root] and c["island"] == 1 and c["model"] == "x" and c["niche"] == [3]
+    assert c["source_hash"] == normalised_hash(src(2)) and c["evaluations"][0]["fitness"] == 1.5
+    assert [x["id"] for x in store.candidates([child, 999, root])] == [child, root]
+    with pytest.raises(StoreError, match="no candidate 999"):
+        store.candidate(999)
+
+
+def test_duplicate_rejected_by_normalised_hash(store):
+    first = add(store, 1)
+    comment_only = src(1).replace("def kernel():", "# a new comment\ndef kernel():  # tuned\n")
+    assert store.add_candidate(comment_only, proposer="mutator", island=3, generation=2) is None
+    assert store.has_hash(normalised_hash(src(1))) and not store.has_hash(normalised_hash(src(2)))
+    assert store.add_candidate(src(2), proposer="mutator", island=0, generation=2) == first + 1
+
+
+def test_evaluation_insert_is_idempotent(store):
+    cid = add(store, 1)
+    assert store.add_evaluation(cid, ev(2.0)) is True
+    assert store.add_evaluation(cid, ev(9.0)) is False  # same (candidate, backend): ignored
+    assert store.add_evaluation(cid, Evaluation("ok", MODEL, 0.5, "modelled")) is True  # other backend
+    assert [r["fitness"] for r in store.top(10, CUDA)] == [2.0]
+    assert store.counts_by_status() == {"ok": 2, "pending": 0}
+    assert store.evaluated_count() == 1
+    with pytest.raises(StoreError, match="candidate 424242"):
+        store.add_evaluation(424242, ev(1.0))
+    with pytest.raises(StoreError, match="candidate 424242"):
+        store.mark_pending(424242)
+    with pytest.raises(sqlite3.IntegrityError):  # a bad row is an error, never taken for a duplicate
+        store.add_candidate(src(5), proposer=None, island=0, generation=0)
+
+
+def test_pending_survive_reopen_and_clear_on_evaluation(store):
+    ids = [add(store, i) for i in range(4)]
+    for cid in ids[:3]:
+        store.mark_pending(cid)
+    extra = add(store, 10, pending=True)
+    store.add_evaluation(ids[0], ev(1.0))
+    path = store.path
+    store.close()
+    with Store.open(path, readonly=False) as s:
+        assert s.pending_ids() == [ids[1], ids[2], extra]
+        s.add_evaluation(ids[1], ev(1.1, status="timeout"))
+        s.mark_pending(ids[2])  # twice is once
+        assert s.pending_ids() == [ids[2], extra]
+        assert s.counts_by_status()["pending"] == 2
+
+
+def test_backends_never_mixed(store):
+    a, b, c = (add(store, i) for i in range(3))
+    store.add_evaluation(a, ev(5.0, MODEL))
+    store.add_evaluation(b, ev(1.0, CUDA))
+    store.add_evaluation(c, ev(2.0, CUDA))
+    store.add_evaluation(c, ev(0.7, MODEL))
+    store.add_evaluation(b, ev(0.0, MODEL, status="crashed"))
+    assert store.default_backend() == MODEL  # 2 ok each: the tie goes to more evaluations
+    assert {r["backend"] for r in store.top(10)} == {store.default_backend()}
+    assert [r["id"] for r in store.top(10, CUDA)] == [c, b]
+    assert [r["id"] for r in store.top(10, MODEL)] == [a, c, b]
+    assert store.best(MODEL)["fitness"] == 5.0 and store.best("cuda:other") is None
+    assert store.top(5, "cuda:other") == []
+
+
+def test_read_only_open_while_writer_holds_it(store):
+    cid = add(store, 1)
+    store.add_evaluation(cid, ev(1.0))
+    with Store.open(store.path) as reader:
+        assert reader.readonly and reader.top(5)[0]["id"] == cid
+        with store.transaction():  # writer holds an open write transaction
+            store.add_evaluation(add(store, 2), ev(3.0))
+            assert [r["fitness"] for r in reader.top(5)] == [1.0]  # reader sees the last commit
+        assert [r["fitness"] for r in reader.top(5)] == [3.0, 1.0]
+        with pytest.raises(StoreError, match="read-only"):
+            reader.set_run_status("hacked")
+        with pytest.raises(StoreError, match="read-only"):
+            reader.add_candidate(src(9), proposer="m", island=0, generation=0)
+
+
+def test_transaction_rolls_back_on_error(store):
+    with pytest.raises(RuntimeError), store.transaction():
+        add(store, 1)
+        raise RuntimeError
+    assert store.evaluated_count() == 0 and not store.has_hash(normalised_hash(src(1)))
+
+
+def test_proposer_stats(store):
+    store.update_proposer_stats("mutator", 0, "ok", improved=True)
+    store.update_proposer_stats("mutator", 0, "compile_error", improved=False)
+    store.update_proposer_stats("mutator", 0, "compile_error", improved=False)
+    store.update_proposer_stats("llm:x", 1, "duplicate", improved=False)
+    assert store.proposer_stats() == [
+        {"proposer": "llm:x", "island": 1, "proposals": 1, "accepted": 0, "improved": 0,
+         "failures": {"duplicate": 1}},
+        {"proposer": "mutator", "island": 0, "proposals": 3, "accepted": 1, "improved": 1,
+         "failures": {"compile_error": 2}},
+    ]  # fmt: skip
+
+
+def test_missing_file_read_only(tmp_path):
+    with pytest.raises(StoreError, match=r"nope\.sqlite.*not found"):
+        Store.open(tmp_path / "nope.sqlite")
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_schema_version_mismatch_message(store):
+    path = store.path
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=99")
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    for readonly in (True, False):
+        with pytest.raises(StoreError) as err:
+            Store.open(path, readonly=readonly)
+        msg = str(err.value)
+        assert str(path) in msg and f"created by schema 99, this triton-evolve reads {SCHEMA_VERSION}" in msg
+        assert "start a new run or use a matching version" in msg
+
+
+def test_non_store_files_message(tmp_path):
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database at all " * 100)
+    for path in (other, junk):
+        with pytest.raises(StoreError, match=f"{path}.* is not a triton-evolve run store"):
+            Store.open(path)
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from evolve.store import Store
+    def ev(f):
+        return {"status": "ok", "backend": "cuda:NVIDIA H100", "fitness": f, "fitness_kind": "measured"}
+    s = Store.open(sys.argv[1], readonly=False)
+    n = int(sys.argv[2])
+    for i in range(n + 5):
+        cid = s.add_candidate(f"def kernel():\\n    return {1000 + i}\\n", proposer="mutator", island=i % 3, generation=i, pending=True)
+        if i < n:
+            s.add_evaluation(cid, ev(1.0 + i))
+            print(cid, flush=True)
+    with s.transaction():  # an uncommitted write is in flight at the kill
+        s.add_evaluation(cid, ev(99.0))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_writer_killed_with_sigkill_loses_nothing_committed(store):
+    path = store.path
+    store.close()
+    n = 40
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), str(n)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    done = [int(x) for x in proc.stdout.split()]
+    assert len(done) == n
+    assert Path(f"{path}-wal").exists()  # died without a checkpoint
+    with Store.open(path) as reader:  # a reader first, as the leaderboard would
+        assert reader.evaluated_count() == n
+        assert reader.top(1)[0]["fitness"] == float(n)
+    with Store.open(path, readonly=False) as s:
+        assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert sorted(r["id"] for r in s.all_evaluated()) == done
+        assert len(s.pending_ids()) == 5 and not set(s.pending_ids()) & set(done)
+        assert s.counts_by_status() == {"ok": n, "pending": 5}
+    assert os.path.getsize(path) > 0
