@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--shapes", help='override the correctness shapes: "M,N,K;M,N,K"')
     check.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     check.add_argument("--timeout", type=float, default=EvalOptions.timeout_s, help="hard limit in seconds")
+    check.add_argument(
+        "--model-gpu",
+        default="auto",
+        help="without a GPU: the GPU the performance model ranks for (h100, h200, a100, none); "
+        "auto: by the task's target",
+    )
     check.add_argument("--json", action="store_true", help="print the Evaluation as JSON (last line)")
     args = parser.parse_args(argv)
 
@@ -45,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not _cuda_available():
         print("error: --device cuda: no CUDA GPU is visible; use --device cpu", file=sys.stderr)
         return 2
-    evaluation = evaluate(source, task, EvalOptions(device=device, timeout_s=args.timeout, prestart=False))
+    model_gpu = None if args.model_gpu == "none" else args.model_gpu
+    options = EvalOptions(device=device, timeout_s=args.timeout, prestart=False, model_gpu=model_gpu)
+    try:
+        evaluation = evaluate(source, task, options)
+    except ValueError as e:  # an unknown --model-gpu
+        print(f"error: --model-gpu: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(evaluation.to_json())
     else:
@@ -89,13 +101,17 @@ def render(ev: Evaluation, kernel: str, task: str) -> str:
         lines.append(f"feedback: {ev.feedback}")
     if ev.shapes:
         lines.append(
-            f"{'shape (M, N, K)':>22} {'layout':>6} {'scaled err':>11} {'tolerance':>10} {'TFLOP/s':>8} {'speedup':>8}"
+            f"{'shape (M, N, K)':>22} {'layout':>6} {'kind':>5} {'scaled err':>11} {'tolerance':>10} "
+            f"{'TFLOP/s':>8} {'of peak':>8} {'speedup':>8} {'bound':>8}"
         )
         for s in ev.shapes:
             lines.append(
-                f"{str(tuple(s.shape)):>22} {s.layout:>6} {_num(s.max_scaled_err, '.2e'):>11} "
-                f"{_num(s.tolerance, '.2e'):>10} {_num(s.tflops, '.1f'):>8} {_num(s.speedup, '.3f'):>8}"
+                f"{str(tuple(s.shape)):>22} {s.layout:>6} {s.kind:>5} {_num(s.max_scaled_err, '.2e'):>11} "
+                f"{_num(s.tolerance, '.2e'):>10} {_num(s.tflops, '.1f'):>8} {_num(s.fraction_of_peak, '.3f'):>8} "
+                f"{_num(s.speedup, '.3f'):>8} {s.bound or '-':>8}"
             )
+        if ev.fitness_kind == "modelled":
+            lines.append("TFLOP/s on train rows are MODELLED, not measured; speed claims need --device cuda")
     for k in ev.compile:
         lines.append(
             f"kernel {k.get('kernel')} [{k['key'][:8]}]: shared {k.get('shared')} B, regs {k.get('regs')}, "

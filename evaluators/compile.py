@@ -13,6 +13,7 @@ Functions prefixed `child_` run inside the sandboxed child; the rest in the pare
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -164,7 +165,8 @@ class CompileCache:
         self._memory: dict[str, dict] = {}
 
     def _file(self, source_hash: str, target: str) -> Path:
-        return self.root / "compile" / f"{source_hash}-{target}.json"
+        # The judge's fingerprint is in the name: facts recorded by other judge code are not reused.
+        return self.root / "compile" / f"{source_hash}-{target}-{judge_fingerprint()[:16]}.json"
 
     def get(self, source_hash: str, target: str) -> dict:
         key = f"{source_hash}-{target}"
@@ -203,6 +205,18 @@ class CompileCache:
             tmp.replace(folder / f"{key}.json")
         except OSError:
             pass
+
+
+@functools.cache
+def judge_fingerprint() -> str:
+    """Hash of the judge's own code and versions: a changed judge never reuses old facts or verdicts."""
+    import torch
+    import triton
+
+    digest = hashlib.sha256(f"{torch.__version__} {triton.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def source_hash(source: str) -> str:

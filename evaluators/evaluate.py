@@ -8,13 +8,11 @@ reference from its own copy of the inputs and compares.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import secrets
 import time
-from pathlib import Path
 
 import torch
 
@@ -38,6 +36,8 @@ class EvalOptions:
     prestart: bool = True  # keep one spare child started ahead of time
     parent_source: str | None = None  # enforce EVOLVE-BLOCK regions against this parent
     memo: bool = True  # return the stored verdict for a (source, task, backend) judged before
+    model_gpu: str | None = "auto"  # CPU only: GPU the performance model ranks for ("h100", "h200", "a100");
+    # "auto" picks by the task's target (sm_90: h100, sm_80: a100); None: no model, no fitness
 
 
 def evaluate(
@@ -75,20 +75,9 @@ MEMO_STATUSES = ("ok", "rejected", "compile_error", "incorrect")
 def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> str:
     task_dict = {k: v for k, v in task.to_dict().items() if k != "source"}
     text = json.dumps(
-        [source, task_dict, backend, options.parent_source, _judge_fingerprint()], sort_keys=True
+        [source, task_dict, backend, options.parent_source, comp.judge_fingerprint()], sort_keys=True
     )
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@functools.cache
-def _judge_fingerprint() -> str:
-    """Hash of the judge's own code and versions: a changed judge never reuses old verdicts."""
-    import triton
-
-    digest = hashlib.sha256(f"{torch.__version__} {triton.__version__}".encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 _CACHE: comp.CompileCache | None = None
@@ -115,9 +104,11 @@ class _Run:
         self.kernels: dict = {}
         self.run_signatures: dict = {}  # (shape, layout) -> launches seen in the checked run
         self.provenance = _provenance(options.device)
-        self.backend = (
-            "cpu:interpreter" if options.device == "cpu" else f"cuda:{self.provenance.get('gpu', '?')}"
-        )
+        self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
+        if options.device == "cuda":
+            self.backend = f"cuda:{self.provenance.get('gpu', '?')}"
+        else:
+            self.backend = f"model:{self.model_gpu}" if self.model_gpu else "cpu:interpreter"
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
         compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
@@ -188,6 +179,8 @@ class _Run:
         self.finish_compile(compile_box, deadline)
         if check_failure is not None:
             raise check_failure
+        if self.model_gpu:
+            return self.model()
         return self.result(
             "ok",
             "correct on every check shape under the CPU interpreter; "
@@ -246,6 +239,41 @@ class _Run:
             precision = comp.precision_problems(facts, self.task.dtype, self.task.allow_tf32)
             if precision:
                 raise _Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
+
+    def model(self) -> Evaluation:
+        """Modelled fitness: geometric mean over training shapes and layouts of the modelled
+        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement."""
+        from .perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
+
+        start = time.perf_counter()
+        gpu = GPUS[self.model_gpu]
+        estimates = []
+        for entry in self.launches:
+            launches = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
+            estimate = estimate_shape(
+                launches, tuple(entry["shape"]), self.task.dtype, gpu, self.task.allow_tf32
+            )
+            estimates.append(estimate)
+            self.shapes.append(
+                ShapeResult(
+                    shape=tuple(entry["shape"]),
+                    layout=entry["layout"],
+                    kind="train",
+                    tflops=round(estimate.tflops, 2),
+                    fraction_of_peak=round(estimate.fraction_of_peak, 4),
+                    bound=estimate.bound,
+                )
+            )
+        fitness = modelled_fitness(estimates)
+        self.seconds["model"] = time.perf_counter() - start
+        worst = min(estimates, key=lambda e: e.fraction_of_peak)
+        reason = worst.breakdown.get("reason", "")
+        text = (
+            f"correct on every check shape; MODELLED (not measured) on {gpu.name}: geometric mean "
+            f"{fitness:.3f} of dense peak over {len(estimates)} training shape/layouts; weakest "
+            f"{worst.shape} at {worst.tflops:.1f} TFLOP/s ({worst.bound}{': ' + reason if reason else ''})"
+        )
+        return self.result("ok", text, fitness=fitness, kind="modelled")
 
     def compare_launches(self, compiled: list) -> None:
         """The code that was compiled must be the code that was checked: on the check shapes the
@@ -339,6 +367,20 @@ class _Run:
         from .gpu_timing import time_task
 
         return time_task(self, box, deadline)
+
+
+_MODEL_FOR_TARGET = {"sm_90": "h100", "sm_80": "a100"}
+
+
+def _model_gpu(options: EvalOptions, task: Task) -> str | None:
+    from .perf_model import GPUS
+
+    name = options.model_gpu
+    if name == "auto":
+        return _MODEL_FOR_TARGET.get(task.target)
+    if name is not None and name not in GPUS:
+        raise ValueError(f"model_gpu {name!r} is unknown; known: {', '.join(sorted(GPUS))}")
+    return name
 
 
 def _provenance(device: str) -> dict:

@@ -19,6 +19,7 @@ class ShapeResult:
 
     shape: tuple[int, int, int]
     layout: str = "nn"
+    kind: str = "check"  # "check": correctness figures; "train": performance on a training shape
     max_abs_err: float | None = None
     max_scaled_err: float | None = None  # max |C - R| / (|A||B|), see evaluators/correctness.py
     tolerance: float | None = None  # the bound max_scaled_err was held to
@@ -27,6 +28,8 @@ class ShapeResult:
     torch_time_s: float | None = None  # measured torch.matmul median, same protocol
     tflops: float | None = None  # measured or modelled, per the Evaluation's backend
     speedup: float | None = None  # torch time / candidate time (measured only)
+    fraction_of_peak: float | None = None  # tflops / the GPU's dense peak for the dtype
+    bound: str | None = None  # modelled only: compute, memory, latency or invalid
 
 
 @dataclasses.dataclass

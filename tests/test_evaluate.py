@@ -30,10 +30,18 @@ def cache(tmp_path_factory):
 def test_seed_is_ok_and_reports_compile_facts(cache):
     ev = evaluate(SEED, SMALL, cache=cache, timeout_s=120)
     assert ev.status == "ok", ev.feedback
-    assert ev.backend == "cpu:interpreter" and ev.fitness == 0.0 and ev.fitness_kind == "none"
-    assert "no fitness" in ev.feedback
-    assert [s.shape for s in ev.shapes] == [(48, 40, 72)]
-    assert ev.shapes[0].max_scaled_err <= ev.shapes[0].tolerance
+    # no GPU: a labelled, modelled fitness on the training shape (H100 for the sm_90 target)
+    assert ev.backend == "model:h100" and ev.fitness_kind == "modelled" and 0.01 < ev.fitness < 1.0
+    assert "MODELLED (not measured)" in ev.feedback
+    check, train = ev.shapes
+    assert (check.kind, check.shape, train.kind, train.shape) == (
+        "check",
+        (48, 40, 72),
+        "train",
+        (512, 512, 512),
+    )
+    assert check.max_scaled_err <= check.tolerance
+    assert train.tflops > 0 and train.fraction_of_peak == pytest.approx(train.tflops / 989.4, rel=1e-3)
     (kernel,) = ev.compile
     assert kernel["shared"] > 0 and kernel["regs"] > 0 and kernel["spill_bytes"] == 0
     assert kernel["uses_wgmma"] is True  # sm_90 and a 128x128 tile at 512^3
@@ -80,6 +88,12 @@ def test_compile_limit_is_enforced(cache):
     ev = evaluate(huge, big, cache=cache, timeout_s=300)
     assert ev.status == "compile_error", ev.feedback
     assert "shared memory" in ev.feedback and "sm_90" in ev.feedback
+
+
+def test_without_a_model_the_cpu_verdict_has_no_fitness(cache):
+    ev = evaluate(SEED, SMALL, cache=cache, model_gpu=None)
+    assert ev.status == "ok" and ev.backend == "cpu:interpreter"
+    assert ev.fitness == 0.0 and ev.fitness_kind == "none" and "no fitness" in ev.feedback
 
 
 def _cli(*args):

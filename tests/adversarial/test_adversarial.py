@@ -179,7 +179,7 @@ def test_json_shape_of_a_rejection():
         "provenance",
     }
     assert d["status"] == "rejected" and d["fitness"] == 0
-    assert d["backend"] == "cpu:interpreter"
+    assert d["backend"] == "model:h100"  # the label the verdict would have carried
 
 
 # ------------------------------------------------------------------ honest kernels
@@ -190,9 +190,10 @@ def test_seed_all_layouts(dtype):
     t = task(dtype=dtype, check=((48, 40, 72),), layouts=("nn", "nt", "tn"), trials=1)
     ev = evaluate(SEED.read_text(), t, timeout_s=90.0)
     assert ev.status == "ok", ev.feedback
-    assert [(s.shape, s.layout) for s in ev.shapes] == [((48, 40, 72), lay) for lay in ("nn", "nt", "tn")]
+    checked = [(s.shape, s.layout) for s in ev.shapes if s.kind == "check"]
+    assert checked == [((48, 40, 72), lay) for lay in ("nn", "nt", "tn")]
     d = json.loads(ev.to_json())
-    assert d["fitness"] == 0 and d["fitness_kind"] == "none" and d["backend"] == "cpu:interpreter"
+    assert d["fitness"] > 0 and d["fitness_kind"] == "modelled" and d["backend"] == "model:h100"
 
 
 def test_honest_transposed_b_nt():
