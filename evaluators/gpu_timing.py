@@ -25,19 +25,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def time_task(run: _Run, box: Sandbox, deadline: float, protocol: TimingProtocol | None = None) -> Evaluation:
-    """Fitness = geometric mean over training shapes of torch time / candidate time (first layout)."""
+    """Fitness = geometric mean over training shapes and layouts of torch time / candidate time."""
     from .evaluate import _Stop, geometric_mean
     from .evaluation import ShapeResult
 
     protocol = protocol or TimingProtocol()
     task = run.task
-    layout = task.layouts[0]
     gpu = run.provenance.get("gpu", "")
     peak = peak_tflops(gpu, task.dtype, task.allow_tf32)
     if peak is None:
         run.provenance["speed_of_light_guard"] = f"skipped: no peak known for {gpu!r}"
     speedups = []
-    for shape in task.train:
+    for shape, layout in [(shape, layout) for shape in task.train for layout in task.layouts]:
         seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers + 1)]
         probe_seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers)]
         header, tensors = box.request(
@@ -72,11 +71,13 @@ def time_task(run: _Run, box: Sandbox, deadline: float, protocol: TimingProtocol
             ShapeResult(
                 shape=tuple(shape),
                 layout=layout,
+                kind="train",
                 time_s=cand["median_s"],
                 time_iqr_s=cand["iqr_s"],
                 torch_time_s=base["median_s"],
                 tflops=flops / cand["median_s"] / 1e12,
                 speedup=speedup,
+                fraction_of_peak=flops / cand["median_s"] / 1e12 / peak if peak else None,
             )
         )
         for note in header.get("notes", []):
