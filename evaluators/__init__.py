@@ -6,11 +6,12 @@ Imports nothing from `evolve`. Public API: `evaluate`, `EvalOptions`, `Evaluatio
 
 __version__ = "0.1.0"
 
-from .evaluate import EvalOptions, evaluate  # noqa: E402
+from .evaluate import EvalOptions, backend_label, evaluate  # noqa: E402
 from .evaluation import Evaluation, ShapeResult  # noqa: E402
 from .task import Task, TaskError, load_task, parse_shapes  # noqa: E402
 
 __all__ = [
+    "backend_label",
     "EvalOptions",
     "Evaluation",
     "ShapeResult",

@@ -105,10 +105,7 @@ class _Run:
         self.run_signatures: dict = {}  # (shape, layout) -> launches seen in the checked run
         self.provenance = _provenance(options.device)
         self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
-        if options.device == "cuda":
-            self.backend = f"cuda:{self.provenance.get('gpu', '?')}"
-        else:
-            self.backend = f"model:{self.model_gpu}" if self.model_gpu else "cpu:interpreter"
+        self.backend = backend_label(task, options)
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
         compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
@@ -370,6 +367,14 @@ class _Run:
 
 
 _MODEL_FOR_TARGET = {"sm_90": "h100", "sm_80": "a100"}
+
+
+def backend_label(task: Task, options: EvalOptions) -> str:
+    """The label every verdict of this (task, options) will carry; runs rank one label only."""
+    if options.device == "cuda":
+        return f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cuda:?"
+    model = _model_gpu(options, task)
+    return f"model:{model}" if model else "cpu:interpreter"
 
 
 def _model_gpu(options: EvalOptions, task: Task) -> str | None:

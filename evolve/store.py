@@ -290,6 +290,25 @@ class Store:
             raise StoreError(f"{self.path}: cannot store evaluation of candidate {candidate_id} ({e})") from e
         return bool(cur.rowcount)
 
+    def set_niche(self, candidate_id: int, niche: Any) -> None:
+        """Record the niche derived from the candidate's evaluation (compile facts and source)."""
+        with self.transaction():
+            self._conn.execute("UPDATE candidates SET niche = ? WHERE id = ?", (json.dumps(niche), candidate_id))
+
+    def population_rows(self, backend: str) -> list[dict]:
+        """What a resumed run rebuilds its population from: every candidate evaluated on `backend`
+        with {id, island, generation, niche, source_hash, status, fitness}, in id order."""
+        cur = self._conn.execute(
+            "SELECT c.id, c.island, c.generation, c.niche, c.source_hash, e.status, e.fitness FROM candidates c"
+            " JOIN evaluations e ON e.candidate_id = c.id WHERE e.backend = ? ORDER BY c.id",
+            (backend,),
+        )
+        names = ("id", "island", "generation", "niche", "source_hash", "status", "fitness")
+        return [{**dict(zip(names, r, strict=True)), "niche": json.loads(r[3])} for r in cur]
+
+    def all_hashes(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT source_hash FROM candidates ORDER BY id")]
+
     def update_proposer_stats(self, proposer: str, island: int, status: str, improved: bool) -> None:
         """Count one proposal: accepted when `status` is "ok", else a failure under its status
         (any string, e.g. "duplicate"); `improved` when it beat the island's best."""

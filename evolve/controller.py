@@ -1,0 +1,220 @@
+"""The controller: the loop that keeps the worker pool busy and records everything.
+
+It is the only writer to the store. Each step: pick an island and parents, ask a
+proposer for a kernel, drop duplicates, store the candidate as pending, hand it to the
+pool; as evaluations finish, store them (which clears pending), update the population
+and the proposer statistics, migrate when due. A SIGKILL loses at most what was in
+flight: those candidates stay pending and `--resume` re-queues them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from evaluators import Task
+
+from .candidate import Parent, Proposal, ProposalContext, Proposer
+from .config import RunConfig
+from .pool import Job
+from .population import Member, Population, niche_of
+from .store import Store
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the live display shows; updated by the controller."""
+
+    evaluated: int = 0
+    in_flight: int = 0
+    best_fitness: float = 0.0
+    best_id: int | None = None
+    backend: str = ""
+    failures: dict = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    evaluated_at_start: int = 0
+    duplicates: int = 0
+    invalid_proposals: int = 0
+
+    def evals_per_min(self) -> float:
+        minutes = (time.monotonic() - self.started) / 60
+        return (self.evaluated - self.evaluated_at_start) / minutes if minutes > 0 else 0.0
+
+
+class Controller:
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        store: Store,
+        population: Population,
+        proposers: list[tuple[Proposer, float]],
+        pool,
+        eval_options: dict,
+        backend: str,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.config, self.task, self.store, self.population = config, task, store, population
+        self.proposers, self.pool, self.eval_options = proposers, pool, eval_options
+        self.on_progress = on_progress or (lambda p: None)
+        self.rng = random.Random(config.seed)
+        self.stop_requested = False
+        self.stop_reason = ""
+        self.progress = Progress(evaluated=store.evaluated_count(), backend=backend)
+        self.progress.evaluated_at_start = self.progress.evaluated
+        self.sequence = store.evaluated_count() + len(store.pending_ids())
+        best = store.best(backend)
+        if best:
+            self.progress.best_fitness, self.progress.best_id = best["fitness"], best["id"]
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> str:
+        start = time.monotonic()
+        self._seed_population()
+        for cid in self.store.pending_ids():  # left in flight by an earlier segment
+            self._submit_existing(cid)
+        while True:
+            if self._should_stop(start):
+                break
+            while self.pool.idle_slots() and not self._budget_spent():
+                if not self._propose_and_submit():
+                    break
+            self._collect(timeout=0.5)
+            if self.pool.in_flight() == 0 and self._budget_spent():
+                break
+        self._drain()
+        self.store.set_run_status("stopped" if self.stop_requested else "finished", self.stop_reason)
+        return self.stop_reason
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        self.stop_requested, self.stop_reason = True, reason
+
+    def _budget_spent(self) -> bool:
+        return self.progress.evaluated + self.pool.in_flight() >= self.config.max_evals or self.stop_requested
+
+    def _should_stop(self, start: float) -> bool:
+        if self.stop_requested:
+            return True
+        if self.progress.evaluated >= self.config.max_evals:
+            self.stop_reason = f"max_evals {self.config.max_evals} reached"
+            return True
+        if self.config.time_budget_s and time.monotonic() - start >= self.config.time_budget_s:
+            self.stop_reason = f"time budget {self.config.time_budget_s:g} s spent"
+            self.stop_requested = True
+            return True
+        if self.config.target_fitness and self.progress.best_fitness >= self.config.target_fitness:
+            self.stop_reason = f"target fitness {self.config.target_fitness:g} reached"
+            return True
+        return False
+
+    def _drain(self) -> None:
+        """Finish what is in flight (recorded as usual), unless stopping was forced."""
+        while self.pool.in_flight() and not getattr(self, "force_stop", False):
+            self._collect(timeout=0.5)
+
+    # ---------------------------------------------------------------- proposing
+    def _seed_population(self) -> None:
+        if self.store.evaluated_count() or self.store.pending_ids():
+            return
+        for i, path in enumerate(self.config.seeds):
+            source = Path(path).read_text()
+            cid = self.store.add_candidate(
+                source, proposer="seed", island=i % self.population.config.islands, generation=0,
+                note=f"seed {path}", pending=True,
+            )  # fmt: skip
+            if cid is not None:
+                self._submit_existing(cid)
+        # Every island starts from the seeds once they are evaluated; wait for them.
+        while self.pool.in_flight():
+            self._collect(timeout=0.5)
+        for member in list(self.population.elites()):
+            for island in range(self.population.config.islands):
+                if island != member.island:
+                    self.population.add(dataclasses.replace(member, island=island))
+
+    def _pick_proposer(self) -> Proposer:
+        total = sum(w for _, w in self.proposers)
+        x = self.rng.random() * total
+        for proposer, weight in self.proposers:
+            x -= weight
+            if x <= 0:
+                return proposer
+        return self.proposers[-1][0]
+
+    def _propose_and_submit(self) -> bool:
+        """One proposal into the pool; False when nothing could be proposed this round."""
+        island = self.population.next_island()
+        members = self.population.select_parents(island, self.rng)
+        if not members:
+            return False
+        parents = self._parents(members)
+        proposer = self._pick_proposer()
+        self.sequence += 1
+        context = ProposalContext(
+            task=self.task.to_dict(), island=island,
+            generation=max(m.generation for m in members) + 1, seed=self.config.seed * 1_000_003 + self.sequence,
+        )  # fmt: skip
+        proposals = proposer.propose(parents, context)
+        if not proposals:
+            self.progress.invalid_proposals += 1
+            self.store.update_proposer_stats(proposer.name, island, "invalid", False)
+            return True
+        for proposal in proposals:
+            self._add_and_submit(proposal, island, context.generation)
+        return True
+
+    def _parents(self, members: list[Member]) -> list[Parent]:
+        rows = {r["id"]: r for r in self.store.candidates([m.id for m in members])}
+        parents = []
+        for m in members:
+            row = rows[m.id]
+            feedback = next((e["feedback"] for e in row["evaluations"]), "")
+            parents.append(Parent(m.id, row["source"], m.fitness, self.progress.backend, feedback, m.niche))
+        return parents
+
+    def _add_and_submit(self, proposal: Proposal, island: int, generation: int) -> None:
+        cid = self.store.add_proposal(proposal, island, generation, pending=True)
+        if cid is None:  # same kernel as one already in the run (normalised source)
+            self.progress.duplicates += 1
+            self.store.update_proposer_stats(proposal.proposer, island, "duplicate", False)
+            return
+        if self.pool.idle_slots():
+            self._submit_existing(cid)
+
+    def _submit_existing(self, cid: int) -> None:
+        row = self.store.candidate(cid)
+        self.pool.submit(Job(cid, row["source"], self.task.to_dict(), self.eval_options))
+        self.progress.in_flight = self.pool.in_flight()
+
+    # ---------------------------------------------------------------- results
+    def _collect(self, timeout: float) -> None:
+        for cid, evaluation in self.pool.poll(timeout):
+            self._record(cid, evaluation)
+        self.progress.in_flight = self.pool.in_flight()
+        self.on_progress(self.progress)
+
+    def _record(self, cid: int, evaluation: dict) -> None:
+        if evaluation.get("backend") is None:
+            evaluation["backend"] = self.progress.backend
+        if not self.store.add_evaluation(cid, evaluation):
+            return  # already recorded (a re-queued duplicate of a finished job)
+        row = self.store.candidate(cid)
+        niche = niche_of(evaluation, row["source"])
+        self.store.set_niche(cid, niche)
+        status, fitness = evaluation["status"], float(evaluation.get("fitness") or 0.0)
+        self.progress.evaluated += 1
+        if status != "ok":
+            self.progress.failures[status] = self.progress.failures.get(status, 0) + 1
+        island_best = self.population.island_best(row["island"])
+        improved = status == "ok" and (island_best is None or fitness > island_best.fitness)
+        self.population.add(Member(cid, row["island"], fitness if status == "ok" else 0.0, niche,
+                                   row["source_hash"], row["generation"]))  # fmt: skip
+        if row["proposer"] != "seed":
+            self.store.update_proposer_stats(row["proposer"], row["island"], status, improved)
+        if status == "ok" and fitness > self.progress.best_fitness:
+            self.progress.best_fitness, self.progress.best_id = fitness, cid
+        if self.population.due_migration():
+            self.population.migrate()

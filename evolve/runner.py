@@ -1,0 +1,118 @@
+"""Wire a run together: config -> task -> store -> population -> proposers -> pool -> controller."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from evaluators import EvalOptions, backend_label, load_task
+from evaluators.task import TaskError
+
+from .candidate import Proposer
+from .config import ConfigError, RunConfig, load_run_config
+from .population import Member, Population
+from .store import Store
+
+
+def make_proposers(config: RunConfig) -> list[tuple[Proposer, float]]:
+    """Proposers named in the run file, with their weights (kinds: evolve/config.py)."""
+    out = []
+    for p in config.proposers:
+        if p.kind == "mutator":
+            from .mutator import OfflineMutator
+
+            out.append((OfflineMutator(**p.options), p.weight))
+    return out
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_workers(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return os.cpu_count() or 1
+
+
+def eval_options(config: RunConfig, device: str) -> EvalOptions:
+    return EvalOptions(device=device, timeout_s=config.timeout_s, model_gpu=config.model_gpu)
+
+
+def rebuild_population(config: RunConfig, store: Store, backend: str) -> Population:
+    members = [
+        Member(r["id"], r["island"], r["fitness"] if r["status"] == "ok" else 0.0, tuple(r["niche"]),
+               r["source_hash"], r["generation"])
+        for r in store.population_rows(backend)
+    ]  # fmt: skip
+    return Population.rebuild(config.population, members, store.all_hashes())
+
+
+def launch(args) -> int:
+    import dataclasses
+
+    from .cli import LiveDisplay, UsageError, install_interrupt, render_leaderboard, run_dir
+    from .controller import Controller
+    from .pool import WorkerPool, start_ray
+
+    if args.resume:
+        folder = run_dir(args.resume)
+        store = Store.open(folder / "run.sqlite", readonly=False)
+        config = RunConfig.from_dict(store.run_info()["config"])
+        if args.config:
+            raise UsageError("give either a run file or --resume RUN_DIR, not both")
+    else:
+        if not args.config:
+            raise UsageError("give a run file, e.g. `evolve run runs/demo.toml`, or --resume runs/<name>")
+        config = load_run_config(args.config)
+        config = config.replace(name=args.name)
+        folder = Path("runs") / config.name
+        if (folder / "run.sqlite").exists():
+            raise UsageError(f"run {config.name!r} exists in {folder}; resume it with `evolve run --resume "
+                             f"{folder}` or pick another --name")  # fmt: skip
+    config = config.replace(max_evals=args.max_evals, time_budget_s=args.time_budget, workers=args.workers,
+                            seed=args.seed, device=args.device)  # fmt: skip
+    try:
+        task = load_task(config.task)
+    except TaskError as e:
+        raise ConfigError(f"{config.source}: field 'run.task': {e}") from None
+    for seed_path in config.seeds:
+        if not Path(seed_path).is_file():
+            raise ConfigError(f"{config.source}: field 'run.seeds': {seed_path} does not exist")
+    device = resolve_device(config.device)
+    workers = config.workers or default_workers(device)
+    options = eval_options(config, device)
+    backend = backend_label(task, options)
+    if not args.resume:
+        store = Store.create(folder / "run.sqlite", config.name, config.to_dict(), config.seed)
+    population = rebuild_population(config, store, backend)
+    proposers = make_proposers(config)
+    names = ", ".join(f"{p.name} (weight {w:g})" for p, w in proposers)
+    print(f"run {config.name}: task {task.name} ({task.dtype}, {len(task.train)} training shapes), "
+          f"proposers: {names}, device {device}, backend {backend}, {workers} workers"
+          + (f", resuming with {store.evaluated_count()} evaluated and {len(store.pending_ids())} pending"
+             if args.resume else ""))  # fmt: skip
+    if backend.startswith("model:"):
+        print("no GPU: fitness is MODELLED by the performance model (label model:...), not measured")
+    start_ray(args.ray_address, workers)
+    pool = WorkerPool(workers, use_gpus=device == "cuda")
+    display = LiveDisplay(config.max_evals)
+    controller = Controller(config, task, store, population, proposers, pool,
+                            dataclasses.asdict(options), backend, display)  # fmt: skip
+    install_interrupt(controller)
+    store.set_run_status("running")
+    try:
+        reason = controller.run()
+    finally:
+        display.close()
+        pool.shutdown()
+    print(f"stopped: {reason or 'done'}")
+    print(render_leaderboard(store, 5))
+    store.close()
+    return 0
