@@ -23,6 +23,8 @@ from .pool import Job
 from .population import Member, Population, niche_of
 from .store import Store
 
+MAX_BARREN_PROPOSALS = 50
+
 
 @dataclasses.dataclass
 class Progress:
@@ -62,6 +64,8 @@ class Controller:
         self.on_progress = on_progress or (lambda p: None)
         self.rng = random.Random(config.seed)
         self.stop_requested = False
+        self.barren = 0  # proposals in a row that produced nothing new to evaluate
+        self.queue: list[int] = []  # stored as pending, waiting for a free worker
         self.stop_reason = ""
         self.progress = Progress(evaluated=store.evaluated_count(), backend=backend)
         self.progress.evaluated_at_start = self.progress.evaluated
@@ -73,17 +77,21 @@ class Controller:
     # ---------------------------------------------------------------- the loop
     def run(self) -> str:
         start = time.monotonic()
+        self.queue.extend(self.store.pending_ids())  # left in flight by an earlier segment
         self._seed_population()
-        for cid in self.store.pending_ids():  # left in flight by an earlier segment
-            self._submit_existing(cid)
         while True:
             if self._should_stop(start):
                 break
+            while self.pool.idle_slots() and self.queue and not self.stop_requested:
+                self._submit_existing(self.queue.pop(0))
             while self.pool.idle_slots() and not self._budget_spent():
                 if not self._propose_and_submit():
                     break
+                if self.barren >= MAX_BARREN_PROPOSALS:
+                    self.request_stop(f"{MAX_BARREN_PROPOSALS} proposals in a row were duplicates or invalid")
+                    break
             self._collect(timeout=0.5)
-            if self.pool.in_flight() == 0 and self._budget_spent():
+            if self.pool.in_flight() == 0 and not self.queue and self._budget_spent():
                 break
         self._drain()
         self.store.set_run_status("stopped" if self.stop_requested else "finished", self.stop_reason)
@@ -93,7 +101,8 @@ class Controller:
         self.stop_requested, self.stop_reason = True, reason
 
     def _budget_spent(self) -> bool:
-        return self.progress.evaluated + self.pool.in_flight() >= self.config.max_evals or self.stop_requested
+        queued = self.pool.in_flight() + len(self.queue)
+        return self.progress.evaluated + queued >= self.config.max_evals or self.stop_requested
 
     def _should_stop(self, start: float) -> bool:
         if self.stop_requested:
@@ -126,9 +135,11 @@ class Controller:
                 note=f"seed {path}", pending=True,
             )  # fmt: skip
             if cid is not None:
-                self._submit_existing(cid)
+                self.queue.append(cid)
         # Every island starts from the seeds once they are evaluated; wait for them.
-        while self.pool.in_flight():
+        while (self.queue or self.pool.in_flight()) and not self.stop_requested:
+            while self.pool.idle_slots() and self.queue:
+                self._submit_existing(self.queue.pop(0))
             self._collect(timeout=0.5)
         for member in list(self.population.elites()):
             for island in range(self.population.config.islands):
@@ -159,6 +170,7 @@ class Controller:
         )  # fmt: skip
         proposals = proposer.propose(parents, context)
         if not proposals:
+            self.barren += 1
             self.progress.invalid_proposals += 1
             self.store.update_proposer_stats(proposer.name, island, "invalid", False)
             return True
@@ -178,11 +190,15 @@ class Controller:
     def _add_and_submit(self, proposal: Proposal, island: int, generation: int) -> None:
         cid = self.store.add_proposal(proposal, island, generation, pending=True)
         if cid is None:  # same kernel as one already in the run (normalised source)
+            self.barren += 1
             self.progress.duplicates += 1
             self.store.update_proposer_stats(proposal.proposer, island, "duplicate", False)
             return
+        self.barren = 0
         if self.pool.idle_slots():
             self._submit_existing(cid)
+        else:
+            self.queue.append(cid)  # stays pending in the store until a worker is free
 
     def _submit_existing(self, cid: int) -> None:
         row = self.store.candidate(cid)
