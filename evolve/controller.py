@@ -94,6 +94,8 @@ class Controller:
             if self.pool.in_flight() == 0 and not self.queue and self._budget_spent():
                 break
         self._drain()
+        if not self.stop_reason:
+            self._should_stop(start)
         self.store.set_run_status("stopped" if self.stop_requested else "finished", self.stop_reason)
         return self.stop_reason
 
