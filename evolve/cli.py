@@ -4,6 +4,7 @@
                               [--seed N] [--device cpu|cuda] [--ray-address auto|HOST:PORT]
     evolve run --resume runs/demo
     evolve leaderboard demo [--top N] [--json]
+    evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from .config import ConfigError, UsageError
+from .store import StoreError
 
 RUNS_DIR = Path("runs")
 
@@ -36,23 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     board.add_argument("--top", type=int, default=10, help="how many rows (default 10)")
     board.add_argument("--json", action="store_true", help="every evaluated candidate as a JSON list")
+    from .remeasure import add_remeasure_parser, main_remeasure
+
+    add_remeasure_parser(sub)
     args = parser.parse_args(argv)
-    from .config import ConfigError
-    from .store import StoreError
 
     try:
         if args.command == "run":
             from .runner import launch
 
             return launch(args)
+        if args.command == "remeasure":
+            return main_remeasure(args)
         return leaderboard(args)
     except (ConfigError, StoreError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-class UsageError(Exception):
-    pass
 
 
 def run_dir(name_or_path: str) -> Path:

@@ -43,6 +43,10 @@ class ConfigError(ValueError):
     """A run file is invalid; the message names the file, the field and the fix."""
 
 
+class UsageError(Exception):
+    """A command was given the wrong arguments (a missing run, a name taken); says the fix."""
+
+
 PROPOSER_KINDS = ("mutator",)  # later issues add "llm"
 
 

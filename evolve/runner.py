@@ -9,7 +9,7 @@ from evaluators import EvalOptions, backend_label, load_task
 from evaluators.task import TaskError
 
 from .candidate import Proposer
-from .config import ConfigError, RunConfig, load_run_config
+from .config import ConfigError, RunConfig, UsageError, load_run_config
 from .population import Member, Population
 from .store import Store
 
@@ -57,7 +57,7 @@ def rebuild_population(config: RunConfig, store: Store, backend: str) -> Populat
 def launch(args) -> int:
     import dataclasses
 
-    from .cli import LiveDisplay, UsageError, install_interrupt, render_leaderboard, run_dir
+    from .cli import LiveDisplay, install_interrupt, render_leaderboard, run_dir
     from .controller import Controller
     from .pool import WorkerPool, start_ray
 

@@ -1,0 +1,262 @@
+"""Remeasure: time the candidates the performance model ranked highest on a real GPU.
+
+A run without a GPU ranks candidates with the offline performance model (backend
+`model:<gpu>`, fitness_kind "modelled"). `remeasure` takes the top of that ranking, judges
+each on the GPU here and stores the `cuda:<device name>` verdict next to the modelled one
+(one evaluation per (candidate, backend), so nothing is measured twice). `comparison`
+pairs the two and reports how well the model's ranking predicted the measured one, so the
+model can be recalibrated from real data. Modelled and measured figures are never ranked
+together: they sit side by side in separately labelled columns.
+
+    evolve remeasure RUN [--top N] [--json] [--compare-only] [--model-backend model:h100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from evaluators import Task
+
+from .store import Store
+
+Measure = Callable[[str, Task], dict]  # (source, task) -> Evaluation dict with a cuda:* backend
+
+NO_GPU = (
+    "no CUDA GPU here: remeasure needs a GPU to measure; use --compare-only to print what has been measured"
+)
+
+
+def _backends(store: Store, prefix: str) -> str | None:
+    """The backend named `prefix`* with the most ok evaluations (ties: most rows, then name)."""
+    counts: dict[str, list[int]] = {}
+    for row in store.all_evaluated():
+        if row["backend"].startswith(prefix):
+            c = counts.setdefault(row["backend"], [0, 0])
+            c[0] += row["status"] == "ok"
+            c[1] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+    return ranked[0][0] if ranked else None
+
+
+def remeasure(
+    store: Store,
+    task: Task,
+    top: int,
+    measure: Measure,
+    model_backend: str | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> list[int]:
+    """Measure the top-`top` ok candidates of `model_backend` (default: the model:* backend with
+    most ok rows) that have no cuda:* evaluation yet; store each verdict; return the ids measured.
+
+    `measure(source, task)` returns an Evaluation dict whose backend starts with "cuda:"
+    (production: `_cuda_measure`; tests pass a fake). Each verdict is committed as it
+    arrives, so an interrupted remeasure keeps what it measured. `progress(id, evaluation)`
+    is called after each one is stored.
+    """
+    model_backend = model_backend or _backends(store, "model:")
+    if model_backend is None or top <= 0:
+        return []
+    ids = [r["id"] for r in store.top(top, model_backend) if r["status"] == "ok"]
+    measured: list[int] = []
+    for cand in store.candidates(ids):
+        if any(e["backend"].startswith("cuda:") for e in cand["evaluations"]):
+            continue
+        ev = measure(cand["source"], task)
+        ev = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
+        if not str(ev.get("backend", "")).startswith("cuda:"):
+            raise ValueError(f"measure returned backend {ev.get('backend')!r}; remeasure stores cuda:* only")
+        ev["provenance"] = {**(ev.get("provenance") or {}), "remeasured_from": model_backend}
+        if store.add_evaluation(cand["id"], ev):
+            measured.append(cand["id"])
+            if progress is not None:
+                progress(cand["id"], ev)
+    return measured
+
+
+def _ranks(xs: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing the average of the ranks they span."""
+    first: dict[float, int] = {}
+    last: dict[float, int] = {}
+    for i, v in enumerate(sorted(xs)):
+        first.setdefault(v, i)
+        last[v] = i
+    return [(first[v] + last[v]) / 2 + 1 for v in xs]
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson on average ranks); None with < 3 pairs or a constant side."""
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman needs equal lengths, got {len(xs)} and {len(ys)}")
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if vx == 0 or vy == 0 else cov / (vx * vy) ** 0.5
+
+
+def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Kendall's tau-b (tie-corrected); None with < 3 pairs or a constant side."""
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError(f"kendall_tau needs equal lengths, got {n} and {len(ys)}")
+    if n < 3:
+        return None
+    pairs = [(xs[i] - xs[j], ys[i] - ys[j]) for i in range(n) for j in range(i + 1, n)]
+    score = sum(((dx > 0) - (dx < 0)) * ((dy > 0) - (dy < 0)) for dx, dy in pairs)  # concordant - discordant
+    untied = sum(dx != 0 for dx, _ in pairs) * sum(dy != 0 for _, dy in pairs)
+    return None if untied == 0 else score / untied**0.5
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Candidates evaluated on both backends. Each row: {id, modelled_fitness, measured_fitness,
+    measured_status, shapes: [{shape, layout, modelled_tflops, measured_tflops}]} (train shapes).
+    Correlations use pairs where both verdicts are ok (a GPU failure has no performance to rank)."""
+
+    model_backend: str | None
+    measured_backend: str | None
+    rows: list[dict]
+    spearman: float | None
+    kendall_tau: float | None
+    pairs: int  # number of ok/ok pairs the correlations are computed on
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def render(self) -> str:
+        if self.model_backend is None or self.measured_backend is None:
+            missing = "no model:* evaluations" if self.model_backend is None else "nothing measured yet"
+            return f"{missing}: run `evolve remeasure RUN` on a machine with a GPU to compare"
+        mod, mea = f"modelled ({self.model_backend})", f"measured ({self.measured_backend})"
+        w = max(len(mod), len(mea), 10)
+        lines = [
+            f"model vs measurement, {len(self.rows)} candidates on both backends (never ranked together)",
+            "fitness: modelled = geomean fraction of peak; measured = geomean speedup over torch.matmul",
+            f"{'id':>6}  {mod:>{w}}  {mea:>{w}}  {'GPU verdict':<11} train shapes: modelled/measured TFLOP/s",
+        ]
+        for r in self.rows:
+            shapes = " ".join(
+                f"{'x'.join(map(str, s['shape']))}{s['layout']}:{_fmt(s['modelled_tflops'], 0)}/"
+                f"{_fmt(s['measured_tflops'], 0)}"
+                for s in r["shapes"]
+            )
+            lines.append(
+                f"{r['id']:>6}  {_fmt(r['modelled_fitness'], 4):>{w}}  {_fmt(r['measured_fitness'], 4):>{w}}  "
+                f"{r['measured_status']:<11} {shapes}"
+            )
+        sp = "n/a (needs >= 3 ok pairs)" if self.spearman is None else f"{self.spearman:+.3f}"
+        kt = "n/a" if self.kendall_tau is None else f"{self.kendall_tau:+.3f}"
+        lines.append(f"rank correlation of fitness ({self.pairs} ok pairs): Spearman {sp}, Kendall tau {kt}")
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def comparison(
+    store: Store, model_backend: str | None = None, measured_backend: str | None = None
+) -> Comparison:
+    """Pair every candidate evaluated on `model_backend` (default: the model:* backend with most ok
+    rows) and `measured_backend` (default: the cuda:* one with most ok rows), ordered by modelled fitness."""
+    model_backend = model_backend or _backends(store, "model:")
+    measured_backend = measured_backend or _backends(store, "cuda:")
+    by_backend: dict[str, dict[int, dict]] = {model_backend or "": {}, measured_backend or "": {}}
+    for row in store.all_evaluated():
+        if row["backend"] in by_backend:
+            by_backend[row["backend"]][row["id"]] = row
+    modelled, measured = by_backend[model_backend or ""], by_backend[measured_backend or ""]
+    rows = []
+    for cid in sorted(set(modelled) & set(measured), key=lambda i: (-modelled[i]["fitness"], i)):
+        m, g = modelled[cid], measured[cid]
+        gshapes = {(tuple(s["shape"]), s.get("layout")): s for s in g["shapes"] if s.get("kind") == "train"}
+        shapes = [
+            {"shape": list(s["shape"]), "layout": s.get("layout"), "modelled_tflops": s.get("tflops"),
+             "measured_tflops": gshapes.get((tuple(s["shape"]), s.get("layout")), {}).get("tflops")}
+            for s in m["shapes"] if s.get("kind") == "train"
+        ]  # fmt: skip
+        rows.append({"id": cid, "modelled_fitness": m["fitness"], "measured_fitness": g["fitness"],
+                     "modelled_status": m["status"], "measured_status": g["status"], "shapes": shapes})  # fmt: skip
+    ok = [r for r in rows if r["modelled_status"] == "ok" and r["measured_status"] == "ok"]
+    xs, ys = [r["modelled_fitness"] for r in ok], [r["measured_fitness"] for r in ok]
+    return Comparison(model_backend, measured_backend, rows, spearman(xs, ys), kendall_tau(xs, ys), len(ok))
+
+
+def _cuda_measure(timeout_s: float) -> Measure:
+    """The production seam: judge on the GPU here with the full cascade (correctness + timing)."""
+    from evaluators import EvalOptions, evaluate
+
+    return lambda src, task: evaluate(src, task, EvalOptions(device="cuda", timeout_s=timeout_s)).to_dict()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _task_path(config_task: str, folder: Path) -> Path:
+    """The task file as configured (relative to the working directory), else relative to the
+    folder holding runs/ (a run dir is runs/<name>), so remeasure works from the repo root or the run."""
+    path = Path(config_task)
+    for candidate in (path, folder.resolve().parent.parent / path):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def add_remeasure_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `remeasure` subcommand to `evolve`'s subparsers; dispatch to `main_remeasure(args)`."""
+    p = subparsers.add_parser("remeasure", help="measure the model's top candidates on this GPU and compare")
+    p.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    p.add_argument("--top", type=int, default=10, help="how many modelled best to measure (default 10)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--compare-only", action="store_true", help="measure nothing; compare what is measured")
+    p.add_argument("--model-backend", help="modelled backend to take (default: model:* with most ok)")
+    return p
+
+
+def main_remeasure(args: argparse.Namespace) -> int:
+    """CLI body of `evolve remeasure`: 0 done, 2 when there is no GPU to measure on or on a usage error."""
+    from evaluators import load_task
+    from evaluators.task import TaskError
+
+    from .cli import run_dir
+    from .config import UsageError
+    from .store import StoreError
+
+    compare_only = bool(getattr(args, "compare_only", False))
+    model_backend = getattr(args, "model_backend", None)
+    try:
+        folder = run_dir(args.run)
+        if not compare_only and not _cuda_available():
+            print(NO_GPU, file=sys.stderr)
+            return 2
+        with Store.open(folder / "run.sqlite", readonly=compare_only) as store:
+            if not compare_only:
+                config = store.run_info()["config"]
+                if not config.get("task"):
+                    raise UsageError(f"{folder}: the run's config names no task file; cannot remeasure")
+                task = load_task(_task_path(config["task"], folder))
+
+                def report(cid: int, ev: dict) -> None:
+                    print(f"measured #{cid} on {ev['backend']}: {ev['status']} fitness {ev.get('fitness', 0):.4f}",
+                          file=sys.stderr)  # fmt: skip
+
+                measure = _cuda_measure(float(config.get("timeout_s") or 180.0))
+                done = remeasure(store, task, args.top, measure, model_backend, report)
+                print(f"measured {len(done)} new candidate(s)", file=sys.stderr)
+            result = comparison(store, model_backend)
+    except (UsageError, StoreError, TaskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()) if getattr(args, "json", False) else result.render())
+    return 0

@@ -1,0 +1,180 @@
+"""evolve/remeasure.py: measure the model's top candidates, compare model vs measurement."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluators import load_task
+from evolve import remeasure as rm
+from evolve.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "runs/demo_cpu.toml"
+MODEL, FAKE = "model:h100", "cuda:FAKE GPU"
+SHAPES = [[4096, 4096, 4096], [16, 4096, 4096]]
+
+
+def modelled(fitness: float, status: str = "ok") -> dict:
+    return {"status": status, "backend": MODEL, "fitness": fitness if status == "ok" else 0.0,
+            "fitness_kind": "modelled",
+            "shapes": [{"shape": s, "layout": "nn", "kind": "train", "tflops": 1000 * fitness} for s in SHAPES]}  # fmt: skip
+
+
+def fake_measure(calls: list):
+    """Measured fitness = 2 * modelled (read back from the source), so the ranks agree."""
+
+    def measure(source: str, task) -> dict:
+        calls.append(source)
+        fitness = float(source.split("=")[1])
+        return {"status": "ok", "backend": FAKE, "fitness": 2 * fitness, "fitness_kind": "measured",
+                "shapes": [{"shape": s, "layout": "nn", "kind": "train", "tflops": 500 * fitness}
+                           for s in SHAPES]}  # fmt: skip
+
+    return measure
+
+
+def make_store(path: Path, fitnesses=(0.1, 0.5, 0.3, 0.9, 0.7, 0.2)) -> tuple[Store, dict[float, int]]:
+    store = Store.create(path, "r", {"name": "r", "task": TASK, "timeout_s": 60.0}, 0)
+    ids = {}
+    for i, f in enumerate(fitnesses):
+        cid = store.add_candidate(f"F={f}\n", proposer="mutator", island=0, generation=i)
+        store.add_evaluation(cid, modelled(f))
+        ids[f] = cid
+    bad = store.add_candidate("F=0.0\n# rejected\n", proposer="mutator", island=0, generation=9)
+    store.add_evaluation(bad, modelled(0.0, status="rejected"))
+    return store, ids
+
+
+@pytest.fixture
+def task():
+    return load_task(ROOT / TASK)
+
+
+def test_measures_only_the_top_and_never_twice(tmp_path, task):
+    store, ids = make_store(tmp_path / "run.sqlite")
+    before = {r["id"]: (r["fitness"], r["shapes"]) for r in store.top(100, MODEL)}
+    calls: list = []
+    done = rm.remeasure(store, task, 3, fake_measure(calls))
+    assert done == [ids[0.9], ids[0.7], ids[0.5]] and len(calls) == 3
+    assert rm.remeasure(store, task, 3, fake_measure(calls)) == [] and len(calls) == 3
+    # a larger top measures only the newcomers; the rejected candidate is never measured
+    assert rm.remeasure(store, task, 100, fake_measure(calls)) == [ids[0.3], ids[0.2], ids[0.1]]
+    assert rm.remeasure(store, task, 100, fake_measure(calls)) == []
+    assert {r["id"]: (r["fitness"], r["shapes"]) for r in store.top(100, MODEL)} == before
+    assert all(r["fitness_kind"] == "modelled" for r in store.top(100, MODEL))
+    measured = store.top(100, FAKE)
+    assert [r["backend"] for r in measured] == [FAKE] * 6
+    assert all(r["fitness_kind"] == "measured" for r in measured)
+    assert [r["id"] for r in measured] == [ids[f] for f in (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)]
+    cand = store.candidate(ids[0.9])
+    assert sorted(e["backend"] for e in cand["evaluations"]) == [FAKE, MODEL]
+
+
+def test_rejects_a_measure_that_is_not_cuda(tmp_path, task):
+    store, _ = make_store(tmp_path / "run.sqlite")
+    with pytest.raises(ValueError, match="cuda"):
+        rm.remeasure(store, task, 1, lambda src, t: {**modelled(0.5), "backend": "model:h100"})
+    assert store.top(10, FAKE) == []
+
+
+def test_no_model_backend_measures_nothing(tmp_path, task):
+    store = Store.create(tmp_path / "run.sqlite", "r", {"task": TASK}, 0)
+    assert rm.remeasure(store, task, 5, fake_measure([])) == []
+    assert "no model:* evaluations" in rm.comparison(store).render()
+
+
+def test_spearman_and_kendall():
+    assert rm.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rm.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rm.spearman([1, 2], [1, 2]) is None
+    assert rm.spearman([], []) is None
+    assert rm.spearman([1, 1, 1], [1, 2, 3]) is None
+    # ties take average ranks: x ranks (1, 2.5, 2.5, 4) against y ranks (1, 2, 3, 4)
+    assert rm.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert rm._ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]
+    assert rm.kendall_tau([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert rm.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rm.kendall_tau([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / 30**0.5)  # tau-b with a tie
+    assert rm.kendall_tau([1, 2], [1, 2]) is None
+    with pytest.raises(ValueError):
+        rm.spearman([1, 2, 3], [1, 2])
+
+
+def test_comparison_table_and_json(tmp_path, task):
+    store, ids = make_store(tmp_path / "run.sqlite")
+    assert "nothing measured yet" in rm.comparison(store).render()
+    rm.remeasure(store, task, 4, fake_measure([]))
+    comp = rm.comparison(store)
+    assert (comp.model_backend, comp.measured_backend, comp.pairs) == (MODEL, FAKE, 4)
+    assert [r["id"] for r in comp.rows] == [ids[f] for f in (0.9, 0.7, 0.5, 0.3)]
+    top = comp.rows[0]
+    assert (top["modelled_fitness"], top["measured_fitness"]) == pytest.approx((0.9, 1.8))
+    assert top["shapes"][0] == {"shape": SHAPES[0], "layout": "nn", "modelled_tflops": pytest.approx(900),
+                                "measured_tflops": pytest.approx(450)}  # fmt: skip
+    assert comp.spearman == pytest.approx(1.0) and comp.kendall_tau == pytest.approx(1.0)
+    text = comp.render()
+    assert "modelled (model:h100)" in text and "measured (cuda:FAKE GPU)" in text
+    assert "Spearman +1.000" in text and "4096x4096x4096nn:900/450" in text
+    assert json.loads(json.dumps(comp.to_dict()))["spearman"] == pytest.approx(1.0)
+    assert rm.comparison(store, MODEL, "cuda:other").rows == []
+
+
+def test_comparison_correlation_needs_three_ok_pairs(tmp_path, task):
+    store, _ = make_store(tmp_path / "run.sqlite")
+    rm.remeasure(store, task, 2, fake_measure([]))
+    comp = rm.comparison(store)
+    assert comp.pairs == 2 and comp.spearman is None and "n/a (needs >= 3 ok pairs)" in comp.render()
+
+
+def _args(run: Path, **kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    rm.add_remeasure_parser(parser.add_subparsers(dest="command"))
+    extra = [f"--{k.replace('_', '-')}" for k, v in kw.items() if v is True]
+    extra += [x for k, v in kw.items() if v is not True for x in (f"--{k.replace('_', '-')}", str(v))]
+    return parser.parse_args(["remeasure", str(run), *extra])
+
+
+def test_parser_defaults():
+    args = _args(Path("demo"))
+    assert (args.run, args.top, args.json, args.compare_only) == ("demo", 10, False, False)
+    assert args.model_backend is None
+
+
+def test_main_without_cuda_returns_2(tmp_path, monkeypatch, capsys):
+    store, _ = make_store(tmp_path / "r" / "run.sqlite")
+    store.close()
+    monkeypatch.setattr(rm, "_cuda_available", lambda: False)
+    assert rm.main_remeasure(_args(tmp_path / "r")) == 2
+    assert rm.NO_GPU in capsys.readouterr().err
+
+
+def test_main_compare_only_without_cuda(tmp_path, monkeypatch, capsys, task):
+    store, _ = make_store(tmp_path / "r" / "run.sqlite")
+    rm.remeasure(store, task, 3, fake_measure([]))
+    store.close()
+    monkeypatch.setattr(rm, "_cuda_available", lambda: False)
+    assert rm.main_remeasure(_args(tmp_path / "r", compare_only=True)) == 0
+    out = capsys.readouterr().out
+    assert "modelled (model:h100)" in out and "measured (cuda:FAKE GPU)" in out and "Spearman +1.000" in out
+    assert rm.main_remeasure(_args(tmp_path / "r", compare_only=True, json=True)) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 3
+
+
+def test_main_measures_with_cuda(tmp_path, monkeypatch, capsys):
+    store, _ = make_store(tmp_path / "r" / "run.sqlite")
+    store.close()
+    calls: list = []
+    monkeypatch.chdir(ROOT)  # the run's config names the task relative to the repository root
+    monkeypatch.setattr(rm, "_cuda_available", lambda: True)
+    monkeypatch.setattr(rm, "_cuda_measure", lambda timeout_s: fake_measure(calls))
+    assert rm.main_remeasure(_args(tmp_path / "r", top=2, json=True)) == 0
+    assert len(calls) == 2 and json.loads(capsys.readouterr().out)["pairs"] == 2
+    assert rm.main_remeasure(_args(tmp_path / "r", top=2)) == 0 and len(calls) == 2
+    assert "measured 0 new candidate(s)" in capsys.readouterr().err
+
+
+def test_main_unknown_run(tmp_path, capsys):
+    assert rm.main_remeasure(_args(tmp_path / "nope", compare_only=True)) == 2
+    assert "no run named" in capsys.readouterr().err
