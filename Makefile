@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 setup:
 	@VENV=$(VENV) bash .ci/setup-venv
 
+# Each demo run gets its own name, so `make demo` can be repeated; runs/demo-*/ hold the stores.
 demo: setup
-	$(PY) -m evaluators check kernels/seeds/tiled_matmul.py --task runs/demo_cpu.toml
+	$(VENV)/bin/evolve run runs/demo.toml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks
@@ -18,7 +19,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-only -p no:cacheprovider
+	$(PY) -m pytest -q benchmarks -m "slow or not slow" -s --benchmark-enable --benchmark-only -p no:cacheprovider
 
 lint: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks

@@ -1,0 +1,59 @@
+"""Run throughput on the demo task: candidates per minute with 1 and with 2 workers.
+
+Slow (minutes): run with `make bench`. The controller, the Ray pool, the store and the
+evaluator are all real; the figure excludes Ray's start-up and counts every candidate
+judged (any status), from the first submission to the last result.
+"""
+
+import dataclasses
+import time
+
+import pytest
+import ray
+
+from evaluators import backend_label, load_task
+from evolve.config import load_run_config
+from evolve.controller import Controller
+from evolve.pool import WorkerPool, start_ray
+from evolve.population import Population
+from evolve.runner import eval_options, make_proposers
+from evolve.store import Store
+
+EVALS = 10
+RATES: dict[int, float] = {}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    start_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
+def _run(tmp_path, workers: int) -> float:
+    config = load_run_config("runs/demo.toml").replace(max_evals=EVALS, workers=workers, time_budget_s=0.0)
+    config = dataclasses.replace(config, time_budget_s=0.0)
+    task = load_task(config.task)
+    options = eval_options(config, "cpu")
+    store = Store.create(tmp_path / f"w{workers}" / "run.sqlite", f"w{workers}", config.to_dict(), config.seed)
+    pool = WorkerPool(workers, use_gpus=False)
+    controller = Controller(config, task, store, Population(config.population), make_proposers(config), pool,
+                            dataclasses.asdict(options), backend_label(task, options))  # fmt: skip
+    start = time.monotonic()
+    controller.run()
+    minutes = (time.monotonic() - start) / 60
+    pool.shutdown()
+    assert store.evaluated_count() == EVALS
+    store.close()
+    return EVALS / minutes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_throughput(benchmark, cluster, tmp_path, workers):
+    rate = benchmark.pedantic(_run, args=(tmp_path, workers), rounds=1, iterations=1)
+    RATES[workers] = rate
+    benchmark.extra_info["candidates_per_min"] = round(rate, 2)
+    print(f"\n{workers} worker(s): {rate:.2f} candidates/min")
+    if len(RATES) == 2:
+        print(f"2 workers / 1 worker: {RATES[2] / RATES[1]:.2f}x")
