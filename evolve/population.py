@@ -90,6 +90,9 @@ def _tile_class(bm: int, bn: int) -> str:
     return "small" if area <= 64 * 64 else "medium" if area <= 128 * 128 else "large"
 
 
+_SPLIT_K_ABOVE_ONE = re.compile(r"SPLIT_K[\"']?\s*[:=]\s*(?:[2-9]|[1-9]\d)")
+
+
 def niche_of(evaluation: dict, source: str) -> tuple:
     """The niche of a kernel: (tile class, num_stages, persistent, split_k, tma).
 
@@ -98,7 +101,8 @@ def niche_of(evaluation: dict, source: str) -> tuple:
     - num_stages of the kernel holding that dot (capped at MAX_STAGES; the max over entries
       when there is no dot);
     - persistent: `is_persistent(source)`;
-    - split_k: any entry has "atomics" true, or "SPLIT_K" occurs in the source;
+    - split_k: any entry has "atomics" true, or the source sets a SPLIT_K above 1
+      (`SPLIT_K=4`, `"SPLIT_K": 4`); a template that merely names SPLIT_K does not count;
     - tma: any entry has "uses_tma" true.
 
     `evaluation` is an Evaluation.to_dict() (an object with a `compile` attribute also works).
@@ -125,7 +129,7 @@ def niche_of(evaluation: dict, source: str) -> tuple:
         stages = max(int(e.get("num_stages") or 0) for e in entries)
     else:
         tile_class, stages = _tile_class(best[3], best[4]), best[2]
-    split_k = any(bool(e.get("atomics")) for e in entries) or "SPLIT_K" in source
+    split_k = any(bool(e.get("atomics")) for e in entries) or bool(_SPLIT_K_ABOVE_ONE.search(source))
     tma = any(bool(e.get("uses_tma")) for e in entries)
     return (tile_class, min(stages, MAX_STAGES), is_persistent(source), split_k, tma)
 

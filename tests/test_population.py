@@ -70,8 +70,10 @@ def test_niche_uses_largest_dot_and_its_stages_capped():
 
 def test_niche_split_k_from_atomics_or_source():
     assert niche_of({"compile": [facts(atomics=True)]}, PLAIN)[3] is True
-    assert niche_of({"compile": [facts()]}, SPLIT_K_LOOP)[3] is True
+    assert niche_of({"compile": [facts()]}, SPLIT_K_LOOP + "\nCONFIG = dict(SPLIT_K=4)\n")[3] is True
     assert niche_of({"compile": [facts()]}, PLAIN)[3] is False
+    # a template that names SPLIT_K but runs every rule with 1 is not split-K
+    assert niche_of({"compile": [facts()]}, SPLIT_K_LOOP + '\nCONFIGS = [{"SPLIT_K": 1}]\n')[3] is False
 
 
 def test_niche_persistent_heuristic():
