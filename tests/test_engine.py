@@ -1,0 +1,136 @@
+"""The engine end to end: real Ray local cluster, real SQLite, real evaluator (tiny task)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from evolve.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
+
+TASK = """
+[task]
+name = "tiny"
+dtype = "fp16"
+layouts = ["nn"]
+trials = 1
+[shapes]
+train = [[2048, 2048, 2048], [16, 2048, 2048]]
+check = [[40, 48, 72]]
+"""
+
+
+def _run_file(tmp_path: Path, max_evals: int, islands: int = 2) -> Path:
+    (tmp_path / "tiny.toml").write_text(TASK)
+    run = tmp_path / "run.toml"
+    run.write_text(
+        f"""
+[run]
+name = "t"
+task = "tiny.toml"
+seeds = ["{SEED}"]
+seed = 7
+max_evals = {max_evals}
+workers = 2
+timeout_s = 120
+
+[[proposers]]
+kind = "mutator"
+
+[population]
+islands = {islands}
+migration_interval = 3
+"""
+    )
+    return run
+
+
+def _evolve(tmp_path, *args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "evolve.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def _board(tmp_path, name="t"):
+    out = _evolve(tmp_path, "leaderboard", name, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_short_run_end_to_end_then_resume(tmp_path):
+    run = _run_file(tmp_path, max_evals=5)
+    out = _evolve(tmp_path, "run", str(run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "proposers: mutator" in out.stdout and "backend model:h100" in out.stdout
+    assert "MODELLED" in out.stdout and "stopped: max_evals 5 reached" in out.stdout
+    rows = _board(tmp_path)
+    assert len(rows) == 5 and {r["backend"] for r in rows} == {"model:h100"}
+    assert {"id", "generation", "status", "fitness", "backend"} <= set(rows[0])
+    seed = next(r for r in rows if r["proposer"] == "seed")
+    assert seed["status"] == "ok" and seed["fitness"] > 0 and seed["generation"] == 0
+    assert all(r["generation"] >= 1 for r in rows if r["proposer"] == "mutator")
+    # the human leaderboard labels the ranking
+    text = _evolve(tmp_path, "leaderboard", "t", "--top", "3").stdout
+    assert "ranking on model:h100" in text and "modelled" in text
+    # a second launch under the same name is refused with the fix; resume continues
+    again = _evolve(tmp_path, "run", str(run))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    more = _evolve(tmp_path, "run", "--resume", "runs/t", "--max-evals", "7")
+    assert more.returncode == 0, more.stderr[-3000:]
+    rows2 = _board(tmp_path)
+    assert len(rows2) == 7 and {r["id"] for r in rows} <= {r["id"] for r in rows2}
+
+
+def test_leaderboard_names_existing_runs(tmp_path):
+    (tmp_path / "runs" / "alpha").mkdir(parents=True)
+    Store.create(tmp_path / "runs" / "alpha" / "run.sqlite", "alpha", {}, 0).close()
+    out = _evolve(tmp_path, "leaderboard", "beta")
+    assert out.returncode == 2 and "no run named 'beta'" in out.stderr and "alpha" in out.stderr
+
+
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
+    run = _run_file(tmp_path, max_evals=8)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evolve.cli", "run", str(run)], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    db = tmp_path / "runs" / "t" / "run.sqlite"
+    deadline = time.monotonic() + 400
+    before = []
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with Store.open(db) as store:
+                    before = store.all_evaluated()
+                    pending = store.pending_ids()
+            except Exception:
+                pending = []
+            if len(before) >= 3 and pending:
+                break
+        time.sleep(1)
+    assert len(before) >= 3, "the run did not get far enough to test a kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store.open(db) as store:
+        at_kill = {(r["id"], r["backend"]): r["status"] for r in store.all_evaluated()}
+        pending_at_kill = store.pending_ids()
+    assert pending_at_kill, "candidates in flight at the kill stay pending"
+    out = _evolve(tmp_path, "run", "--resume", "runs/t")
+    assert out.returncode == 0, out.stderr[-3000:]
+    with Store.open(db) as store:
+        after = store.all_evaluated()
+        assert store.pending_ids() == []
+    keys = [(r["id"], r["backend"]) for r in after]
+    assert len(keys) == len(set(keys)), "an evaluation was recorded twice"
+    assert len(after) == 8
+    for key, status in at_kill.items():  # nothing finished before the kill was lost or changed
+        assert {(r["id"], r["backend"]): r["status"] for r in after}[key] == status
+    assert set(pending_at_kill) <= {r["id"] for r in after}, "pending candidates were re-queued and judged"
