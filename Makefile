@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/bin/evolve run runs/demo.toml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
-	$(PY) -m ruff check evaluators evolve kernels tests benchmarks
+	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
 	$(PY) -m pytest -q
 
 test-slow: setup
@@ -22,5 +22,5 @@ bench: setup
 	$(PY) -m pytest -q benchmarks -m "slow or not slow" -s --benchmark-enable --benchmark-only -p no:cacheprovider
 
 lint: setup
-	$(PY) -m ruff check evaluators evolve kernels tests benchmarks
-	$(PY) -m ruff format --check evaluators evolve kernels tests benchmarks
+	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
+	$(PY) -m ruff format --check evaluators evolve kernels tests benchmarks conftest.py

@@ -75,15 +75,20 @@ class Task:
         return dataclasses.replace(self, check=tuple(_shapes(self.source, "--shapes", shapes)))
 
 
+def read_toml(path: Path, kind: str, example: str, error: type[Exception]) -> dict:
+    """A TOML file as a dict, or `error` naming the file and the fix (missing file, bad syntax)."""
+    if not path.is_file():
+        raise error(f"{path}: no such {kind} file; pass a TOML file such as {example}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+
+
 def load_task(path: str | Path) -> Task:
     """Read and validate a task file; every problem is a TaskError naming the field."""
     path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"{path}: no such task file; pass a TOML file such as runs/demo_cpu.toml")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise TaskError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+    data = read_toml(path, "task", "runs/demo_cpu.toml", TaskError)
     task = data.get("task")
     shapes = data.get("shapes")
     if not isinstance(task, dict):

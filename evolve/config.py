@@ -28,15 +28,11 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
-from .population import PopulationConfig
+from evaluators.task import read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .population import PopulationConfig
 
 
 class ConfigError(ValueError):
@@ -98,12 +94,7 @@ _POP_FIELDS = {f.name for f in dataclasses.fields(PopulationConfig)}
 
 def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such run file; pass a TOML file such as runs/demo.toml")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+    data = read_toml(path, "run", "runs/demo.toml", ConfigError)
     unknown = set(data) - {"run", "proposers", "population"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; allowed: [run], [[proposers]], [population]")

@@ -1,0 +1,45 @@
+import pytest
+
+from evolve.config import ConfigError, RunConfig, load_run_config
+
+
+def test_demo_run_file_loads_and_roundtrips():
+    config = load_run_config("runs/demo.toml")
+    assert config.task == "runs/demo_cpu.toml" and config.proposers[0].kind == "mutator"
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert config.replace(max_evals=5, workers=None).max_evals == 5
+
+
+GOOD = """
+[run]
+name = "r"
+task = "runs/demo_cpu.toml"
+[[proposers]]
+kind = "mutator"
+[population]
+islands = 2
+"""
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (('kind = "mutator"', 'kind = "gpt"'), ["proposers[0].kind", "'gpt'", "allowed: mutator"]),
+        (('name = "r"', 'name = "r"\nmax_evals = -1'), ["run.max_evals", "non-negative"]),
+        (('name = "r"', 'name = "r"\ndevice = "tpu"'), ["run.device", "auto, cpu, cuda"]),
+        (('name = "r"', 'name = "r"\nfoo = 1'), ["unknown field", "foo"]),
+        (("islands = 2", "islands = 2\nbar = 3"), ["population", "bar"]),
+        (("islands = 2", "islands = 0"), ["[population]"]),
+        (('task = "runs/demo_cpu.toml"', ""), ["run.task"]),
+        (("[population]", "[populations]"), ["unknown table"]),
+        (('name = "r"', 'name = "r'), ["not valid TOML"]),
+    ],
+)
+def test_bad_run_files_name_the_field(tmp_path, edit, words):
+    path = tmp_path / "run.toml"
+    path.write_text(GOOD.replace(*edit))
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    for word in words:
+        assert word in str(info.value)
+    assert str(path) in str(info.value)
