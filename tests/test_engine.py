@@ -134,3 +134,28 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     for key, status in at_kill.items():  # nothing finished before the kill was lost or changed
         assert {(r["id"], r["backend"]): r["status"] for r in after}[key] == status
     assert set(pending_at_kill) <= {r["id"] for r in after}, "pending candidates were re-queued and judged"
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    run = _run_file(tmp_path, max_evals=40)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evolve.cli", "run", str(run)], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    db = tmp_path / "runs" / "t" / "run.sqlite"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if db.exists():
+            with Store.open(db) as store:
+                if store.evaluated_count() >= 2:
+                    break
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped: interrupted (Ctrl-C)" in out and "finishing the evaluations in flight" in err
+    with Store.open(db) as store:
+        assert store.run_info()["status"] == "stopped"
+        assert store.pending_ids() == []  # what was in flight was finished and recorded
+        assert 2 <= store.evaluated_count() < 40
