@@ -1,6 +1,6 @@
 """What the judge costs per candidate on a CPU, for runs/demo_cpu.toml.
 
-Run with `make bench`. Three figures:
+Run with `make bench` (marked slow: out of `make test`). Three figures:
 - new candidate: a source never seen (static + offline compile for sm_90 + interpreter
   checks), in steady state: the children were started ahead of time, as in a run;
 - compile-cache hit: the same source again with the verdict memo off (the compile is
@@ -31,6 +31,7 @@ def _new_source():
     return (SEED + f"\n# candidate {next(_counter)}\n",), {}
 
 
+@pytest.mark.slow
 def test_new_candidate(benchmark, cache):
     def judge(source):
         ev = evaluate(source, TASK, cache=cache)
@@ -40,6 +41,7 @@ def test_new_candidate(benchmark, cache):
     benchmark.pedantic(judge, setup=_new_source, rounds=3, warmup_rounds=1, iterations=1)
 
 
+@pytest.mark.slow
 def test_compile_cache_hit(benchmark, cache):
     source = SEED + "\n# cache-hit candidate\n"
     assert evaluate(source, TASK, cache=cache).status == "ok"
@@ -47,6 +49,7 @@ def test_compile_cache_hit(benchmark, cache):
     assert ev.status == "ok" and ev.seconds["compile"] < 1.0
 
 
+@pytest.mark.slow
 def test_already_evaluated(benchmark, cache):
     source = SEED + "\n# memo candidate\n"
     assert evaluate(source, TASK, cache=cache).status == "ok"
