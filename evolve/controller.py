@@ -143,10 +143,7 @@ class Controller:
             while self.pool.idle_slots() and self.queue:
                 self._submit_existing(self.queue.pop(0))
             self._collect(timeout=0.5)
-        for member in list(self.population.elites()):
-            for island in range(self.population.config.islands):
-                if island != member.island:
-                    self.population.add(dataclasses.replace(member, island=island))
+        self.population.spread(list(self.population.elites()))
 
     def _pick_proposer(self) -> Proposer:
         total = sum(w for _, w in self.proposers)

@@ -237,6 +237,18 @@ class Population:
             and self._accepted - self._accepted_at_migration >= interval
         )
 
+    def copy_to(self, member: Member, island: int) -> bool:
+        """Place a copy of an evaluated member on another island (same id and hash), where it
+        strictly beats that niche's elite: how every island starts from the seed kernels."""
+        return self._place(dataclasses.replace(member, island=island))
+
+    def spread(self, members: list[Member]) -> None:
+        """Copy each member to every island (the run's seeds, at start and on resume)."""
+        for member in members:
+            for island in range(self.config.islands):
+                if island != member.island:
+                    self.copy_to(member, island)
+
     def migrate(self) -> list[tuple[Member, int]]:
         """Each island sends a copy of its best to the next island on the ring (i -> i+1 mod n).
 
@@ -251,9 +263,8 @@ class Population:
         for best, target in senders:
             if best is None:
                 continue
-            copy = dataclasses.replace(best, island=target)
-            if self._place(copy):
-                moved.append((copy, target))
+            if self.copy_to(best, target):
+                moved.append((dataclasses.replace(best, island=target), target))
         self._accepted_at_migration = self._accepted
         self._migrations += 1
         return moved

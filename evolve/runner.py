@@ -51,7 +51,9 @@ def rebuild_population(config: RunConfig, store: Store, backend: str) -> Populat
                r["source_hash"], r["generation"])
         for r in store.population_rows(backend)
     ]  # fmt: skip
-    return Population.rebuild(config.population, members, store.all_hashes())
+    population = Population.rebuild(config.population, members, store.all_hashes())
+    population.spread([m for m in members if m.generation == 0])  # every island starts from the seeds
+    return population
 
 
 def launch(args) -> int:

@@ -290,3 +290,16 @@ def test_summary_and_empty_population():
     json.dumps(s)
     assert s["islands"][0]["size"] == 2 and s["islands"][0]["best_fitness"] == 2.0
     assert s["islands"][0]["niches_filled"] == 2 and s["best_id"] == 1
+
+
+def test_spread_puts_a_seed_on_every_island():
+    pop = Population(PopulationConfig(islands=3))
+    seed = Member(1, 0, 0.5, ("large",), "h1", 0)
+    assert pop.add(seed)
+    pop.spread([seed])
+    assert [pop.island_best(i).id for i in range(3)] == [1, 1, 1]
+    # a copy never displaces a better elite already there
+    better = Member(2, 2, 0.9, ("large",), "h2", 1)
+    assert pop.add(better)
+    pop.spread([seed])
+    assert pop.island_best(2).id == 2
