@@ -54,6 +54,7 @@ class Child:
         self.launch = guards.LaunchDepth()
         self.kept: list = []  # earlier trials' tensors stay alive, so each trial gets new addresses
         self.recorded_kernels: list = []
+        self.capture = None  # set while the compile run captures launches instead of running them
         self._wrap_launchers()
 
     # -- launch interception, installed before the candidate is imported
@@ -67,7 +68,7 @@ class Child:
             original = cls.run
 
             def run(fn_self, *args, _original=original, **kwargs):
-                if getattr(self, "capture", None) is not None:
+                if self.capture is not None:
                     return self.capture(fn_self, args, kwargs)
                 signatures.append(
                     self.guards.launch_signature(fn_self.__name__, fn_self.arg_names, args, kwargs)
@@ -83,7 +84,6 @@ class Child:
                 return result
 
             cls.run = run
-        self.capture = None
 
     def send(self, header: dict, tensors: dict | None = None) -> None:
         self.wire.write_frame(self.proto_out, header, tensors)
@@ -337,7 +337,6 @@ def _plain(value):
 
 def main() -> None:
     proto_in, proto_out = _private_channels()
-    start = time.perf_counter()
     try:
         child = Child(proto_in, proto_out)
     except BaseException as e:  # noqa: BLE001
@@ -345,7 +344,6 @@ def main() -> None:
 
         wire.write_frame(proto_out, {"event": "error", "stage": "start", "message": _tail(e)})
         raise
-    child.startup_s = time.perf_counter() - start
     child.serve()
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: nothing of the candidate's should run after us

@@ -47,8 +47,7 @@ class ChildTimeout(Exception):
 
 
 class ChildDied(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    pass
 
 
 def scrubbed_env(extra: dict | None = None) -> dict:

@@ -66,7 +66,7 @@ def run_dir(name_or_path: str) -> Path:
     for candidate in (path, RUNS_DIR / name_or_path):
         if (candidate / "run.sqlite").is_file():
             return candidate
-    existing = sorted(p.name for p in RUNS_DIR.glob("*/run.sqlite") for p in [p.parent]) if RUNS_DIR.is_dir() else []
+    existing = sorted(p.parent.name for p in RUNS_DIR.glob("*/run.sqlite"))
     known = ", ".join(existing) if existing else "none yet (start one with `evolve run runs/demo.toml`)"
     raise UsageError(f"no run named {name_or_path!r}; runs in {RUNS_DIR}/: {known}")
 

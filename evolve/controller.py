@@ -64,6 +64,7 @@ class Controller:
         self.on_progress = on_progress or (lambda p: None)
         self.rng = random.Random(config.seed)
         self.stop_requested = False
+        self.force_stop = False  # a second Ctrl-C: leave what is in flight pending
         self.barren = 0  # proposals in a row that produced nothing new to evaluate
         self.queue: list[int] = []  # stored as pending, waiting for a free worker
         self.stop_reason = ""
@@ -123,7 +124,7 @@ class Controller:
 
     def _drain(self) -> None:
         """Finish what is in flight (recorded as usual), unless stopping was forced."""
-        while self.pool.in_flight() and not getattr(self, "force_stop", False):
+        while self.pool.in_flight() and not self.force_stop:
             self._collect(timeout=0.5)
 
     # ---------------------------------------------------------------- proposing
