@@ -103,6 +103,7 @@ class _Run:
         self.shapes: list[ShapeResult] = []
         self.kernels: dict = {}
         self.run_signatures: dict = {}  # (shape, layout) -> launches seen in the checked run
+        self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
         self.provenance = _provenance(options.device)
         self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
         self.backend = backend_label(task, options)
@@ -129,6 +130,8 @@ class _Run:
             return self.result("rejected", static_rules.feedback(violations))
         deadline = time.monotonic() + self.options.timeout_s
         evaluation = self.stages(deadline)
+        if self.children_cpu is not None:
+            evaluation.seconds["children_cpu"] = round(self.children_cpu, 3)
         evaluation.seconds["total"] = round(time.perf_counter() - start, 3)
         return evaluation
 
@@ -156,6 +159,9 @@ class _Run:
         finally:
             for box in boxes:
                 box.close()
+            # CPU seconds of the children (forked ones report it when they end; spawned ones don't).
+            used = [box.cpu_s for box in boxes if box.cpu_s is not None]
+            self.children_cpu = sum(used) if used else None
 
     def cpu_stages(self, boxes: list, deadline: float) -> Evaluation:
         """The offline compile and the interpreter need triton imported two different ways,

@@ -1,11 +1,18 @@
 """Run the child (evaluators/child.py) in its own process with hard limits.
 
-Spawned with subprocess (never forked from a process holding CUDA or Ray state),
-in a fresh temporary directory, with an environment stripped of secrets, its own
-process group (so a hang is killed with everything it started), an address-space
-limit (CPU only: CUDA reserves huge virtual ranges) and a wall-clock deadline on
-every read. One spare child is started ahead of time so torch and triton are
-already imported when a candidate arrives; each child serves one candidate only.
+CPU modes ("compile", "check") fork each child from a clean fork server of that mode
+(evaluators/zygote.py): spawned once per evaluator process with the scrubbed
+environment, torch and triton imported and warmed up, nothing of the evaluator's state
+inherited; a child is ready in milliseconds. GPU children ("cuda") are spawned with
+subprocess, since CUDA cannot be forked, and one spare is started ahead of time.
+
+Every child runs in a fresh temporary directory, with an environment stripped of
+secrets, its own session and process group (a hang is killed with everything it
+started), a death signal tied to its parent, an address-space limit (CPU only: CUDA
+reserves huge virtual ranges) and a wall-clock deadline on every read. Each child
+serves one candidate only. Triton's own cache is kept per evaluator process across
+candidates (safe: Triton keys it by the kernel's source, specialisation and compiler),
+so a kernel the search has compiled before is not compiled again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import tempfile
 import time
 
 from . import wire
+from .zygote import PR_SET_PDEATHSIG, ForkServer, ForkServerDied
 
 SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 KEEP = (
@@ -35,11 +43,17 @@ KEEP = (
     "CUDA_VISIBLE_DEVICES",
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
-    "TRITON_CACHE_DIR",
     "TRITON_HOME",
     "LD_LIBRARY_PATH",
+    # What Triton's compiler and launcher builds need on a GPU host (a C compiler, libcuda, ptxas).
+    "CC",
+    "CXX",
+    "CUDA_HOME",
+    "CUDA_PATH",
 )
+KEEP_PATTERN = re.compile(r"^TRITON_\w+_PATH$")  # TRITON_LIBCUDA_PATH, TRITON_PTXAS_PATH, ...
 DEFAULT_MEMORY_LIMIT = 12 << 30  # bytes of address space on CPU
+FORK_MODES = ("compile", "check")
 
 
 class ChildTimeout(Exception):
@@ -52,7 +66,9 @@ class ChildDied(Exception):
 
 def scrubbed_env(extra: dict | None = None) -> dict:
     """Only what the child needs to run; nothing that looks like a credential."""
-    env = {k: v for k, v in os.environ.items() if k in KEEP and not SECRET.search(k)}
+    env = {
+        k: v for k, v in os.environ.items() if (k in KEEP or KEEP_PATTERN.match(k)) and not SECRET.search(k)
+    }
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
@@ -61,15 +77,26 @@ def scrubbed_env(extra: dict | None = None) -> dict:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
+    # The child imports evaluators from wherever this package lives.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra or {})
     return env
 
 
 def _limits(memory_bytes: int | None):
+    """preexec_fn of a spawned process: own session, death signal, no core dumps, memory cap."""
+    parent = os.getpid()
+
     def apply() -> None:
+        import ctypes
         import resource
 
         os.setsid()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
         if memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -77,38 +104,118 @@ def _limits(memory_bytes: int | None):
     return apply
 
 
+_worker_dirs: dict[str, str] = {}
+
+
+def worker_triton_cache() -> str:
+    """This evaluator process's Triton cache directory, kept across candidates, removed at exit."""
+    if "triton" not in _worker_dirs:
+        _worker_dirs["triton"] = tempfile.mkdtemp(prefix=f"triton-evolve-cache-{os.getpid()}-")
+    return _worker_dirs["triton"]
+
+
+class _Spawned:
+    """A child started with subprocess (GPU mode)."""
+
+    def __init__(self, workdir: str, stderr_path: str, env: dict, memory_bytes: int | None) -> None:
+        with open(stderr_path, "wb") as stderr:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "evaluators.child"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=workdir,
+                env=env,
+                preexec_fn=_limits(memory_bytes),
+            )
+        self.pid = self.popen.pid
+        self.to_child, self.from_child = self.popen.stdin.fileno(), self.popen.stdout.fileno()
+        self.cpu_s: float | None = None  # Popen reaps without rusage
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.popen.kill()
+            self.popen.wait()
+
+    def close_pipes(self) -> None:
+        for stream in (self.popen.stdin, self.popen.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class _Forked:
+    """A child forked by the mode's fork server; the server reaps it and reports its exit."""
+
+    def __init__(self, server: ForkServer, pid: int, to_child: int, from_child: int) -> None:
+        self.server, self.pid, self.to_child, self.from_child = server, pid, to_child, from_child
+
+    @property
+    def cpu_s(self) -> float | None:
+        ended = self.server.exits.get(self.pid)
+        return ended[1] if ended else None
+
+    def poll(self) -> int | None:
+        ended = self.server.exit_of(self.pid, 0)
+        return None if ended is None else ended[0]
+
+    def wait(self, timeout: float) -> int:
+        ended = self.server.exit_of(self.pid, timeout)
+        if ended is None:
+            raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+        return ended[0]
+
+    def kill(self) -> None:
+        self.server.kill(self.pid)
+        self.server.exit_of(self.pid, 5.0)
+
+    def close_pipes(self) -> None:
+        for fd in (self.to_child, self.from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Sandbox:
     """One child process; `request()` sends a frame and waits for the reply with a deadline."""
 
     def __init__(self, mode: str = "check", memory_bytes: int | None = DEFAULT_MEMORY_LIMIT) -> None:
-        """mode: "compile" (offline compile, CPU), "check" (Triton interpreter, CPU) or "cuda"."""
+        """mode: "compile" (offline compile, CPU), "check" (Triton interpreter, CPU) or "cuda".
+
+        A CPU child is forked from its mode's fork server in `wait_ready` (the server may still
+        be warming up); a GPU child is spawned here.
+        """
         self.mode = mode
+        self.memory_bytes = memory_bytes if mode != "cuda" else None
         self.workdir = tempfile.mkdtemp(prefix="triton-evolve-child-")
         self.stderr_path = os.path.join(self.workdir, "stderr.log")
-        stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - handed to the child
-        env = scrubbed_env(
-            {
-                "TRITON_CACHE_DIR": os.path.join(self.workdir, "triton-cache"),
-                "TRITON_INTERPRET": "1" if mode == "check" else "0",
-            }
-        )
-        # The child imports evaluators from wherever this package lives.
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "evaluators.child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=self.workdir,
-            env=env,
-            preexec_fn=_limits(memory_bytes if mode != "cuda" else None),
-        )
-        stderr.close()
         self.ready = False
+        self.proc: _Spawned | _Forked | None = None
+        if mode == "cuda":
+            env = scrubbed_env({"TRITON_CACHE_DIR": worker_triton_cache(), "TRITON_INTERPRET": "0"})
+            self.proc = _Spawned(self.workdir, self.stderr_path, env, None)
+
+    @property
+    def cpu_s(self) -> float | None:
+        """CPU seconds the child used (its own and what it waited for), once it has ended."""
+        return self.proc.cpu_s if self.proc is not None else None
 
     def wait_ready(self, deadline: float) -> float:
+        """Seconds from construction until the child said it is ready."""
+        if self.proc is None:
+            self.proc = self._fork(deadline)
         if not self.ready:
             header, _ = self.read(deadline)
             if header.get("event") != "ready":
@@ -116,14 +223,28 @@ class Sandbox:
             self.ready = True
         return time.perf_counter() - self.started
 
+    def _fork(self, deadline: float) -> _Forked:
+        server = fork_server(self.mode)
+        stderr = os.open(self.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            env = {"TRITON_CACHE_DIR": worker_triton_cache()}
+            pid, to_child, from_child = server.fork(self.workdir, stderr, self.memory_bytes, env, deadline)
+        except TimeoutError:
+            raise ChildTimeout() from None
+        except ForkServerDied as e:
+            raise ChildDied(str(e)) from None
+        finally:
+            os.close(stderr)
+        return _Forked(server, pid, to_child, from_child)
+
     def send(self, header: dict) -> None:
         try:
-            wire.write_frame(self.proc.stdin.fileno(), header)
+            wire.write_frame(self.proc.to_child, header)
         except (BrokenPipeError, OSError):
             raise ChildDied(self.death_message()) from None
 
     def read(self, deadline: float):
-        fd = self.proc.stdout.fileno()
+        fd = self.proc.from_child
         left = deadline - time.monotonic()
         if left <= 0:
             raise ChildTimeout()
@@ -147,7 +268,7 @@ class Sandbox:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.kill()
-            code = self.proc.returncode
+            code = self.proc.poll()
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS) else ""
@@ -167,26 +288,19 @@ class Sandbox:
             return ""
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            self.proc.kill()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"cmd": "stop"})
-                self.proc.wait(timeout=2)
-            except (ChildDied, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    self.send({"cmd": "stop"})
+                    self.proc.wait(timeout=2)
+                except (ChildDied, subprocess.TimeoutExpired):
+                    pass
+            self.kill()
+            self.proc.close_pipes()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -216,11 +330,46 @@ class _alarm:
         return False
 
 
+_servers: dict[str, tuple[ForkServer, str]] = {}  # mode -> (server, its working directory)
 _spares: dict[str, Sandbox] = {}
 
 
+def fork_server(mode: str) -> ForkServer:
+    """The running fork server for a CPU mode, started (or restarted after a death) on demand."""
+    if mode not in FORK_MODES:
+        raise ValueError(f"no fork server for mode {mode!r}; CPU modes are {FORK_MODES}")
+    entry = _servers.get(mode)
+    if entry is not None and entry[0].alive():
+        return entry[0]
+    if entry is not None:
+        _close_server(mode)
+    workdir = tempfile.mkdtemp(prefix=f"triton-evolve-zygote-{mode}-")
+    env = scrubbed_env(
+        {
+            "TRITON_CACHE_DIR": os.path.join(workdir, "triton-cache"),
+            # The interpreter must be chosen before triton is imported (triton.language builds
+            # its helpers at import), hence one server per mode.
+            "TRITON_INTERPRET": "1" if mode == "check" else "0",
+        }
+    )
+    server = ForkServer(mode, env, workdir, os.path.join(workdir, "zygote.log"), _limits(None))
+    _servers[mode] = (server, workdir)
+    return server
+
+
+def _close_server(mode: str) -> None:
+    server, workdir = _servers.pop(mode)
+    server.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def take(mode: str, memory_bytes: int | None = DEFAULT_MEMORY_LIMIT, prestart: bool = True) -> Sandbox:
-    """A started child for one candidate, and (optionally) the next one started behind it."""
+    """A child for one candidate. CPU modes fork on demand (the fork server is started once,
+    here, when `prestart`); GPU mode hands out the spare started last time and starts the next."""
+    if mode in FORK_MODES:
+        if prestart:
+            fork_server(mode)
+        return Sandbox(mode, memory_bytes)
     key = f"{mode}:{memory_bytes}"
     box = _spares.pop(key, None)
     if box is None or box.proc.poll() is not None:
@@ -233,9 +382,15 @@ def take(mode: str, memory_bytes: int | None = DEFAULT_MEMORY_LIMIT, prestart: b
 
 
 def shutdown_spares() -> None:
+    """Stop spare children and fork servers; remove this process's Triton cache."""
     while _spares:
         _, box = _spares.popitem()
         box.close()
+    for mode in list(_servers):
+        _close_server(mode)
+    for path in _worker_dirs.values():
+        shutil.rmtree(path, ignore_errors=True)
+    _worker_dirs.clear()
 
 
 atexit.register(shutdown_spares)
