@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .compat import UnsupportedEnvironment, require_tested_environment
 from .evaluate import EvalOptions, evaluate
 from .evaluation import Evaluation
 from .task import TaskError, load_task, parse_shapes
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or _default_device()
     if device == "cuda" and not _cuda_available():
         print("error: --device cuda: no CUDA GPU is visible; use --device cpu", file=sys.stderr)
+        return 2
+    try:
+        require_tested_environment(device)
+    except UnsupportedEnvironment as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     model_gpu = None if args.model_gpu == "none" else args.model_gpu
     options = EvalOptions(device=device, timeout_s=args.timeout, prestart=False, model_gpu=model_gpu)

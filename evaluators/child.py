@@ -59,12 +59,12 @@ class Child:
 
     # -- launch interception, installed before the candidate is imported
     def _wrap_launchers(self) -> None:
-        from triton.runtime import interpreter, jit
+        from .compat import launcher_classes
 
         launch = self.launch
         recorded = self.recorded_kernels
         signatures = self.launch_signatures = []
-        for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+        for cls in launcher_classes():
             original = cls.run
 
             def run(fn_self, *args, _original=original, **kwargs):

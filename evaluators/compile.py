@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import compat
+
 LOG_LIMIT = 1500  # characters of compiler output kept in feedback
 
 
@@ -37,24 +39,13 @@ def truncate(text: str, limit: int = LOG_LIMIT) -> str:
 
 
 def child_backend(capability: int):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-
-    target = GPUTarget("cuda", capability, 32)
-    return target, make_backend(target)
+    """(target, backend) of Triton's CUDA compiler for `capability` (e.g. 90); no GPU needed."""
+    return compat.cuda_backend(capability)
 
 
 def child_specialise(jit_fn, backend, args: tuple, kwargs: dict) -> dict:
     """Triton's own binder applied to real arguments: signature, constexprs, attrs, options."""
-    from triton.runtime import jit as tjit
-
-    kwargs = dict(kwargs)
-    binder = tjit.create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
-    bound_args, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = jit_fn._pack_args(
-        backend, kwargs, bound_args, specialization, options
-    )
-    return {"signature": signature, "constexprs": constexprs, "attrs": attrs, "options": options}
+    return compat.specialise(jit_fn, backend, args, kwargs)
 
 
 def spec_key(kernel_name: str, spec: dict) -> str:
@@ -77,16 +68,10 @@ def spec_key(kernel_name: str, spec: dict) -> str:
 
 def child_compile(jit_fn, spec: dict, target) -> dict:
     """Compile ahead of time; facts about the result as plain data."""
-    import triton
-    from triton.compiler import ASTSource
-
     start = time.perf_counter()
-    src = ASTSource(jit_fn, spec["signature"], spec["constexprs"], spec["attrs"])
-    kernel = triton.compile(src, target=target, options=spec["options"].__dict__)
-    facts = compiled_facts(
-        kernel.asm, kernel.metadata.shared, kernel.metadata.num_warps, kernel.metadata.num_stages
-    )
-    facts.update(cubin_resources(kernel.asm["cubin"]))
+    kernel = compat.kernel_facts(compat.compile_for(jit_fn, spec, target))
+    facts = compiled_facts(kernel["asm"], kernel["shared"], kernel["num_warps"], kernel["num_stages"])
+    facts.update(cubin_resources(kernel["asm"]["cubin"]))
     facts["compile_s"] = round(time.perf_counter() - start, 3)
     return facts
 

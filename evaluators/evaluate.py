@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from . import compat, guards, sandbox, static_rules
 from . import compile as comp
-from . import guards, sandbox, static_rules
 from .correctness import compare, make_inputs, reference
 from .evaluation import Evaluation, ShapeResult
 from .targets import TARGET_LIMITS, limit_violations
@@ -48,8 +48,12 @@ def evaluate(
     cache: comp.CompileCache | None = None,
     **overrides,
 ) -> Evaluation:
-    """Judge one kernel module. Never raises for a bad candidate: the status says what went wrong."""
+    """Judge one kernel module. Never raises for a bad candidate: the status says what went wrong.
+
+    Raises compat.UnsupportedEnvironment (before judging) when the installed torch/triton/numpy
+    cannot run `options.device`'s mode (evaluators/compat.py)."""
     options = dataclasses.replace(options or EvalOptions(), **overrides)
+    compat.require_tested_environment(options.device)
     cache = cache if cache is not None else _default_cache()
     run = _Run(source, task, options, cache)
     key = _memo_key(source, task, options, run.backend)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import compat
+
 _state: dict = {}
 
 
@@ -23,9 +25,7 @@ def _bf16_storage_to_fp32(data: np.ndarray) -> np.ndarray:
 def _selfcheck() -> float:
     """Max abs error of a 16x16x16 bf16 tl.dot under the interpreter (0 when right)."""
     import torch
-    import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 
     def dot_kernel(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
@@ -33,14 +33,13 @@ def _selfcheck() -> float:
         b = tl.load(b_ptr + offs[:, None] * BLOCK + offs[None, :])
         tl.store(c_ptr + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, b))
 
-    kernel = InterpretedFunction(dot_kernel)
+    kernel = compat.interpreted(dot_kernel)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(16, 16, generator=gen).to(torch.bfloat16)
     b = torch.randn(16, 16, generator=gen).to(torch.bfloat16)
     c = torch.empty(16, 16, dtype=torch.float32)
     kernel[(1,)](a, b, c, BLOCK=16)
     ref = a.double() @ b.double()
-    del triton  # imported for its side effect of registering the interpreter
     return float((c.double() - ref).abs().max())
 
 
@@ -52,26 +51,26 @@ def ensure_bf16_dot() -> str:
         _state["status"] = "ok"
         return "ok"
     import triton.language as tl
-    from triton.runtime import interpreter
 
-    original = interpreter.InterpreterBuilder.create_dot
+    builder, handle = compat.interpreter_dot()
+    original = builder.create_dot
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         if a.dtype == tl.bfloat16 or b.dtype == tl.bfloat16:
-            a = interpreter.TensorHandle(
+            a = handle(
                 _bf16_storage_to_fp32(a.data) if a.dtype == tl.bfloat16 else a.data.astype(np.float32),
                 tl.float32,
             )
-            b = interpreter.TensorHandle(
+            b = handle(
                 _bf16_storage_to_fp32(b.data) if b.dtype == tl.bfloat16 else b.data.astype(np.float32),
                 tl.float32,
             )
         return original(self, a, b, d, input_precision, max_num_imprecise_acc)
 
-    interpreter.InterpreterBuilder.create_dot = create_dot
+    builder.create_dot = create_dot
     err = _selfcheck()
     if err >= 1e-3:
-        interpreter.InterpreterBuilder.create_dot = original
+        builder.create_dot = original
         raise RuntimeError(f"interpreter bf16 dot still wrong after the fix (max error {err:.3g})")
     _state["status"] = "patched"
     return "patched"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from evaluators import EvalOptions, backend_label, load_task
+from evaluators.compat import UnsupportedEnvironment, require_tested_environment
 from evaluators.task import TaskError
 
 from .candidate import Proposer
@@ -88,6 +89,10 @@ def launch(args) -> int:
         if not Path(seed_path).is_file():
             raise ConfigError(f"{config.source}: field 'run.seeds': {seed_path} does not exist")
     device = resolve_device(config.device)
+    try:
+        require_tested_environment(device)
+    except UnsupportedEnvironment as e:
+        raise UsageError(str(e)) from None
     workers = config.workers or default_workers(device)
     options = eval_options(config, device)
     backend = backend_label(task, options)
