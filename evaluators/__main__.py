@@ -8,6 +8,7 @@ kernel verdicts: they print one clear line to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("kernel", help="path to a kernel module (.py) following the candidate contract")
     check.add_argument("--task", required=True, help="task TOML file, e.g. runs/demo_cpu.toml")
     check.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="override the task's dtype")
-    check.add_argument("--shapes", help='override the correctness shapes: "M,N,K;M,N,K"')
+    check.add_argument(
+        "--shapes",
+        help='override the shapes: "M,N,K;M,N,K"; on the CPU the interpreter\'s check shapes, '
+        "on a GPU the shapes checked and timed (in place of the task's training shapes)",
+    )
     check.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     check.add_argument("--timeout", type=float, default=EvalOptions.timeout_s, help="hard limit in seconds")
     check.add_argument(
@@ -57,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedEnvironment as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.shapes and device == "cuda":
+        # On a GPU the training shapes are the ones checked and timed: --shapes replaces them.
+        task = dataclasses.replace(task, train=task.check)
+        print(f"--shapes: checking and timing {len(task.train)} shape(s) on the GPU", file=sys.stderr)
     model_gpu = None if args.model_gpu == "none" else args.model_gpu
     options = EvalOptions(device=device, timeout_s=args.timeout, prestart=False, model_gpu=model_gpu)
     try:

@@ -52,7 +52,7 @@ class Child:
         self.baseline = torch.matmul  # captured before any candidate code runs
         self.proto_in, self.proto_out = proto_in, proto_out
         self.launch = guards.LaunchDepth()
-        self.kept: list = []  # earlier trials' tensors stay alive, so each trial gets new addresses
+        self.previous: tuple = ()  # the last trial's tensors, see retain()
         self.recorded_kernels: list = []
         self.capture = None  # set while the compile run captures launches instead of running them
         self._wrap_launchers()
@@ -98,6 +98,24 @@ class Child:
         sys.modules[name] = module
         spec.loader.exec_module(module)
         return module
+
+    def retain(self, *tensors) -> None:
+        """Keep this trial's tensors alive until the next trial, then poison and drop them.
+
+        Alive: the next trial's inputs and output cannot take their addresses, so consecutive
+        trials never share an address (a cache keyed by pointer misses). Bounded: only one
+        trial is kept (keeping every trial's tensors held ~71 GiB on a GPU for llm_bf16).
+        Poisoned (NaN, or -1 for integers) before release: an output left uninitialised that
+        lands on a freed block, or a result the candidate kept from an earlier call, reads
+        garbage instead of a stale right answer (the Sakana uninitialised-output exploit).
+        """
+        for old in self.previous:
+            if type(old) is self.torch.Tensor and old.numel():
+                try:
+                    old.fill_(float("nan") if old.is_floating_point() else -1)
+                except RuntimeError:  # an overlapping view (e.g. expanded) cannot be written; drop it
+                    pass
+        self.previous = tuple(tensors)
 
     # -- stages
     def compile_offline(self, path: str, task: dict) -> dict:
@@ -159,16 +177,17 @@ class Child:
     def compile_jit(self, module, task: dict) -> dict:
         """On a GPU the real JIT compiles at first launch; record what it built."""
         from . import compile as comp
-        from .correctness import make_inputs
+        from .correctness import input_generator, make_inputs
 
         torch = self.torch
         launches = []
         for shape in task["train"]:
             for layout in task["layouts"]:
-                a, b = make_inputs(tuple(shape), layout, task["dtype"], torch.Generator().manual_seed(0))
+                a, b = make_inputs(tuple(shape), layout, task["dtype"], input_generator(0, "cuda"))
                 self.recorded_kernels.clear()
-                module.matmul(a.cuda(), b.cuda())
+                module.matmul(a, b)
                 torch.cuda.synchronize()
+                del a, b  # freed before the next shape's inputs are drawn
                 entry = {"shape": list(shape), "layout": layout, "calls": []}
                 for fn, kernel in self.recorded_kernels:
                     key = f"{fn.__name__}-{kernel.hash}" if hasattr(kernel, "hash") else fn.__name__
@@ -185,16 +204,14 @@ class Child:
         return {"kernels": self.kernels, "launches": launches}
 
     def run_once(self, module, task: dict, cmd: dict) -> None:
-        from .correctness import make_inputs
+        from .correctness import input_generator, make_inputs
 
         torch, guards = self.torch, self.guards
-        device = task["device"]
-        gen = torch.Generator().manual_seed(int(cmd["seed"]))
+        device = "cuda" if task["device"] == "cuda" else "cpu"
+        gen = input_generator(int(cmd["seed"]), device)  # drawn on the device, as the parent does
         a, b = make_inputs(tuple(cmd["shape"]), cmd["layout"], task["dtype"], gen)
-        if device == "cuda":
-            a, b = a.cuda(), b.cuda()
         a_before, b_before = a.clone(), b.clone()
-        self.kept.append((a_before, b_before))
+        self.retain(a_before, b_before)
         recorder = guards.OpRecorder(self.launch)
         self.launch.launches = 0
         self.launch_signatures.clear()
@@ -212,6 +229,7 @@ class Child:
             "inputs_changed": not (torch.equal(a, a_before) and torch.equal(b, b_before)),
         }
         if type(out) is not torch.Tensor:
+            self.retain(a, b, a_before, b_before)
             self.send(facts)
             return
         facts.update(
@@ -220,7 +238,7 @@ class Child:
             device=out.device.type,
             aliases_input=_shares_memory(out, a) or _shares_memory(out, b),
         )
-        self.kept.append((a, b, out))
+        self.retain(a, b, a_before, b_before, out)
         wire_out = out if out.dtype in (torch.float16, torch.bfloat16, torch.float32) else out.float()
         self.send(facts, {"out": wire_out})
 
@@ -231,16 +249,22 @@ class Child:
         calls the candidate once more: a result cached by pointer or shape is then wrong.
         """
         from . import timing
-        from .correctness import make_inputs
+        from .correctness import input_generator, make_inputs
 
         torch = self.torch
         shape, layout, dtype = tuple(cmd["shape"]), cmd["layout"], task["dtype"]
 
         def inputs_for(seed: int):
-            return make_inputs(shape, layout, dtype, torch.Generator().manual_seed(int(seed)))
+            return make_inputs(shape, layout, dtype, input_generator(int(seed), "cuda"))
 
-        inputs = [tuple(x.cuda() for x in inputs_for(seed)) for seed in cmd["seeds"]]
+        self.retain()  # the check trials' tensors are not needed any more
+        inputs = [inputs_for(seed) for seed in cmd["seeds"]]
         protocol = timing.TimingProtocol(**cmd.get("protocol", {}))
+        if protocol.flush_bytes_min > self.cuda_device.flush_bytes:
+            raise RuntimeError(
+                f"judge inconsistency: protocol.flush_bytes_min={protocol.flush_bytes_min} but the device "
+                f"was set up with a {self.cuda_device.flush_bytes}-byte flush (the job's protocol)"
+            )
         pair = timing.time_pair(module.matmul, self.baseline, inputs, self.cuda_device, protocol)
         out = {f"timed{i}": o for i, o in pair.rechecks}
         for j, seed in enumerate(cmd["probe_seeds"]):
@@ -257,9 +281,38 @@ class Child:
                 "stats": stats,
                 "wall_median_s": pair.wall_median_s,
                 "notes": list(pair.notes),
+                "batch": list(pair.batch),
+                "guard_median_s": list(pair.guard_median_s),
             },
             {k: v for k, v in out.items() if type(v) is torch.Tensor},
         )
+
+    def prepare_cuda(self, task: dict) -> dict:  # pragma: no cover - needs a GPU
+        """Cap the GPU memory, set the baseline's TF32 rule, bind the timing device; say what was set.
+
+        The cap (torch.cuda.set_per_process_memory_fraction, EvalOptions.gpu_memory_fraction)
+        bounds the caching allocator, through which every tensor the candidate can make goes
+        (it cannot call cudaMalloc itself: the static rules allow no ctypes). Beyond it the
+        allocation raises torch.OutOfMemoryError: `crashed`, out of GPU memory.
+        """
+        from .timing import CudaDevice, TimingProtocol, set_baseline_precision
+
+        torch = self.torch
+        fraction = float(task.get("gpu_memory_fraction", 0.5))
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        precision = set_baseline_precision(task["dtype"], bool(task.get("allow_tf32", False)))
+        protocol = TimingProtocol(**task.get("protocol", {}))
+        # Binds sync, events and the flush buffer (protocol.flush_bytes_min honoured) now.
+        self.cuda_device = CudaDevice(flush_bytes_min=protocol.flush_bytes_min)
+        return {
+            "gpu_memory_fraction": fraction,
+            "baseline_precision": precision,
+            "flush_bytes": self.cuda_device.flush_bytes,
+            "device_notes": list(self.cuda_device.notes),
+        }
+
+    def out_of_memory(self, e: BaseException) -> bool:
+        return isinstance(e, MemoryError | self.torch.OutOfMemoryError)
 
     def serve(self) -> None:
         """One candidate: compile (offline, CPU), check (interpreter, CPU) or both plus timing (cuda)."""
@@ -280,15 +333,11 @@ class Child:
                 module = self.load(path, "candidate", interpret=True)
                 report = {"interp_bf16_dot": ensure_bf16_dot()}
             else:
-                from .timing import CudaDevice
-
-                self.cuda_device = CudaDevice()  # binds sync and events before candidate code exists
+                report = self.prepare_cuda(task)  # before candidate code exists
                 module = self.load(path, "candidate", interpret=False)
-                report = self.compile_jit(module, task)
+                report.update(self.compile_jit(module, task))
         except BaseException as e:  # noqa: BLE001 - every failure becomes a message for the parent
-            self.send(
-                {"event": "error", "stage": mode, "message": _tail(e), "memory": isinstance(e, MemoryError)}
-            )
+            self.send({"event": "error", "stage": mode, "message": _tail(e), "memory": self.out_of_memory(e)})
             return
         self.send({"event": "loaded", "seconds": round(time.perf_counter() - started, 3), **report})
         while True:
@@ -306,7 +355,7 @@ class Child:
                         "event": "error",
                         "stage": cmd["cmd"],
                         "message": _tail(e),
-                        "memory": isinstance(e, MemoryError) or "allocate" in str(e),
+                        "memory": self.out_of_memory(e),
                         "timing_guard": type(e).__name__ == "TimingError",
                     }
                 )

@@ -48,15 +48,27 @@ def tolerance(dtype: str, K: int, torch_scaled_err: float, allow_tf32: bool = Fa
     return 2.0 * max(model_tolerance(dtype, K, allow_tf32), torch_scaled_err)
 
 
+def input_generator(seed: int, device: str = "cpu") -> torch.Generator:
+    """A generator seeded for one trial, on the device the inputs are drawn on.
+
+    Parent and child draw the same inputs from the same (seed, device); a CUDA generator
+    (Philox) gives other values than a CPU one for the same seed, so both sides must agree
+    on the device. Drawing on the GPU keeps multi-GiB inputs off the CPU (the child runs
+    single-threaded).
+    """
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
 def make_inputs(
     shape: tuple[int, int, int], layout: str, dtype: str, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh normal inputs with the layout's strides; never an exact zero."""
+    """Fresh normal inputs with the layout's strides, on ``generator.device``; never an exact zero."""
     M, N, K = shape
     dt = torch_dtype(dtype)
+    device = generator.device
 
     def randn(rows: int, cols: int) -> torch.Tensor:
-        x = torch.randn(rows, cols, generator=generator, dtype=torch.float32)
+        x = torch.randn(rows, cols, generator=generator, dtype=torch.float32, device=device)
         x = torch.where(x == 0, torch.ones_like(x), x).to(dt)
         return torch.where(x == 0, torch.ones_like(x), x)  # values that underflowed the dtype
 
@@ -73,7 +85,7 @@ class Reference:
 
 
 def reference(a: torch.Tensor, b: torch.Tensor) -> Reference:
-    """Computed in the trusted process, from copies taken before the candidate ran."""
+    """Computed in the trusted process, on the inputs' device (float64 there), from its own copy."""
     a64, b64 = a.double(), b.double()
     exact = a64 @ b64
     scale = a64.abs() @ b64.abs()

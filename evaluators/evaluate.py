@@ -2,7 +2,10 @@
 
 Every verdict is reached here, in the trusted process, from what the sandboxed
 child reports: the child runs the candidate, the parent computes the float64
-reference from its own copy of the inputs and compares.
+reference from its own copy of the inputs and compares. Nothing escapes `evaluate()`:
+an error the candidate's child causes (a malformed frame, a death) is `crashed`, an
+error of the judge itself (an exception in the parent, the parent out of GPU memory)
+is `judge_error`, never memoised.
 """
 
 from __future__ import annotations
@@ -10,18 +13,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import secrets
 import time
+import traceback
 
 import torch
 
-from . import compat, guards, sandbox, static_rules
+from . import compat, guards, sandbox, static_rules, wire
 from . import compile as comp
-from .correctness import compare, make_inputs, reference
+from .correctness import compare, input_generator, make_inputs, reference
 from .evaluation import Evaluation, ShapeResult
+from .gpu_timing import gpu_budget, time_task
 from .targets import TARGET_LIMITS, limit_violations
 from .task import Task
+from .timing import TimingProtocol
+from .verdict import Stop
+
+REQUEST_SLACK_S = 60.0  # on a GPU, each check/time request may take its work budget plus this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +46,17 @@ class EvalOptions:
     memo: bool = True  # return the stored verdict for a (source, task, backend) judged before
     model_gpu: str | None = "auto"  # CPU only: GPU the performance model ranks for ("h100", "h200", "a100");
     # "auto" picks by the task's target (sm_90: h100, sm_80: a100); None: no model, no fitness
+    work_budget: bool = True  # CUDA only: the limit is timeout_s + the task's GPU work budget
+    # (gpu_timing.gpu_budget, FLOPs and bytes at stated slow rates); False: timeout_s alone, hard
+    gpu_memory_fraction: float = 0.5  # CUDA only: the child's caching allocator may take this share of
+    # the GPU's memory (torch.cuda.set_per_process_memory_fraction); the rest is the parent's, for its
+    # float64 references. Beyond it the candidate's allocation fails: `crashed` (out of GPU memory).
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(
+                f"EvalOptions.gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"
+            )
 
 
 def evaluate(
@@ -65,15 +84,32 @@ def evaluate(
             evaluation.seconds = {"memo": round(time.perf_counter() - start, 4)}
             evaluation.provenance["memo_hit"] = True
             return evaluation
-    evaluation = run.run()
-    if evaluation.status in MEMO_STATUSES:
+    try:
+        evaluation = run.run()
+    except Exception as e:  # noqa: BLE001 - the judge's own bug: a verdict, never an escape
+        run.memo = False
+        evaluation = run.result("judge_error", _judge_error(e))
+    if evaluation.status in MEMO_STATUSES and run.memo:
         cache.put_evaluation(key, evaluation.to_dict())
     return evaluation
 
 
-# Verdicts that depend only on the source and the task; timeouts and crashes may be
-# the machine's fault, so those are judged afresh next time.
+# Verdicts that depend only on the source and the task are remembered: the static rules, the
+# compile, the checks (wrong results, forbidden ops). Judged afresh next time: timeouts and
+# crashes (maybe the machine's fault), judge errors, and whatever rests on a measurement: a
+# measured fitness and a timing-guard or speed-of-light rejection (_Run.memo is False then).
 MEMO_STATUSES = ("ok", "rejected", "compile_error", "incorrect")
+
+
+def _judge_error(e: BaseException) -> str:
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    at = f" at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}" if where else ""
+    if isinstance(e, torch.OutOfMemoryError):
+        return (
+            f"the judge ran out of GPU memory{at} (its reference or a verification); not held against the "
+            f"candidate, judged again next time: {comp.truncate(str(e))}"
+        )
+    return f"the judge failed{at} ({type(e).__name__}: {comp.truncate(str(e))}); judged again next time"
 
 
 def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> str:
@@ -94,12 +130,6 @@ def _default_cache() -> comp.CompileCache:
     return _CACHE
 
 
-class _Stop(Exception):
-    def __init__(self, status: str, feedback: str) -> None:
-        super().__init__(feedback)
-        self.status, self.feedback = status, feedback
-
-
 class _Run:
     def __init__(self, source: str, task: Task, options: EvalOptions, cache: comp.CompileCache) -> None:
         self.source, self.task, self.options, self.cache = source, task, options, cache
@@ -111,6 +141,12 @@ class _Run:
         self.provenance = _provenance(options.device)
         self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
         self.backend = backend_label(task, options)
+        self.memo = True  # False once the verdict rests on a measurement or the judge failed
+        self.protocol = TimingProtocol()
+        self.budget = gpu_budget(task, self.protocol) if options.device == "cuda" else None
+        self.work_s = self.budget.total_s if self.budget and options.work_budget else 0.0
+        self.deadline = 0.0
+        self.waiting = "starting the child"  # what the parent waits for, named when a deadline fires
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
         compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
@@ -132,7 +168,8 @@ class _Run:
         self.seconds["static"] = time.perf_counter() - start
         if violations:
             return self.result("rejected", static_rules.feedback(violations))
-        deadline = time.monotonic() + self.options.timeout_s
+        # On a GPU the limit grows with the task's work (evaluators/gpu_timing.py: gpu_budget).
+        deadline = self.deadline = time.monotonic() + self.options.timeout_s + self.work_s
         evaluation = self.stages(deadline)
         if self.children_cpu is not None:
             evaluation.seconds["children_cpu"] = round(self.children_cpu, 3)
@@ -147,19 +184,27 @@ class _Run:
             box = sandbox.take("cuda", None, self.options.prestart)
             boxes.append(box)
             self.wait(box, "child_wait", deadline)
-            self.send_job(box, "cuda", {})
+            self.send_job(
+                box,
+                "cuda",
+                {
+                    "protocol": dataclasses.asdict(self.protocol),
+                    "gpu_memory_fraction": self.options.gpu_memory_fraction,
+                },
+            )
+            self.waiting = "the JIT compile stage (every training shape and layout called once)"
             self.finish_compile(box, deadline)
             self.check(box, deadline)
-            return self.time(box, deadline)
-        except _Stop as stop:
+            return self.time(box)
+        except Stop as stop:
+            self.memo = self.memo and stop.memo
             return self.result(stop.status, stop.feedback)
         except sandbox.ChildTimeout:
-            return self.result(
-                "timeout",
-                f"no answer within the {self.options.timeout_s:g} s limit (a hang, an endless loop, or far too slow)",
-            )
+            return self.result("timeout", self.timeout_feedback())
         except sandbox.ChildDied as died:
             return self.result("crashed", str(died))
+        except wire.WireError as e:  # the child is untrusted: a malformed frame is the candidate's doing
+            return self.result("crashed", f"the candidate's process sent a malformed reply ({e})")
         finally:
             for box in boxes:
                 box.close()
@@ -181,7 +226,7 @@ class _Run:
             self.wait(check_box, "check_child_wait", deadline)
             self.load_checker(check_box, deadline)
             self.check(check_box, deadline)
-        except (_Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
+        except (Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
             check_failure = failure
         self.finish_compile(compile_box, deadline)
         if check_failure is not None:
@@ -192,6 +237,22 @@ class _Run:
             "ok",
             "correct on every check shape under the CPU interpreter; "
             "no fitness: nothing was timed or modelled on this backend",
+        )
+
+    def deadline_for(self, work_s: float) -> float:
+        """A deadline for one GPU request with ``work_s`` seconds of budgeted work, within the whole's."""
+        return min(self.deadline, time.monotonic() + work_s + REQUEST_SLACK_S)
+
+    def timeout_feedback(self) -> str:
+        text = (
+            f"no answer in time while waiting for {self.waiting} (a hang, an endless loop, or far too slow)"
+        )
+        if self.budget is None:
+            return f"{text}; the limit was {self.options.timeout_s:g} s"
+        return (
+            f"{text}; the limit was {self.options.timeout_s:g} s (start-up and compile) + "
+            f"{self.work_s:.0f} s of GPU work for this task, each request its share + "
+            f"{REQUEST_SLACK_S:g} s; budget: {self.budget.how}"
         )
 
     def wait(self, box: sandbox.Sandbox, label: str, deadline: float) -> None:
@@ -207,9 +268,9 @@ class _Run:
         header, _ = box.read(deadline)
         if header.get("event") == "error":
             status = "crashed" if header.get("memory") else "compile_error"
-            raise _Stop(status, f"{header.get('stage')} failed: {comp.truncate(str(header.get('message')))}")
+            raise Stop(status, f"{header.get('stage')} failed: {comp.truncate(str(header.get('message')))}")
         if header.get("event") != "loaded":
-            raise _Stop("crashed", f"the child sent an unexpected reply to the {mode} request")
+            raise Stop("crashed", f"the child sent an unexpected reply to the {mode} request")
         return header
 
     def load_checker(self, box: sandbox.Sandbox, deadline: float) -> None:
@@ -226,10 +287,13 @@ class _Run:
         self.seconds["compile"] = float(header.get("seconds", 0.0))
         self.kernels = dict(header.get("kernels", {}))
         self.launches = header.get("launches", [])
+        for key in ("gpu_memory_fraction", "baseline_precision", "flush_bytes", "device_notes"):
+            if key in header:  # what the CUDA child set before the candidate loaded
+                self.provenance[key] = header[key]
         if cpu:
             self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
             if not any(entry["calls"] for entry in self.launches):
-                raise _Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+                raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
             self.compare_launches(header.get("check_launches", []))
         limits = TARGET_LIMITS[self.task.target]
         for key, facts in self.kernels.items():
@@ -240,12 +304,10 @@ class _Run:
                 num_warps=facts.get("num_warps", 4),
             )
             if problems:
-                raise _Stop(
-                    "compile_error", f"kernel {facts.get('kernel')} {key[:8]}: " + "; ".join(problems)
-                )
+                raise Stop("compile_error", f"kernel {facts.get('kernel')} {key[:8]}: " + "; ".join(problems))
             precision = comp.precision_problems(facts, self.task.dtype, self.task.allow_tf32)
             if precision:
-                raise _Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
+                raise Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
 
     def model(self) -> Evaluation:
         """Modelled fitness: geometric mean over training shapes and layouts of the modelled
@@ -290,7 +352,7 @@ class _Run:
         for entry in compiled:
             key = (tuple(entry["shape"]), entry["layout"])
             if key in self.run_signatures and self.run_signatures[key] != entry["signatures"]:
-                raise _Stop(
+                raise Stop(
                     "rejected",
                     f"shape {key[0]} layout {key[1]}: the entry point launches different kernels, grids or "
                     "arguments when compiled (meta tensors) than when checked; it must not depend on the device",
@@ -305,20 +367,24 @@ class _Run:
             for layout in self.task.layouts:
                 result = ShapeResult(shape=tuple(shape), layout=layout, max_abs_err=0.0, max_scaled_err=0.0)
                 self.shapes.append(result)
+                where = f"shape {tuple(shape)} layout {layout}"
+                request_deadline = deadline
+                if self.budget is not None:
+                    self.waiting = f"a check trial on {where}"
+                    request_deadline = self.deadline_for(self.budget.check_s[(tuple(shape), layout)])
                 for _ in range(self.task.trials):
                     seed = secrets.randbits(63)
-                    a, b = make_inputs(
-                        tuple(shape), layout, self.task.dtype, torch.Generator().manual_seed(seed)
-                    )
-                    ref = reference(a.to(device), b.to(device))
+                    # Drawn where they are used (the child draws the same from the same seed and device).
+                    a, b = make_inputs(tuple(shape), layout, self.task.dtype, input_generator(seed, device))
+                    ref = reference(a, b)
+                    del a, b
                     header, tensors = box.request(
-                        {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}, deadline
+                        {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}, request_deadline
                     )
-                    where = f"shape {tuple(shape)} layout {layout}"
                     verdict = self.judge_output(header, tensors, ref, shape, where)
                     signatures = header.get("launch_signatures")
                     if self.run_signatures.setdefault((tuple(shape), layout), signatures) != signatures:
-                        raise _Stop(
+                        raise Stop(
                             "rejected",
                             f"{where}: the entry point launched different kernels on "
                             "two calls with the same shape; launches must depend on shapes only",
@@ -326,54 +392,75 @@ class _Run:
                     result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
                     result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
                     result.tolerance = verdict.tolerance
+                    del ref, tensors
+                if device == "cuda":
+                    torch.cuda.empty_cache()  # the child shares the GPU: give back what this shape took
         self.seconds["correctness"] = time.perf_counter() - start
 
     def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
         if header.get("event") == "error":
             status = "crashed"
             hint = " (out of memory)" if header.get("memory") else ""
-            raise _Stop(
+            raise Stop(
                 status, f"{where}: the entry point raised{hint}: {comp.truncate(str(header.get('message')))}"
             )
         forbidden = guards.describe_forbidden(
             [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
         )
         if forbidden:
-            raise _Stop("rejected", f"{where}: {forbidden}")
+            raise Stop("rejected", f"{where}: {forbidden}")
         if int(header.get("launches", 0)) < 1:
-            raise _Stop(
+            raise Stop(
                 "rejected", f"{where}: the call launched no Triton kernel; the work must happen in Triton"
             )
         if header.get("output_type") != "torch.Tensor":
-            raise _Stop(
+            raise Stop(
                 "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
             )
         M, N, _K = shape
         expected_dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
         if header.get("shape") != [M, N] or header.get("dtype") != expected_dtype:
-            raise _Stop(
+            raise Stop(
                 "incorrect",
                 f"{where}: returned shape {header.get('shape')} {header.get('dtype')}, "
                 f"expected [{M}, {N}] {expected_dtype}",
             )
         if header.get("aliases_input"):
-            raise _Stop(
-                "incorrect", f"{where}: the output shares memory with an input; allocate a new tensor"
-            )
+            raise Stop("incorrect", f"{where}: the output shares memory with an input; allocate a new tensor")
         if header.get("inputs_changed"):
-            raise _Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
+            raise Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
         out = tensors.get("out")
         if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{expected_dtype}":
-            raise _Stop("incorrect", f"{where}: the output did not arrive intact")
+            raise Stop("incorrect", f"{where}: the output did not arrive intact")
         verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
         if not verdict.ok:
-            raise _Stop("incorrect", f"{where}: {verdict.message}")
+            raise Stop("incorrect", f"{where}: {verdict.message}")
         return verdict
 
-    def time(self, box: sandbox.Sandbox, deadline: float) -> Evaluation:  # pragma: no cover - needs a GPU
-        from .gpu_timing import time_task
+    def time(self, box: sandbox.Sandbox) -> Evaluation:
+        """Measured fitness (evaluators/gpu_timing.py). A measurement: never memoised."""
+        start = time.perf_counter()
+        gpu = self.provenance.get("gpu", "")
+        self.memo = False
 
-        return time_task(self, box, deadline)
+        def deadline_for(work_s: float) -> float:
+            self.waiting = "a timing request (one training shape and layout, all trials)"
+            return self.deadline_for(work_s)
+
+        timed = time_task(self.task, box, deadline_for, gpu, self.protocol)
+        self.seconds["timing"] = time.perf_counter() - start
+        self.shapes += timed.shapes
+        if timed.notes:
+            self.provenance["timing_notes"] = timed.notes
+        self.provenance["timing_batch"] = timed.batch
+        if not any(s.fraction_of_peak for s in timed.shapes):
+            self.provenance["speed_of_light_guard"] = f"skipped: no peak known for {gpu!r}"
+        return self.result(
+            "ok",
+            f"measured on {gpu}: geometric-mean speedup over torch.matmul {timed.fitness:.3f}",
+            fitness=timed.fitness,
+            kind="measured",
+        )
 
 
 _MODEL_FOR_TARGET = {"sm_90": "h100", "sm_80": "a100"}
@@ -429,9 +516,3 @@ def _driver_version() -> str | None:  # pragma: no cover - needs a GPU
         return f"{v.value // 1000}.{(v.value % 1000) // 10}"
     except OSError:
         return None
-
-
-def geometric_mean(values: list[float]) -> float:
-    if not values or any(v <= 0 for v in values):
-        return 0.0
-    return math.exp(sum(math.log(v) for v in values) / len(values))

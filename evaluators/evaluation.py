@@ -9,7 +9,9 @@ import dataclasses
 import json
 import math
 
-STATUSES = ("ok", "rejected", "compile_error", "incorrect", "timeout", "crashed")
+# judge_error: the judge's own failure (an exception in the parent, the parent out of GPU memory);
+# never the candidate's fault, never memoised (shared/DESIGN.md, "Evaluation").
+STATUSES = ("ok", "rejected", "compile_error", "incorrect", "timeout", "crashed", "judge_error")
 FEEDBACK_LIMIT = 2000  # characters; feedback goes into prompts and the store
 
 

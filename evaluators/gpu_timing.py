@@ -1,41 +1,134 @@
-"""Measured fitness on a GPU: time every training shape, verify the timed outputs.
+"""Measured fitness on a GPU: time every training shape, verify the timed outputs; the GPU budget.
 
 Runs in the parent; the child does the timing (evaluators/timing.py) and sends back
 summary statistics plus outputs of timed calls and of a cache probe. Nothing the
 child says is taken on trust where it can be checked: outputs are compared against
-the parent's own float64 reference, and any rate above the GPU's dense peak is
-rejected as impossible.
+the parent's own float64 reference (drawn and computed on the GPU from the same seeds),
+and any rate above the GPU's dense peak is rejected as impossible.
+
+``gpu_budget`` sizes the deadline of a GPU evaluation from the task's work, so a task of
+large shapes is not cut off by a limit chosen for small ones, and a hang on a small shape
+is still caught early (each request gets its own share).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from typing import TYPE_CHECKING
 
 import torch
 
-from .correctness import compare, make_inputs, reference
+from .correctness import compare, input_generator, make_inputs, reference
+from .evaluation import ShapeResult
 from .targets import peak_tflops
+from .task import Task
 from .timing import TimingProtocol, check_speed_of_light
+from .verdict import Stop, geometric_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .evaluate import _Run
-    from .evaluation import Evaluation
     from .sandbox import Sandbox
 
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
-def time_task(run: _Run, box: Sandbox, deadline: float, protocol: TimingProtocol | None = None) -> Evaluation:
-    """Fitness = geometric mean over training shapes and layouts of torch time / candidate time."""
-    from .evaluate import _Stop, geometric_mean
-    from .evaluation import ShapeResult
 
+@dataclasses.dataclass(frozen=True)
+class WorkRates:
+    """The rates a GPU deadline assumes. Deliberately slow: the deadline is a ceiling for an
+    honest but slow kernel on a slow GPU, not a forecast.
+
+    candidate_tflops: the slowest candidate (and baseline) still waited for. 5 TFLOP/s is a
+        fifth of Triton's tutorial kernel at 1024^3 on an H100 (26 TFLOP/s, triton#3672) and
+        about 1/200 of an H100's dense bf16 peak.
+    reference_tflops: the parent's float64 products (A @ B and |A| @ |B|, plus torch.matmul
+        in the task dtype). 1 TFLOP/s: below every datacenter GPU's FP64 rate (A100 9.7,
+        H100 ~67) and near a consumer GPU's (RTX 4090 ~1.3).
+    wire_bytes_per_s: outputs piped from the child to the parent and copied to the GPU (1 GB/s).
+    call_overhead_s: per call or sample: launch, L2 flush, stream hold, sync, Python (2 ms).
+    """
+
+    candidate_tflops: float = 5.0
+    reference_tflops: float = 1.0
+    wire_bytes_per_s: float = 1e9
+    call_overhead_s: float = 2e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Seconds of GPU work per request kind, per (shape, layout), and in all; ``how`` says why."""
+
+    compile_s: float  # the JIT stage: one call per training shape and layout
+    check_s: dict  # (shape, layout) -> seconds for one check trial (candidate call + reference + wire)
+    time_s: dict  # (shape, layout) -> seconds for one `time` request (all trials, rechecks, probes)
+    total_s: float
+    how: str
+
+
+def gpu_budget(task: Task, protocol: TimingProtocol | None = None, rates: WorkRates | None = None) -> Budget:
+    """The GPU work of judging ``task``: FLOPs and bytes of every training shape x layout x trial.
+
+    Per (M, N, K), F = 2MNK and O = MN x element bytes. A candidate call costs
+    F / candidate_tflops + call_overhead_s; a verified output 3F / reference_tflops (two
+    float64 products and torch's) + O / wire_bytes_per_s. A check trial is one call and
+    one verification; a `time` request is trials x (warmup + guard) x 2 calls, trials x
+    reps x 2 samples of max(call, batch_target_s), rotating_buffers probe calls and
+    2 x rotating_buffers verifications.
+    """
+    p, rates = protocol or TimingProtocol(), rates or WorkRates()
+    compile_s, check_s, time_s = 0.0, {}, {}
+    elem = ELEMENT_BYTES[task.dtype]
+    for shape in task.train:
+        M, N, K = shape
+        flops, out_bytes = 2.0 * M * N * K, float(M * N * elem)
+        call = flops / (rates.candidate_tflops * 1e12) + rates.call_overhead_s
+        verify = 3 * flops / (rates.reference_tflops * 1e12) + out_bytes / rates.wire_bytes_per_s
+        sample = max(call, p.batch_target_s + rates.call_overhead_s)
+        timing = (
+            p.trials * (p.warmup_reps + p.guard_reps) * 2 * call
+            + p.trials * p.reps * 2 * sample
+            + p.rotating_buffers * (call + 2 * verify)
+        )
+        for layout in task.layouts:
+            compile_s += call
+            check_s[(tuple(shape), layout)] = call + verify
+            time_s[(tuple(shape), layout)] = timing
+    total = compile_s + task.trials * sum(check_s.values()) + sum(time_s.values())
+    how = (
+        f"{len(check_s)} training shape/layouts x ({task.trials} checks + timing: {p.trials} trials x "
+        f"({p.warmup_reps} warm-up + {p.guard_reps} guard + {p.reps} samples)), assuming a candidate at "
+        f"{rates.candidate_tflops:g} TFLOP/s, float64 references at {rates.reference_tflops:g} TFLOP/s, "
+        f"outputs piped at {rates.wire_bytes_per_s / 1e9:g} GB/s, {rates.call_overhead_s * 1e3:g} ms per call"
+    )
+    return Budget(compile_s, check_s, time_s, total, how)
+
+
+@dataclasses.dataclass
+class TimedTask:
+    """What timing every training shape produced: per-shape rows, the fitness, notes."""
+
+    shapes: list[ShapeResult]
+    fitness: float
+    notes: list[str]
+    batch: dict  # "MxNxK layout" -> [candidate, baseline] calls per sample
+
+
+def time_task(
+    task: Task,
+    box: Sandbox,
+    deadline_for,
+    gpu: str,
+    protocol: TimingProtocol | None = None,
+) -> TimedTask:
+    """Fitness = geometric mean over training shapes and layouts of torch time / candidate time.
+
+    ``deadline_for(seconds)`` turns one request's budget into a monotonic deadline (the
+    caller bounds it by the evaluation's). Raises ``Stop`` for every verdict but ok; a
+    verdict that rests on a measurement (timing guard, speed of light) is not memoised.
+    """
     protocol = protocol or TimingProtocol()
-    task = run.task
-    gpu = run.provenance.get("gpu", "")
+    budget = gpu_budget(task, protocol)
     peak = peak_tflops(gpu, task.dtype, task.allow_tf32)
-    if peak is None:
-        run.provenance["speed_of_light_guard"] = f"skipped: no peak known for {gpu!r}"
-    speedups = []
+    speedups, shapes, notes, batches = [], [], [], {}
     for shape, layout in [(shape, layout) for shape in task.train for layout in task.layouts]:
         seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers + 1)]
         probe_seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers)]
@@ -46,28 +139,34 @@ def time_task(run: _Run, box: Sandbox, deadline: float, protocol: TimingProtocol
                 "layout": layout,
                 "seeds": seeds,
                 "probe_seeds": probe_seeds,
-                "protocol": protocol.__dict__,
+                "protocol": dataclasses.asdict(protocol),
             },
-            deadline,
+            deadline_for(budget.time_s[(tuple(shape), layout)]),
         )
         where = f"shape {tuple(shape)} layout {layout}"
         if header.get("event") == "error":
-            status = "rejected" if header.get("timing_guard") else "crashed"
-            raise _Stop(status, f"{where}: timing failed: {header.get('message')}")
-        _verify(run, tensors, "timed", seeds, shape, layout, where, _Stop)
-        _verify(run, tensors, "probe", [None, *probe_seeds], shape, layout, where, _Stop)
+            if header.get("timing_guard"):
+                raise Stop("rejected", f"{where}: timing guard: {header.get('message')}", memo=False)
+            hint = " (out of GPU memory)" if header.get("memory") else ""
+            raise Stop("crashed", f"{where}: timing failed{hint}: {header.get('message')}")
+        if header.get("event") != "timed":
+            raise Stop("crashed", f"{where}: the child sent an unexpected reply to the timing request")
+        verify_outputs(task, tensors, "timed", seeds, shape, layout, where)
+        verify_outputs(task, tensors, "probe", [None, *probe_seeds], shape, layout, where)
         missing = [j for j in range(1, protocol.rotating_buffers + 1) if f"probe{j}" not in tensors]
         if missing:
-            raise _Stop("incorrect", f"{where}: the cache probe returned no tensor for buffers {missing}")
+            raise Stop("incorrect", f"{where}: the cache probe returned no tensor for buffers {missing}")
+        del tensors
+        _release_gpu_memory()
         cand, base = header["stats"]["candidate"], header["stats"]["baseline"]
         M, N, K = shape
         flops = 2.0 * M * N * K
         impossible = check_speed_of_light(flops, cand["median_s"], peak)
         if impossible:
-            raise _Stop("rejected", f"{where}: {impossible}")
+            raise Stop("rejected", f"{where}: {impossible}", memo=False)
         speedup = base["median_s"] / cand["median_s"]
         speedups.append(speedup)
-        run.shapes.append(
+        shapes.append(
             ShapeResult(
                 shape=tuple(shape),
                 layout=layout,
@@ -80,27 +179,33 @@ def time_task(run: _Run, box: Sandbox, deadline: float, protocol: TimingProtocol
                 fraction_of_peak=flops / cand["median_s"] / 1e12 / peak if peak else None,
             )
         )
-        for note in header.get("notes", []):
-            run.provenance.setdefault("timing_notes", []).append(note)
-    fitness = geometric_mean(speedups)
-    return run.result(
-        "ok",
-        f"measured on {gpu}: geometric-mean speedup over torch.matmul {fitness:.3f}",
-        fitness=fitness,
-        kind="measured",
-    )
+        batches[f"{M}x{N}x{K} {layout}"] = list(header.get("batch", []))
+        notes += [n for n in header.get("notes", []) if n not in notes]
+    return TimedTask(shapes=shapes, fitness=geometric_mean(speedups), notes=notes, batch=batches)
 
 
-def _verify(run, tensors: dict, prefix: str, seeds: list, shape, layout: str, where: str, stop) -> None:
+def verify_outputs(
+    task: Task, tensors: dict, prefix: str, seeds: list, shape, layout: str, where: str
+) -> None:
+    """Every output named ``prefix<i>`` must match the float64 reference of seed ``seeds[i]``,
+    drawn and computed on the GPU (the child drew its inputs there from the same seeds)."""
     for key, out in tensors.items():
         if not key.startswith(prefix):
             continue
-        index = int(key[len(prefix) :])
+        index = int(key[len(prefix) :]) if key[len(prefix) :].isdigit() else -1
         if not 0 < index < len(seeds) or seeds[index] is None:
-            raise stop("crashed", f"{where}: the child returned an output for an unknown buffer {key}")
-        a, b = make_inputs(tuple(shape), layout, run.task.dtype, torch.Generator().manual_seed(seeds[index]))
-        ref = reference(a.cuda(), b.cuda())
-        verdict = compare(out.cuda(), ref, run.task.dtype, shape[2], run.task.allow_tf32)
+            raise Stop("crashed", f"{where}: the child returned an output for an unknown buffer {key}")
+        a, b = make_inputs(tuple(shape), layout, task.dtype, input_generator(seeds[index], "cuda"))
+        ref = reference(a, b)
+        del a, b
+        verdict = compare(out.to(ref.exact.device), ref, task.dtype, shape[2], task.allow_tf32)
+        del ref
         if not verdict.ok:
             what = "a timed call" if prefix == "timed" else "a call on refreshed inputs (results cached?)"
-            raise stop("incorrect", f"{where}: {what} returned a wrong result: {verdict.message}")
+            raise Stop("incorrect", f"{where}: {what} returned a wrong result: {verdict.message}")
+
+
+def _release_gpu_memory() -> None:
+    """Hand the parent's cached blocks back to the driver between shapes: the child shares the GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -2,7 +2,12 @@
 
 `ray.init()` starts an embedded local cluster unless an address is given (`auto` or
 HOST:PORT joins an existing one). With GPUs there is one actor per GPU (`num_gpus=1`),
-so timings never share a device; without, one actor per worker slot (`num_cpus=1`).
+so timings never share a device: `gpu_workers` caps the count at the cluster's GPUs
+whatever `workers` asks (an actor beyond them would never be scheduled and the run
+would wait forever); without, one actor per worker slot (`num_cpus=1`).
+
+Ray is imported only when a pool is started (`require_ray`), so the rest of `evolve`
+(and all of `evaluators`) imports where ray is not installed, e.g. the GPU image.
 Each actor judges one candidate at a time. An actor that dies is replaced; its
 candidate is tried once more and, if that also dies, recorded as `crashed`: never lost
 and never counted twice.
@@ -13,10 +18,38 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-
-import ray
+from types import ModuleType
 
 MAX_ATTEMPTS = 2
+
+
+class RayMissing(RuntimeError):
+    """ray is not installed; the message says what needs it and what works without it."""
+
+
+def require_ray() -> ModuleType:
+    """The ray module, or RayMissing with one clear line (never a bare ModuleNotFoundError)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise RayMissing(
+            f"`evolve run` needs ray for its worker pool, and it cannot be imported ({e}); install it "
+            "(pip install 'ray>=2.9') or judge single kernels without it: python -m evaluators check KERNEL.py "
+            "--task TASK.toml"
+        ) from None
+    return ray
+
+
+def gpu_workers(requested: int, gpus: int) -> tuple[int, str | None]:
+    """Evaluator actors on a GPU run: one per GPU whatever was requested; a note when capped."""
+    if gpus < 1:
+        raise RayMissing("--device cuda, but the Ray cluster reports no GPU; use --device cpu")
+    if requested == gpus:
+        return gpus, None
+    return gpus, (
+        f"{requested} workers requested, {gpus} GPU(s) in the cluster: one evaluator per GPU "
+        f"(num_gpus=1, timings never share a device), so {gpus} worker(s)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +60,9 @@ class Job:
     options: dict  # evaluators.EvalOptions fields
 
 
-@ray.remote
 class EvaluatorActor:
-    """Runs evaluators.evaluate in its own process; children it starts are sandboxed."""
+    """Runs evaluators.evaluate in its own process; children it starts are sandboxed.
+    Made a Ray actor class by `_actor_class()` (ray is imported only then)."""
 
     def evaluate(self, job: Job) -> dict:
         from evaluators import EvalOptions, Task, evaluate
@@ -40,8 +73,19 @@ class EvaluatorActor:
         return os.getpid()
 
 
+_ACTOR = None
+
+
+def _actor_class():
+    global _ACTOR
+    if _ACTOR is None:
+        _ACTOR = require_ray().remote(EvaluatorActor)
+    return _ACTOR
+
+
 def start_ray(address: str | None, workers: int) -> None:
     """Join `address` or start a local cluster sized for `workers` evaluations at once."""
+    ray = require_ray()
     if ray.is_initialized():
         return
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -53,6 +97,13 @@ def start_ray(address: str | None, workers: int) -> None:
 
 class WorkerPool:
     def __init__(self, workers: int, use_gpus: bool) -> None:
+        """``workers`` actors; with ``use_gpus`` the caller has capped it (``gpu_workers``), and a
+        request for more actors than the cluster has GPUs is refused here, never left waiting."""
+        ray = require_ray()
+        if use_gpus:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            if workers > gpus:
+                raise RayMissing(f"{workers} GPU workers but the cluster has {gpus} GPU(s); one per GPU")
         self.use_gpus = use_gpus
         self.actors = [self._new_actor() for _ in range(workers)]
         self.busy: dict = {}  # ObjectRef -> (actor index, job, attempt)
@@ -60,7 +111,7 @@ class WorkerPool:
 
     def _new_actor(self):
         resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpus else {"num_cpus": 1}
-        return EvaluatorActor.options(**resources, max_restarts=0).remote()
+        return _actor_class().options(**resources, max_restarts=0).remote()
 
     @property
     def size(self) -> int:
@@ -81,6 +132,7 @@ class WorkerPool:
         """Finished evaluations as (candidate id, Evaluation dict); waits at most `timeout` s."""
         if not self.busy:
             return []
+        ray = require_ray()
         ready, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=timeout)
         finished = []
         for ref in ready:
@@ -99,12 +151,13 @@ class WorkerPool:
 
     def kill_worker(self, index: int) -> None:
         """Kill one actor process (tests use this to prove nothing is lost)."""
-        ray.kill(self.actors[index], no_restart=True)
+        require_ray().kill(self.actors[index], no_restart=True)
 
     def pids(self) -> list[int]:
-        return ray.get([a.pid.remote() for a in self.actors])
+        return require_ray().get([a.pid.remote() for a in self.actors])
 
     def shutdown(self) -> None:
+        ray = require_ray()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors, self.busy, self.free = [], {}, []

@@ -62,7 +62,12 @@ def launch(args) -> int:
 
     from .cli import LiveDisplay, install_interrupt, render_leaderboard, run_dir
     from .controller import Controller
-    from .pool import WorkerPool, start_ray
+    from .pool import RayMissing, WorkerPool, gpu_workers, require_ray, start_ray
+
+    try:
+        ray = require_ray()  # before anything is created: no half-made run without a pool
+    except RayMissing as e:
+        raise UsageError(str(e)) from None
 
     if args.resume:
         folder = run_dir(args.resume)
@@ -94,6 +99,14 @@ def launch(args) -> int:
     except UnsupportedEnvironment as e:
         raise UsageError(str(e)) from None
     workers = config.workers or default_workers(device)
+    start_ray(args.ray_address, workers)  # one evaluator actor per GPU: capped below, said at start
+    if device == "cuda":
+        try:
+            workers, note = gpu_workers(workers, int(ray.cluster_resources().get("GPU", 0)))
+        except RayMissing as e:
+            raise UsageError(str(e)) from None
+        if note:
+            print(note)
     options = eval_options(config, device)
     backend = backend_label(task, options)
     if not args.resume:
@@ -107,7 +120,6 @@ def launch(args) -> int:
              if args.resume else ""))  # fmt: skip
     if backend.startswith("model:"):
         print("no GPU: fitness is MODELLED by the performance model (label model:...), not measured")
-    start_ray(args.ray_address, workers)
     pool = WorkerPool(workers, use_gpus=device == "cuda")
     display = LiveDisplay(config.max_evals)
     controller = Controller(config, task, store, population, proposers, pool,

@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 
 from evaluators.timing import (
+    HOLD_MARGIN,
+    HOLD_MAX_S,
+    HOLD_MIN_S,
     CudaDevice,
     TimingError,
     TimingProtocol,
     _load_cudart,
-    buffer_index,
+    batch_size,
     check_speed_of_light,
+    flush_size,
+    hold_seconds,
     summarize,
     time_pair,
 )
@@ -31,7 +36,8 @@ class FakeEvent:
 
 class FakeDevice:
     """Fake GPU: `gpu_clock` advances when main-stream work runs; side-stream work is pending
-    until a device-wide synchronize; host-only time advances the wall clock alone."""
+    until a device-wide synchronize; host-only time advances the wall clock alone; every
+    synchronize costs `wake_s` of host wake-up latency, during which the GPU timeline idles on."""
 
     def __init__(self) -> None:
         self.log: list[str] = []
@@ -39,10 +45,12 @@ class FakeDevice:
         self.host_extra = 0.0  # wall-clock time invisible to the events
         self.side_pending = 0.0
         self.elapsed_scale = 1.0
+        self.wake_s = 0.0
+        self.holds: list[float] = []
 
     def synchronize(self) -> None:
         self.log.append("sync")
-        self.gpu_clock += self.side_pending
+        self.gpu_clock += self.side_pending + self.wake_s
         self.side_pending = 0.0
 
     def new_event(self) -> FakeEvent:
@@ -54,6 +62,11 @@ class FakeDevice:
 
     def reset_persisting_l2(self) -> None:
         self.log.append("reset")
+
+    def hold(self, seconds: float) -> None:
+        self.log.append("hold")
+        self.holds.append(seconds)
+        self.gpu_clock += seconds
 
     def wall_clock(self) -> float:
         return self.gpu_clock + self.host_extra
@@ -81,106 +94,153 @@ def make_inputs(n: int) -> list[tuple]:
     return [(f"a{i}", f"b{i}") for i in range(n)]
 
 
-SMALL = TimingProtocol(warmup_reps=1, reps=2, trials=3, rotating_buffers=2)
+# One framed guard call per function and trial; calls of 1 ms are timed one per sample.
+SMALL = TimingProtocol(warmup_reps=1, reps=2, trials=3, rotating_buffers=2, guard_reps=1, batch_target_s=1e-4)
+FRAMED = ["flush", "rec", None, "sync", "rec", "sync"]
+BATCHED = ["flush", "hold", "rec", None, "rec", "sync"]
+
+
+def _region(kind: list, call: str) -> list:
+    return [call if e is None else e for e in kind]
 
 
 def test_exact_call_order_for_one_trial():
     dev = FakeDevice()
     cand, base = fake_fn(dev, "cand"), fake_fn(dev, "base")
     time_pair(cand, base, make_inputs(3), dev, SMALL)
-    region = ["flush", "rec", None, "sync", "rec", "sync"]
-
-    def timed(call):
-        return [call if e is None else e for e in region]
-
     trial0 = ["reset", "cand(a0)", "base(a0)", "sync"]
-    trial0 += timed("cand(a1)") + timed("base(a2)")  # pair 0: candidate first
-    trial0 += timed("base(a1)") + timed("cand(a2)")  # pair 1: baseline first
+    trial0 += _region(FRAMED, "cand(a1)") + _region(FRAMED, "base(a2)")  # guard calls, all streams
+    trial0 += _region(BATCHED, "cand(a1)") + _region(BATCHED, "base(a2)")  # pair 0: candidate first
+    trial0 += _region(BATCHED, "base(a1)") + _region(BATCHED, "cand(a2)")  # pair 1: baseline first
     assert dev.log[: len(trial0)] == trial0
-    assert len(dev.log) == 3 * len(trial0)
-    assert dev.log.count("reset") == 3
-    assert [i for i, e in enumerate(dev.log) if e == "reset"] == [0, len(trial0), 2 * len(trial0)]
+    assert dev.log.count("reset") == 3 and dev.log.count("hold") == 3 * 4
 
 
-@pytest.mark.parametrize("n", [2, 3, 4, 5, 7])
-@pytest.mark.parametrize("reps", [1, 3, 30])
-def test_flush_interleave_alternate_and_rotation(n, reps):
+def _samples(log: list[str]) -> list[list[str]]:
+    """The calls between each start and end event of a batched sample."""
+    out = []
+    for i, e in enumerate(log):
+        if e == "hold":
+            assert log[i - 1] == "flush" and log[i + 1] == "rec"
+            j = log.index("rec", i + 2)
+            assert log[j + 1] == "sync", "the end event must be recorded before any host sync"
+            out.append(log[i + 2 : j])
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("main_s", [1e-3, 40e-6])
+def test_batches_rotation_warmup_and_interleaving(n, main_s):
     dev = FakeDevice()
-    proto = TimingProtocol(warmup_reps=2, reps=reps, trials=3, rotating_buffers=n)
-    time_pair(fake_fn(dev, "cand"), fake_fn(dev, "base"), make_inputs(n + 1), dev, proto)
+    proto = TimingProtocol(warmup_reps=2, reps=3, trials=3, rotating_buffers=n)
+    res = time_pair(
+        fake_fn(dev, "cand", main_s), fake_fn(dev, "base", main_s), make_inputs(n + 1), dev, proto
+    )
     log = dev.log
-    calls = [(i, e) for i, e in enumerate(log) if "(" in e]
-    timed = [(i, e) for i, e in calls if log[i - 1] == "rec"]
-    warm = [e for i, e in calls if log[i - 1] != "rec"]
-    # Every timed call: flush, start event, call, device-wide sync, end event, sync.
-    for i, _ in timed:
-        assert log[i - 2 : i + 4] == ["flush", "rec", log[i], "sync", "rec", "sync"]
-    # Warm-up uses inputs[0] only; timed calls never do.
-    assert warm and all(e.endswith("(a0)") for e in warm)
-    assert len(warm) == 2 * proto.warmup_reps * proto.trials
-    assert not any(e.endswith("(a0)") for _, e in timed)
-    names = [e.split("(")[0] for _, e in timed]
-    idx = [int(e.split("(a")[1][:-1]) for _, e in timed]
-    assert len(names) == 2 * reps * 3
-    # Interleaved pairs, alternating which goes first.
+    samples = _samples(log)
+    assert len(samples) == 2 * proto.reps * proto.trials
+    expected_batch = 1 if main_s >= 1e-3 else 25  # 1 ms target / 40 us
+    assert res.batch == (expected_batch, expected_batch)
+    assert all(len(s) == expected_batch and "sync" not in s for s in samples)
+    for s in samples:
+        assert len({c.split("(")[0] for c in s}) == 1  # one function per sample
+    # Interleaved samples, alternating which function goes first.
+    names = [s[0].split("(")[0] for s in samples]
     for p in range(len(names) // 2):
         first = "cand" if p % 2 == 0 else "base"
         assert names[2 * p] == first and {names[2 * p], names[2 * p + 1]} == {"cand", "base"}
-    # Consecutive timed calls (any function) and consecutive calls of one function never share a set.
-    assert all(x != y for x, y in zip(idx, idx[1:], strict=False))
-    for fn in ("cand", "base"):
-        mine = [k for k, nm in zip(idx, names, strict=True) if nm == fn]
-        assert all(x != y for x, y in zip(mine, mine[1:], strict=False))
-        assert set(mine) == set(range(1, n + 1)) or len(mine) < n
+    # Warm-up uses inputs[0] only; timed calls (framed and batched) never do.
+    calls = [(i, e) for i, e in enumerate(log) if "(" in e]
+    timed = [e for i, e in calls if not e.endswith("(a0)")]
+    warm = [e for _, e in calls if e.endswith("(a0)")]
+    assert len(warm) == 2 * proto.warmup_reps * proto.trials
+    assert len(timed) == sum(len(s) for s in samples) + 2 * proto.guard_reps * proto.trials
+    idx = [int(e.split("(a")[1][:-1]) for e in timed]
+    assert all(x != y for x, y in zip(idx, idx[1:], strict=False))  # never the same set twice in a row
+    assert set(idx) == set(range(1, n + 1))
+    assert res.candidate.median_s == pytest.approx(main_s) and res.candidate.samples == 9
 
 
-def test_buffer_index_range():
-    for n in range(2, 9):
-        for p in range(50):
-            assert 1 <= buffer_index(0, p, n) <= n and 1 <= buffer_index(1, p, n) <= n
-            assert buffer_index(0, p, n) != buffer_index(1, p, n)
-
-
-def test_side_stream_work_is_counted():
+def test_host_wake_up_latency_stays_outside_the_samples():
     dev = FakeDevice()
-    cand = fake_fn(dev, "cand", main_s=0.0, side_s=2e-3)  # all its work on a side stream
+    dev.wake_s = 20e-6  # each host sync lets 20 us pass on the GPU timeline
+    cand, base = fake_fn(dev, "cand", main_s=7e-6), fake_fn(dev, "base", main_s=14e-6)
+    res = time_pair(cand, base, make_inputs(5), dev, TimingProtocol(reps=5))
+    assert res.candidate.median_s == pytest.approx(7e-6)
+    assert res.baseline.median_s == pytest.approx(14e-6)
+    assert res.speedup == pytest.approx(2.0)  # a device-wide sync before the end event gave ~1.3
+    assert res.guard_median_s[0] == pytest.approx(27e-6)  # the framed calls do carry the latency
+
+
+def test_hold_covers_the_measured_enqueue_time():
+    dev = FakeDevice()
+    cand = fake_fn(dev, "cand", main_s=10e-6, host_s=30e-6)  # slow to enqueue, fast to run
+    res = time_pair(cand, fake_fn(dev, "base", main_s=10e-6), make_inputs(5), dev, TimingProtocol(reps=2))
+    assert res.batch[0] == 100
+    # enqueue measured in warm-up: 10 us of (fake, synchronous) GPU work + 30 us of host work
+    assert dev.holds[0] == pytest.approx(min(HOLD_MAX_S, HOLD_MIN_S + HOLD_MARGIN * 100 * 40e-6))
+    assert dev.holds[1] == pytest.approx(HOLD_MIN_S + HOLD_MARGIN * 100 * 10e-6)  # the baseline's own
+    assert not any("launch gaps" in n for n in res.notes)
+
+
+def test_late_host_is_noted():
+    dev = FakeDevice()
+    slow = fake_fn(dev, "cand", main_s=10e-6)
+    calls = []
+
+    def cand(a, b):  # fast in warm-up and guard calls (13 in trial 0), slow to enqueue later
+        calls.append(a)
+        dev.host_extra += 500e-6 if len(calls) > 13 else 0.0
+        return slow(a, b)
+
+    res = time_pair(cand, fake_fn(dev, "base", 10e-6), make_inputs(5), dev, TimingProtocol(reps=2))
+    assert any(n.startswith("candidate: in ") and "launch gaps" in n for n in res.notes)
+
+
+class Blob:
+    def __init__(self, name: str, nbytes: int) -> None:
+        self.name, self.nbytes = name, nbytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_warm_l2_within_a_batch_is_said():
+    dev = FakeDevice()
+    inputs = [(Blob(f"a{i}", 1 << 20), Blob(f"b{i}", 1 << 20)) for i in range(5)]
+    dev.l2_bytes = 50 << 20  # 8 MiB of rotating inputs: under 2x L2
+    res = time_pair(fake_fn(dev, "c", 10e-6), fake_fn(dev, "b", 10e-6), inputs, dev, TimingProtocol(reps=2))
+    assert any("may hit in L2" in n and "8.0 MiB" in n for n in res.notes)
+    dev.l2_bytes = 2 << 20  # 8 MiB is over 2x a 2 MiB L2
+    res = time_pair(fake_fn(dev, "c", 10e-6), fake_fn(dev, "b", 10e-6), inputs, dev, TimingProtocol(reps=2))
+    assert not any("L2" in n for n in res.notes)
+
+
+def test_batch_size_and_hold_and_flush_size():
+    proto = TimingProtocol()
+    assert batch_size(5e-3, proto) == 1 and batch_size(1e-3, proto) == 1
+    assert batch_size(0.1e-3, proto) == 10 and batch_size(1e-6, proto) == proto.max_batch
+    assert batch_size(0.0, proto) == 1 and batch_size(float("nan"), proto) == 1
+    assert hold_seconds(10, 20e-6) == pytest.approx(HOLD_MIN_S + HOLD_MARGIN * 10 * 20e-6)
+    assert hold_seconds(100, 1e-3) == HOLD_MAX_S
+    assert flush_size(50 << 20, 256 << 20) == 256 << 20
+    assert flush_size(200 << 20, 256 << 20) == 400 << 20
+    assert flush_size(60 << 20, 1 << 30) == 1 << 30  # protocol.flush_bytes_min is honoured
+
+
+def test_side_stream_work_is_caught():
+    dev = FakeDevice()
+    cand = fake_fn(dev, "cand", main_s=0.1e-3, side_s=2e-3)  # most of its work on a side stream
     base = fake_fn(dev, "base", main_s=1e-3)
-    res = time_pair(cand, base, make_inputs(5), dev, TimingProtocol(warmup_reps=1, reps=4))
-    assert res.candidate.median_s == pytest.approx(2e-3)
-    assert res.baseline.median_s == pytest.approx(1e-3)
-    assert res.speedup == pytest.approx(0.5)
+    with pytest.raises(TimingError, match="hidden from the CUDA events"):
+        time_pair(cand, base, make_inputs(5), dev, TimingProtocol(warmup_reps=1, reps=4))
 
 
-def test_median_and_iqr_on_known_samples():
+def test_small_side_stream_work_below_the_slack_is_a_stated_limit():
     dev = FakeDevice()
-    # Per trial 2 warm-up calls (0.1 ms) then 4 timed ones: timed calls take 1..4, 5..8, 9..12 ms.
-    cand = fake_fn(dev, "cand", main_s=_schedule([2, 4], 3))
-    base = fake_fn(dev, "base", main_s=2e-3)
-    res = time_pair(cand, base, make_inputs(5), dev, TimingProtocol(warmup_reps=2, reps=4))
-    c = res.candidate
-    assert c.samples == 12
-    assert c.median_s == pytest.approx(6.5e-3)
-    assert c.q25_s == pytest.approx(3.75e-3)  # linear: position 0.25 * 11 = 2.75 -> 3.75
-    assert c.q75_s == pytest.approx(9.25e-3)
-    assert c.iqr_s == pytest.approx(5.5e-3)
-    assert c.trial_medians_s == pytest.approx((2.5e-3, 6.5e-3, 10.5e-3))
-    assert res.baseline.median_s == pytest.approx(2e-3) and res.baseline.iqr_s == pytest.approx(0)
-
-
-def _schedule(phases: list[int], trials: int):
-    """Durations: warm-up calls 0.1 ms, then timed calls 1, 2, 3 ... ms in call order."""
-    warm, reps = phases
-    per_trial = warm + reps
-    kinds = []
-    for _ in range(trials):
-        kinds += ["w"] * warm + ["t"] * reps
-    timed_no = np.cumsum([k == "t" for k in kinds])
-
-    def main_s(k: int) -> float:
-        assert k < per_trial * trials
-        return timed_no[k] * 1e-3 if kinds[k] == "t" else 0.1e-3
-
-    return main_s
+    cand = fake_fn(dev, "cand", main_s=1e-3, side_s=0.4e-3)  # 1.4 ms framed <= 1.5 x 1 ms + 0.1 ms
+    res = time_pair(cand, fake_fn(dev, "base"), make_inputs(5), dev, TimingProtocol(reps=2))
+    assert res.guard_median_s[0] == pytest.approx(1.4e-3) and res.candidate.median_s == pytest.approx(1e-3)
 
 
 def test_summarize_matches_numpy():
