@@ -8,19 +8,30 @@ list into the short text that goes back into the next prompt.
 
 The rules are deliberately conservative: an honest tiled / split-K /
 persistent Triton matmul needs only a small slice of torch and triton, so
-anything outside that slice is rejected rather than reasoned about.
+anything outside that slice is rejected rather than reasoned about. The
+tables (allowlists, banned names) are in evaluators/rule_tables.py.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
-import math
-import types
-import typing
 
-import triton.language as _tl
+from .rule_tables import (
+    ALLOWED_DECORATORS,
+    ALLOWED_HINT,
+    ALLOWED_MODULES,
+    ALLOWED_PATHS,
+    ALLOWED_ROOTS,
+    BANNED_ATTRS,
+    BANNED_NAMES,
+    DEVICE_LIBRARIES,
+    EVOLVE_END,
+    EVOLVE_START,
+    SAFE_TOPLEVEL_CALLS,
+    STREAM_NAMES,
+    is_matrix,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,192 +41,6 @@ class Violation:
     message: str  # one actionable sentence, starting with f"line {line}: "
 
 
-ALLOWED_MODULES = frozenset({"triton", "triton.language", "torch", "math", "functools", "typing"})
-# Names reachable by reflection or that execute text: any reference is banned.
-BANNED_NAMES = frozenset(
-    {
-        "eval",
-        "exec",
-        "compile",
-        "open",
-        "__import__",
-        "getattr",
-        "setattr",
-        "delattr",
-        "hasattr",
-        "vars",
-        "globals",
-        "locals",
-        "breakpoint",
-        "input",
-        "memoryview",
-        "help",
-        "exit",
-        "quit",
-        "type",
-        "super",
-        "object",
-        "dir",  # class/attribute reflection; no honest kernel needs them
-    }
-)
-MATRIX_NAMES = frozenset(
-    {
-        "matmul",
-        "mm",
-        "bmm",
-        "addmm",
-        "baddbmm",
-        "addbmm",
-        "addmv",
-        "addr",
-        "einsum",
-        "linear",
-        "bilinear",
-        "_scaled_mm",
-        "_int_mm",
-        "chain_matmul",
-        "multi_dot",
-        "tensordot",
-        "mv",
-        "dot",
-        "vdot",
-        "inner",
-        "outer",
-        "ger",
-        "kron",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "cublas",
-        "cublasLt",
-        "matrix_power",
-        "ops",  # torch.ops.aten.mm and friends
-    }
-)
-STREAM_NAMES = frozenset(
-    {
-        "Stream",
-        "ExternalStream",
-        "stream",
-        "set_stream",
-        "current_stream",
-        "default_stream",
-        "Event",
-        "CUDAGraph",
-        "graph",
-        "graphs",
-        "make_graphed_callables",
-        "synchronize",
-        "cudart",
-    }
-)
-# Attributes that leak host data, storage, the interpreter or frames, or a jit kernel's Python body.
-BANNED_ATTRS = frozenset(
-    {
-        "tolist",
-        "numpy",
-        "item",
-        "cpu",
-        "untyped_storage",
-        "storage",
-        "set_",
-        "resize_",
-        "record_stream",
-        "environ",
-        "modules",
-        "os",
-        "sys",
-        "builtins",
-        "f_globals",
-        "f_locals",
-        "f_back",
-        "f_code",
-        "f_builtins",
-        "gi_frame",
-        "gi_code",
-        "tb_frame",
-        "cr_frame",
-        "func_globals",
-        "register_forward_hook",
-        "fn",  # JITFunction.fn is the plain Python function: `k.fn(a, b)`
-    }
-)
-SAFE_TOPLEVEL_CALLS = frozenset(
-    {
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "frozenset",
-        "int",
-        "float",
-        "str",
-        "bool",
-        "range",
-        "min",
-        "max",
-        "len",
-    }
-)
-ALLOWED_DECORATORS = frozenset(
-    {
-        "triton.jit",
-        "triton.autotune",
-        "triton.heuristics",
-        "functools.lru_cache",
-        "functools.cache",
-    }
-)
-
-
-_libdevice = importlib.import_module("triton.language.extra.libdevice")
-# May be imported under an alias; their attributes are still checked name by name.
-DEVICE_LIBRARIES = frozenset(
-    {"triton.language.math", "triton.language.extra.libdevice", "triton.language.extra.cuda.libdevice"}
-)
-
-
-def _public_names(module: types.ModuleType, prefix: str) -> set[str]:
-    """Public, non-module names of `module` as dotted paths under `prefix`."""
-    return {
-        f"{prefix}.{name}"
-        for name in dir(module)
-        if not name.startswith("_") and not isinstance(getattr(module, name), types.ModuleType)
-    }
-
-
-_TORCH = (
-    "empty empty_like empty_strided zeros zeros_like full ones float16 bfloat16 float32 float64 "
-    "float8_e4m3fn float8_e5m2 int8 int16 int32 int64 bool Tensor Size dtype device finfo "
-    "cuda.get_device_properties cuda.is_available cuda.current_device cuda.get_device_capability "
-    "cuda.get_device_name"
-).split()
-_TRITON = "jit autotune heuristics Config cdiv next_power_of_2".split()
-# A path is allowed when it equals one of these or extends one (`torch.float16.itemsize`).
-ALLOWED_PATHS: frozenset[str] = frozenset(
-    {f"torch.{n}" for n in _TORCH}
-    | {f"triton.{n}" for n in _TRITON}
-    | _public_names(_tl, "triton.language")
-    # device-side math libraries: their functions only, never the modules they import
-    # (tl.math.core leads to triton.knobs, tl.extra.modules to pkgutil)
-    | _public_names(_tl.math, "triton.language.math")
-    | _public_names(_libdevice, "triton.language.extra.libdevice")
-    | _public_names(_libdevice, "triton.language.extra.cuda.libdevice")
-    | _public_names(math, "math")
-    | {f"functools.{n}" for n in ("lru_cache", "cache", "partial", "reduce", "wraps")}
-    | {f"typing.{n}" for n in typing.__all__ if n not in ("get_type_hints", "ForwardRef")}  # both eval text
-)
-_ALLOWED_HINT = {
-    "torch": "empty, empty_like, empty_strided, zeros, zeros_like, full, ones, dtypes, Tensor, Size, "
-    "device, finfo, cuda.get_device_properties and other cuda device queries",
-    "triton": "jit, autotune, heuristics, Config, cdiv, next_power_of_2 and triton.language",
-    "functools": "lru_cache, cache, partial, reduce, wraps",
-}
-
-_ROOTS = frozenset(m.split(".")[0] for m in ALLOWED_MODULES)
-_EVOLVE_START, _EVOLVE_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
-
-
 def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
@@ -223,11 +48,6 @@ def _is_dunder(name: str) -> bool:
 def _short(node: ast.AST, limit: int = 60) -> str:
     text = ast.unparse(node)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_matrix(name: str) -> bool:
-    """In-place variants (`addmm_`) count as the same product."""
-    return name in MATRIX_NAMES or name.rstrip("_") in MATRIX_NAMES
 
 
 def _chain(node: ast.expr) -> tuple[ast.Name, list[str]] | None:
@@ -262,7 +82,7 @@ class _Checker(ast.NodeVisitor):
     def check_path(self, node: ast.AST, path: str) -> None:
         """Report the most specific problem with a module path such as `torch.nn.functional.linear`."""
         root, *parts = path.split(".")
-        if root not in _ROOTS:
+        if root not in ALLOWED_ROOTS:
             return None  # the import itself was reported
         for part in parts:
             if part.startswith("_"):
@@ -271,7 +91,7 @@ class _Checker(ast.NodeVisitor):
                     "dunder",
                     f"{path} uses the private or dunder name {part}; only public names are allowed",
                 )
-            if root != "triton" and _is_matrix(part):
+            if root != "triton" and is_matrix(part):
                 return self.add(
                     node,
                     "matrix-product",
@@ -296,7 +116,7 @@ class _Checker(ast.NodeVisitor):
                 node, "module-attr", f"{path} is a module; use it only as {path}.<name>, not as a value"
             )
         first = path if path.startswith("triton.language.") else f"{root}.{parts[0]}"
-        hint = _ALLOWED_HINT.get(root, f"the public names of {root}")
+        hint = ALLOWED_HINT.get(root, f"the public names of {root}")
         self.add(
             node, "module-attr", f"{first} is not available to kernel modules; allowed {root} names: {hint}"
         )
@@ -382,7 +202,7 @@ class _Checker(ast.NodeVisitor):
                     "dunder",
                     f"{what} uses the private or dunder attribute {name}; only public attributes are allowed",
                 )
-            elif _is_matrix(name) and not self.jit_depth:
+            elif is_matrix(name) and not self.jit_depth:
                 self.add(
                     node,
                     "matrix-product",
@@ -631,23 +451,23 @@ def _outside_blocks(source: str) -> tuple[list[tuple[int, str]], Violation | Non
     start: int | None = None
     for n, raw in enumerate(source.splitlines(), 1):
         text = raw.strip()
-        if text.startswith(_EVOLVE_START) or text.startswith(_EVOLVE_END):
-            opening = text.startswith(_EVOLVE_START)
+        if text.startswith(EVOLVE_START) or text.startswith(EVOLVE_END):
+            opening = text.startswith(EVOLVE_START)
             if opening == (start is not None):
                 return items, Violation(
                     n,
                     "evolve-block",
                     f"line {n}: unbalanced EVOLVE-BLOCK markers; each "
-                    f"{_EVOLVE_START} needs one {_EVOLVE_END} after it, without nesting",
+                    f"{EVOLVE_START} needs one {EVOLVE_END} after it, without nesting",
                 )
             start = n if opening else None
             if opening:
-                items.append((n, _EVOLVE_START))
+                items.append((n, EVOLVE_START))
         elif start is None:
             items.append((n, raw.rstrip()))
     if start is not None:
         return items, Violation(
-            start, "evolve-block", f"line {start}: {_EVOLVE_START} has no matching {_EVOLVE_END}"
+            start, "evolve-block", f"line {start}: {EVOLVE_START} has no matching {EVOLVE_END}"
         )
     while items and not items[-1][1]:
         items.pop()  # trailing blank lines do not count as an edit
@@ -659,7 +479,7 @@ def _evolve_block(source: str, parent_source: str | None) -> list[Violation]:
     mine, bad = _outside_blocks(source)
     if bad is not None:
         return [bad]
-    if parent_source is None or _EVOLVE_START not in parent_source:
+    if parent_source is None or EVOLVE_START not in parent_source:
         return []
     theirs, parent_bad = _outside_blocks(parent_source)
     if parent_bad is not None:
@@ -672,7 +492,7 @@ def _evolve_block(source: str, parent_source: str | None) -> list[Violation]:
                     line,
                     "evolve-block",
                     f"line {line}: edit outside the EVOLVE-BLOCK regions; only "
-                    f"code between {_EVOLVE_START} and {_EVOLVE_END} may change",
+                    f"code between {EVOLVE_START} and {EVOLVE_END} may change",
                 )
             ]
     return []
