@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench lint
+.PHONY: setup demo test test-slow bench lint gpu-check
 
 setup:
 	@VENV=$(VENV) bash .ci/setup-venv
@@ -24,3 +24,9 @@ bench: setup
 lint: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
 	$(PY) -m ruff format --check evaluators evolve kernels tests benchmarks conftest.py
+
+# On a machine with a CUDA GPU, as it is (the GPU image: system python3 with its torch and triton,
+# no venv, no ray): gpu tests, the seed judged on runs/llm_bf16.toml, the same kernels modelled, a
+# model-vs-measured table and tutorial 03's autotune configs, < 4 min. Rerun: GPU_CHECK_ARGS=--quick.
+gpu-check:
+	PYTHONPATH=. python3 -m evaluators.gpu_check $(GPU_CHECK_ARGS)

@@ -11,15 +11,16 @@ import dataclasses
 import time
 
 import pytest
-import ray
 
-from evaluators import backend_label, load_task
-from evolve.config import load_run_config
-from evolve.controller import Controller
-from evolve.pool import WorkerPool, start_ray
-from evolve.population import Population
-from evolve.runner import eval_options, make_proposers
-from evolve.store import Store
+ray = pytest.importorskip("ray", reason="needs ray (the worker pool), which is not installed here")
+
+from evaluators import backend_label, load_task  # noqa: E402 - after the importorskip of ray
+from evolve.config import load_run_config  # noqa: E402 - after the importorskip of ray
+from evolve.controller import Controller  # noqa: E402 - after the importorskip of ray
+from evolve.pool import WorkerPool, start_ray  # noqa: E402 - after the importorskip of ray
+from evolve.population import Population  # noqa: E402 - after the importorskip of ray
+from evolve.runner import eval_options, make_proposers  # noqa: E402 - after the importorskip of ray
+from evolve.store import Store  # noqa: E402 - after the importorskip of ray
 
 EVALS = 10
 RATES: dict[int, float] = {}
@@ -38,7 +39,9 @@ def _run(tmp_path, workers: int) -> float:
     config = dataclasses.replace(config, time_budget_s=0.0)
     task = load_task(config.task)
     options = dataclasses.replace(eval_options(config, "cpu"), memo=False)
-    store = Store.create(tmp_path / f"w{workers}" / "run.sqlite", f"w{workers}", config.to_dict(), config.seed)
+    store = Store.create(
+        tmp_path / f"w{workers}" / "run.sqlite", f"w{workers}", config.to_dict(), config.seed
+    )
     pool = WorkerPool(workers, use_gpus=False)
     controller = Controller(config, task, store, Population(config.population), make_proposers(config), pool,
                             dataclasses.asdict(options), backend_label(task, options))  # fmt: skip

@@ -17,10 +17,11 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from evaluators import Task
+from evaluators.calibration import kendall_tau, spearman  # one implementation, shared with gpu-check
 
 from .store import Store
 
@@ -77,42 +78,6 @@ def remeasure(
             if progress is not None:
                 progress(cand["id"], ev)
     return measured
-
-
-def _ranks(xs: Sequence[float]) -> list[float]:
-    """1-based ranks, ties sharing the average of the ranks they span."""
-    first: dict[float, int] = {}
-    last: dict[float, int] = {}
-    for i, v in enumerate(sorted(xs)):
-        first.setdefault(v, i)
-        last[v] = i
-    return [(first[v] + last[v]) / 2 + 1 for v in xs]
-
-
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (Pearson on average ranks); None with < 3 pairs or a constant side."""
-    if len(xs) != len(ys):
-        raise ValueError(f"spearman needs equal lengths, got {len(xs)} and {len(ys)}")
-    if len(xs) < 3:
-        return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return None if vx == 0 or vy == 0 else cov / (vx * vy) ** 0.5
-
-
-def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Kendall's tau-b (tie-corrected); None with < 3 pairs or a constant side."""
-    n = len(xs)
-    if n != len(ys):
-        raise ValueError(f"kendall_tau needs equal lengths, got {n} and {len(ys)}")
-    if n < 3:
-        return None
-    pairs = [(xs[i] - xs[j], ys[i] - ys[j]) for i in range(n) for j in range(i + 1, n)]
-    score = sum(((dx > 0) - (dx < 0)) * ((dy > 0) - (dy < 0)) for dx, dy in pairs)  # concordant - discordant
-    untied = sum(dx != 0 for dx, _ in pairs) * sum(dy != 0 for _, dy in pairs)
-    return None if untied == 0 else score / untied**0.5
 
 
 @dataclasses.dataclass

@@ -5,10 +5,11 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
-from evaluators import EvalOptions, Task
-from evolve.pool import MAX_ATTEMPTS, Job, WorkerPool, start_ray
+ray = pytest.importorskip("ray", reason="needs ray (the worker pool), which is not installed here")
+
+from evaluators import EvalOptions, Task  # noqa: E402 - after the importorskip of ray
+from evolve.pool import MAX_ATTEMPTS, Job, WorkerPool, start_ray  # noqa: E402 - after the importorskip of ray
 
 SEED = (Path(__file__).resolve().parents[1] / "kernels" / "seeds" / "tiled_matmul.py").read_text()
 TINY = Task(name="tiny", dtype="fp16", layouts=("nn",), train=((1024, 1024, 1024),), held_out=(),

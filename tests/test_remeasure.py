@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluators import load_task
+from evaluators import calibration, load_task
 from evolve import remeasure as rm
 from evolve.store import Store
 
@@ -93,7 +93,7 @@ def test_spearman_and_kendall():
     assert rm.spearman([1, 1, 1], [1, 2, 3]) is None
     # ties take average ranks: x ranks (1, 2.5, 2.5, 4) against y ranks (1, 2, 3, 4)
     assert rm.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
-    assert rm._ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]
+    assert calibration.ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]
     assert rm.kendall_tau([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
     assert rm.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert rm.kendall_tau([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / 30**0.5)  # tau-b with a tie

@@ -1,0 +1,1 @@
+"""Trusted baseline kernels the judge and the model are compared against (never evolved)."""
