@@ -147,6 +147,9 @@ class _Run:
         self.work_s = self.budget.total_s if self.budget and options.work_budget else 0.0
         self.deadline = 0.0
         self.waiting = "starting the child"  # what the parent waits for, named when a deadline fires
+        # Where inputs are drawn and references computed: the GPU itself on CUDA (a seam: tests
+        # drive the CUDA cascade on the CPU with a fake child by setting "cpu" here).
+        self.input_device = "cuda" if options.device == "cuda" else "cpu"
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
         compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
@@ -362,7 +365,7 @@ class _Run:
         """Fresh inputs each trial; reference from the parent's own copy; every layout."""
         start = time.perf_counter()
         shapes = self.task.check if self.options.device == "cpu" else self.task.train
-        device = "cuda" if self.options.device == "cuda" else "cpu"
+        device = self.input_device
         for shape in shapes:
             for layout in self.task.layouts:
                 result = ShapeResult(shape=tuple(shape), layout=layout, max_abs_err=0.0, max_scaled_err=0.0)
@@ -447,7 +450,7 @@ class _Run:
             self.waiting = "a timing request (one training shape and layout, all trials)"
             return self.deadline_for(work_s)
 
-        timed = time_task(self.task, box, deadline_for, gpu, self.protocol)
+        timed = time_task(self.task, box, deadline_for, gpu, self.protocol, device=self.input_device)
         self.seconds["timing"] = time.perf_counter() - start
         self.shapes += timed.shapes
         if timed.notes:

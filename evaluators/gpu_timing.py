@@ -118,12 +118,15 @@ def time_task(
     deadline_for,
     gpu: str,
     protocol: TimingProtocol | None = None,
+    device: str = "cuda",
 ) -> TimedTask:
     """Fitness = geometric mean over training shapes and layouts of torch time / candidate time.
 
     ``deadline_for(seconds)`` turns one request's budget into a monotonic deadline (the
     caller bounds it by the evaluation's). Raises ``Stop`` for every verdict but ok; a
     verdict that rests on a measurement (timing guard, speed of light) is not memoised.
+    ``device``: where the parent draws inputs and computes references (the child's GPU; "cpu"
+    only for tests with a fake child).
     """
     protocol = protocol or TimingProtocol()
     budget = gpu_budget(task, protocol)
@@ -151,8 +154,8 @@ def time_task(
             raise Stop("crashed", f"{where}: timing failed{hint}: {header.get('message')}")
         if header.get("event") != "timed":
             raise Stop("crashed", f"{where}: the child sent an unexpected reply to the timing request")
-        verify_outputs(task, tensors, "timed", seeds, shape, layout, where)
-        verify_outputs(task, tensors, "probe", [None, *probe_seeds], shape, layout, where)
+        verify_outputs(task, tensors, "timed", seeds, shape, layout, where, device)
+        verify_outputs(task, tensors, "probe", [None, *probe_seeds], shape, layout, where, device)
         missing = [j for j in range(1, protocol.rotating_buffers + 1) if f"probe{j}" not in tensors]
         if missing:
             raise Stop("incorrect", f"{where}: the cache probe returned no tensor for buffers {missing}")
@@ -185,7 +188,7 @@ def time_task(
 
 
 def verify_outputs(
-    task: Task, tensors: dict, prefix: str, seeds: list, shape, layout: str, where: str
+    task: Task, tensors: dict, prefix: str, seeds: list, shape, layout: str, where: str, device: str = "cuda"
 ) -> None:
     """Every output named ``prefix<i>`` must match the float64 reference of seed ``seeds[i]``,
     drawn and computed on the GPU (the child drew its inputs there from the same seeds)."""
@@ -195,7 +198,7 @@ def verify_outputs(
         index = int(key[len(prefix) :]) if key[len(prefix) :].isdigit() else -1
         if not 0 < index < len(seeds) or seeds[index] is None:
             raise Stop("crashed", f"{where}: the child returned an output for an unknown buffer {key}")
-        a, b = make_inputs(tuple(shape), layout, task.dtype, input_generator(seeds[index], "cuda"))
+        a, b = make_inputs(tuple(shape), layout, task.dtype, input_generator(seeds[index], device))
         ref = reference(a, b)
         del a, b
         verdict = compare(out.to(ref.exact.device), ref, task.dtype, shape[2], task.allow_tf32)
