@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench lint gpu-check
+.PHONY: setup demo test test-slow bench lint test-compat gpu-check
 
 setup:
 	@VENV=$(VENV) bash .ci/setup-venv
@@ -24,6 +24,11 @@ bench: setup
 lint: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
 	$(PY) -m ruff format --check evaluators evolve kernels tests benchmarks conftest.py
+
+# The evaluator on the GPU image's torch 2.11 + triton 3.6 (CPU), in a second venv (.venv-compat):
+# unit tests, the shared judge cases, and the CPU judge refused with numpy >= 2.4. See .ci/test-compat.
+test-compat:
+	bash .ci/test-compat
 
 # On a machine with a CUDA GPU, as it is (the GPU image: system python3 with its torch and triton,
 # no venv, no ray): gpu tests, the seed judged on runs/llm_bf16.toml, the same kernels modelled, a
