@@ -194,9 +194,9 @@ def main_remeasure(args: argparse.Namespace) -> int:
     from evaluators import load_task
     from evaluators.task import TaskError
 
-    from .cli import run_dir
     from .config import UsageError
     from .store import StoreError
+    from .ui import run_dir
 
     compare_only = bool(getattr(args, "compare_only", False))
     model_backend = getattr(args, "model_backend", None)

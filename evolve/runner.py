@@ -60,9 +60,9 @@ def rebuild_population(config: RunConfig, store: Store, backend: str) -> Populat
 def launch(args) -> int:
     import dataclasses
 
-    from .cli import LiveDisplay, install_interrupt, render_leaderboard, run_dir
     from .controller import Controller
     from .pool import RayMissing, WorkerPool, gpu_workers, require_ray, start_ray
+    from .ui import LiveDisplay, install_interrupt, render_leaderboard, run_dir
 
     try:
         ray = require_ray()  # before anything is created: no half-made run without a pool
