@@ -395,12 +395,24 @@ def markdown(doc: dict) -> str:
 
 
 def write_table(doc: dict, folder: Path) -> tuple[Path, Path]:
-    """Write calibration.json and calibration.md into `folder` (created); return their paths."""
+    """Write calibration.json (non-finite figures as null) and calibration.md into `folder`
+    (created); return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / "calibration.json", folder / "calibration.md"
-    json_path.write_text(json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(_json_safe(doc), indent=1, sort_keys=True, allow_nan=False) + "\n")
     md_path.write_text(markdown(doc))
     return json_path, md_path
+
+
+def _json_safe(value):
+    """Non-finite floats become null (JSON has no inf/NaN); tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def read_table(path: Path) -> dict:

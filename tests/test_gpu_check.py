@@ -31,7 +31,6 @@ from evaluators.steps import Step, StepFailed, exit_status, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "kernels" / "baselines" / "tutorial_matmul.py"
-SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 TINY_TOML = """
 [task]
 name = "tiny"
@@ -76,17 +75,12 @@ def test_ranks_spearman_kendall():
 # ---------------------------------------------------------------- the GPU present -> the model's table
 
 
-@pytest.mark.parametrize(
-    "name, key, caveat",
-    [
-        ("NVIDIA H200", "h200", False),
-        ("NVIDIA H200 NVL", "h200", True),
-        ("NVIDIA H100 80GB HBM3", "h100", False),
-        ("NVIDIA H100 PCIe", "h100", True),
-        ("NVIDIA A100-SXM4-80GB", "a100", False),
-        ("NVIDIA A100-PCIE-40GB", "a100", True),
-    ],
-)
+NAMES = [("NVIDIA H200", "h200", False), ("NVIDIA H200 NVL", "h200", True), ("NVIDIA H100 80GB HBM3", "h100", False),
+         ("NVIDIA H100 PCIe", "h100", True), ("NVIDIA A100-SXM4-80GB", "a100", False),
+         ("NVIDIA A100-PCIE-40GB", "a100", True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, key, caveat", NAMES)
 def test_model_gpu_for_device_names(name, key, caveat):
     gpu = calibration.model_gpu_for(name)
     assert gpu.key == key and bool(gpu.note) == caveat
@@ -394,12 +388,12 @@ def test_correlations_overall_and_within_a_shape():
 
 def test_write_and_read_the_table(tmp_path):
     meta = {"gpu": {"device_name": None, "model_gpu": "h200", "model_note": ""}, "task": {"name": "t"},
-            "mode": "dry-run", "provenance": {"torch": "x"},
+            "mode": "dry-run", "provenance": {"torch": "x", "odd": math.inf},
             "steps": [{"name": "model", "status": "ok", "seconds": 1.0, "detail": "a | b"}],
             "seed_evaluation": None}  # fmt: skip
     json_path, md_path = calibration.write_table(calibration.table(meta, _table()), tmp_path / "out")
     doc = calibration.read_table(json_path)
-    assert doc["schema"] == calibration.SCHEMA and len(doc["rows"]) == 7
+    assert doc["schema"] == calibration.SCHEMA and len(doc["rows"]) == 7 and doc["provenance"]["odd"] is None
     documented = calibration.__doc__
     for field in [*doc["rows"][0], *doc, *doc["correlations"]]:
         assert field in documented, f"field {field} is not documented in evaluators/calibration.py"
