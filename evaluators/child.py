@@ -265,6 +265,7 @@ class Child:
                 f"was set up with a {self.cuda_device.flush_bytes}-byte flush (the job's protocol)"
             )
         pair = timing.time_pair(module.matmul, self.baseline, inputs, self.cuda_device, protocol)
+        self.launch_signatures.clear()  # thousands of timed launches; only the checked runs compare them
         out = {f"timed{i}": o for i, o in pair.rechecks}
         for j, seed in enumerate(cmd["probe_seeds"]):
             a, b = inputs[j + 1]
@@ -294,7 +295,8 @@ class Child:
         (it cannot call cudaMalloc itself: the static rules allow no ctypes). Beyond it the
         allocation raises torch.OutOfMemoryError: `crashed`, out of GPU memory.
         """
-        from .timing import CudaDevice, TimingProtocol, set_baseline_precision
+        from .cuda_device import CudaDevice, set_baseline_precision
+        from .timing import TimingProtocol
 
         torch = self.torch
         fraction = float(task.get("gpu_memory_fraction", 0.5))

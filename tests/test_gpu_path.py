@@ -21,8 +21,9 @@ from evaluators import sandbox as sandbox_mod
 from evaluators.child import Child
 from evaluators.compile import CompileCache
 from evaluators.correctness import input_generator, make_inputs
+from evaluators.cuda_device import set_baseline_precision
 from evaluators.gpu_timing import WorkRates, gpu_budget
-from evaluators.timing import TimingProtocol, set_baseline_precision
+from evaluators.timing import TimingProtocol
 from evolve.pool import RayMissing, gpu_workers
 
 ev_mod = importlib.import_module("evaluators.evaluate")  # the module (the package exports the function)
@@ -393,7 +394,7 @@ def test_device_inputs_match_between_generators_on_gpu():
 
 @pytest.mark.gpu
 def test_cuda_device_honours_flush_min_and_holds_the_stream():
-    from evaluators.timing import CudaDevice
+    from evaluators.cuda_device import CudaDevice
 
     dev = CudaDevice(flush_bytes_min=1 << 30)
     assert dev.flush_bytes >= 1 << 30 and dev.cycles_per_s > 1e8

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evaluators.cuda_device import CudaDevice, load_cudart
 from evaluators.timing import (
     HOLD_MARGIN,
     HOLD_MAX_S,
     HOLD_MIN_S,
-    CudaDevice,
     TimingError,
     TimingProtocol,
-    _load_cudart,
     batch_size,
     check_speed_of_light,
     flush_size,
@@ -328,7 +327,7 @@ def test_protocol_validation():
 
 def test_missing_cudart_is_noted():
     notes: list[str] = []
-    assert _load_cudart(notes, names=["/nonexistent/libcudart.so.99"]) is None
+    assert load_cudart(notes, names=["/nonexistent/libcudart.so.99"]) is None
     assert len(notes) == 1 and "libcudart not found" in notes[0]
 
 
