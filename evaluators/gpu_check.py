@@ -390,18 +390,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     budget = args.budget if args.budget is not None else check.plan.budget_s
-    print(
-        f"[gpu-check] {device_name or 'dry run'}: modelled as {gpu.key}; writing to {check.out}", flush=True
+    plan = check.plan
+    say = lambda text: print(f"[gpu-check] {text}", flush=True)  # noqa: E731
+    say(f"{device_name or 'dry run'}: modelled as {gpu.key}; writing to {check.out}")
+    say(
+        f"plan: seed on {len(plan.seed_task.train) * len(plan.seed_task.layouts)} shape/layouts; "
+        f"{len(plan.config_indices)} tutorial configs + seed + torch.matmul on {len(plan.baseline_shapes)} "
+        f"shapes x {','.join(plan.baseline_layouts)}; {budget:.0f} s for the steps"
     )
-    results = run_steps(check.steps(), budget, log=lambda s: print(s, flush=True))
+
+    def save(partial: list) -> None:  # a run killed later still leaves what it measured so far
+        try:
+            check.write(partial)
+        except Exception as e:  # noqa: BLE001 - the final write reports it
+            say(f"saving partial results failed: {type(e).__name__}: {e}")
+
+    results = run_steps(check.steps(), budget, log=say, on_step=save)
     try:
         json_path, md_path = check.write(results)
     except Exception as e:  # noqa: BLE001
         print(f"[gpu-check] writing the table failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     failed = [r.name for r in results if r.status in ("failed", "skipped")]
-    print(f"[gpu-check] table: {md_path}\n[gpu-check] JSON:  {json_path}\n[gpu-check] folder: {check.out}")
-    print(f"[gpu-check] {'FAILED: ' + ', '.join(failed) if failed else 'all steps passed'}", flush=True)
+    say(f"table: {md_path}")
+    say(f"JSON:  {json_path}")
+    say(f"folder: {check.out}")
+    say("FAILED: " + ", ".join(failed) if failed else "all steps passed")
     return exit_status(results)
 
 

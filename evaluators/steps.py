@@ -40,11 +40,13 @@ def run_steps(
     budget_s: float,
     clock: Callable[[], float] = time.monotonic,
     log: Callable[[str], None] = print,
+    on_step: Callable[[list[StepResult]], None] = lambda results: None,
 ) -> list[StepResult]:
     """Run `steps` in order within `budget_s`; every failure is recorded, none stops the rest.
 
     Each step gets min(max_s, what is left) as its deadline; a step whose min_s no longer fits
-    is skipped. An exception other than StepFailed is recorded with its traceback's tail."""
+    is skipped. An exception other than StepFailed is recorded with its traceback's tail.
+    `on_step(results so far)` runs after each step that ran (to save partial output)."""
     start = clock()
     results = []
     for step in steps:
@@ -56,10 +58,10 @@ def run_steps(
         if left < step.min_s:
             why = f"time budget: {max(left, 0):.0f} s left of {budget_s:.0f} s, needs {step.min_s:.0f} s"
             results.append(StepResult(step.name, "skipped", 0.0, why))
-            log(f"[gpu-check] {step.name}: skipped ({why})")
+            log(f"{step.name}: skipped ({why})")
             continue
         allowed = min(step.max_s, left)
-        log(f"[gpu-check] {step.name}: started ({allowed:.0f} s allowed)")
+        log(f"{step.name}: started ({allowed:.0f} s allowed)")
         try:
             status, detail = "ok", step.run(now + allowed)
         except StepFailed as e:
@@ -71,7 +73,8 @@ def run_steps(
         if seconds > allowed + 1.0:
             detail += f" (overran its {allowed:.0f} s by {seconds - allowed:.0f} s)"
         results.append(StepResult(step.name, status, seconds, detail))
-        log(f"[gpu-check] {step.name}: {status} in {seconds:.1f} s: {detail}")
+        log(f"{step.name}: {status} in {seconds:.1f} s: {detail}")
+        on_step(list(results))
     return results
 
 

@@ -203,7 +203,9 @@ def test_steps_record_failures_and_go_on():
         Step("d", ok, max_s=100),
         Step("e", ok, max_s=5, enabled=False, why_not="dry run"),
     ]
-    results = run_steps(steps, budget_s=60, clock=clock, log=lambda _: None)
+    saved = []
+    results = run_steps(steps, budget_s=60, clock=clock, log=lambda _: None, on_step=saved.append)
+    assert [len(s) for s in saved] == [1, 2, 3, 4] and saved[-1][-1].name == "d"  # partial output after each
     assert [(r.name, r.status) for r in results] == [
         ("a", "ok"), ("b", "failed"), ("c", "failed"), ("d", "ok"), ("e", "not run"),
     ]  # fmt: skip
