@@ -23,8 +23,10 @@ JSON format (`write_table` -> calibration.json; SCHEMA names the version):
       config_index      index into kernels/baselines/tutorial_matmul.py CONFIGS, else null
       shape, layout     [M, N, K]; "nn" | "nt" | "tn"
       flops             2*M*N*K
-      protocol          "judge" (evaluators.evaluate on cuda), "do_bench" (triton.testing.do_bench,
-                        median of its reps, L2 cleared between reps) or null (not measured)
+      protocol          "judge" (evaluators.evaluate on cuda: its timing protocol, evaluators/timing.py),
+                        "do_bench" (triton.testing.do_bench: median of single calls between CUDA events,
+                        L2 cleared before each; a call includes its launch, so tiny decode shapes carry
+                        launch overhead) or null (not measured)
       measured_time_s   median seconds; measured_p20_s / measured_p80_s (do_bench) or measured_iqr_s (judge)
       measured_tflops   flops / measured_time_s / 1e12
       speedup_vs_torch  torch.matmul time / this time, same protocol and shape (null for torch itself)
