@@ -166,6 +166,8 @@ def serve(mode: str, control: socket.socket) -> None:
             if command.get("cmd") == "fork":
                 pid = os.fork()
                 if pid == 0:
+                    os.close(wake_r)
+                    os.close(wake_w)
                     _become_child(control, fds, {**command, "zygote": os.getppid()})
                 for fd in fds:
                     os.close(fd)
