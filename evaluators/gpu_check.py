@@ -47,6 +47,7 @@ from .measure import (
     load_module,
     model_jobs,
     render_config,
+    share_compile_cache,
     time_problems,
 )
 from .steps import Step, StepFailed, StepResult, exit_status, run_steps
@@ -238,6 +239,7 @@ class Check:
         import torch
         import triton.testing
 
+        share_compile_cache()  # the model step compiled these kernels for sm_90 already
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.task.dtype]
         gen = torch.Generator(device="cuda").manual_seed(20261201)
 

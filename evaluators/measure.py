@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import os
 import re
 import sys
 import time
@@ -85,6 +86,21 @@ class CompileChild:
 
     def close(self) -> None:
         self.box.close()
+
+
+def share_compile_cache(environ=os.environ) -> str:
+    """Point this process's Triton at the compile children's cache (sandbox.worker_triton_cache),
+    with the children's TRITON_* environment (some of it is in Triton's cache key), so the
+    in-process JIT loads what the model step compiled offline for this GPU's target instead of
+    compiling it again: same binder, options, target and environment give the same key.
+    Returns the cache directory."""
+    from . import sandbox
+
+    for key, value in sandbox.scrubbed_env().items():
+        if key.startswith("TRITON_"):
+            environ[key] = value
+    environ["TRITON_CACHE_DIR"] = sandbox.worker_triton_cache()
+    return environ["TRITON_CACHE_DIR"]
 
 
 @dataclasses.dataclass(frozen=True)
