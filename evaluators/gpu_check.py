@@ -49,6 +49,7 @@ from .measure import (
     render_config,
     share_compile_cache,
     time_problems,
+    timing_summary,
 )
 from .steps import Step, StepFailed, StepResult, exit_status, run_steps
 from .task import Task, TaskError, load_task
@@ -282,12 +283,9 @@ class Check:
             release=torch.cuda.empty_cache,
         )  # fmt: skip
         self.measurements += rows
-        bad = [r for r in rows if r.status != "ok"]
-        summary = f"{len(rows) - len(bad)} of {len(rows)} (kernel, shape) timed with do_bench"
-        if bad:
-            raise StepFailed(
-                summary + "; first problem: " + f"{bad[0].kernel} {bad[0].shape} {bad[0].status}"
-            )
+        summary, problem = timing_summary(rows)
+        if problem:
+            raise StepFailed(f"{summary}; {problem}")
         return summary
 
     def write(self, results: Sequence[StepResult]) -> tuple[Path, Path]:

@@ -234,6 +234,18 @@ def _check_and_time(fn, a, b, ref, rel_error, bench, tolerance: float) -> tuple[
         return f"error: {type(e).__name__}: {str(e)[:200]}", (None, None, None)
 
 
+def timing_summary(rows: Sequence[cal.Measurement]) -> tuple[str, str | None]:
+    """(one line on how many rows were timed, what went wrong or None): rows cut by the time
+    budget and rows wrong or failed both make the step fail."""
+    cut = [r for r in rows if r.status == BUDGET_SPENT]
+    bad = [r for r in rows if r.status not in ("ok", BUDGET_SPENT)]
+    summary = f"{len(rows) - len(cut) - len(bad)} of {len(rows)} (kernel, shape) timed with do_bench"
+    problems = [f"{len(cut)} cut by the time budget"] if cut else []
+    if bad:
+        problems.append(f"{len(bad)} wrong or failed, first: {bad[0].kernel} {bad[0].shape} {bad[0].status}")
+    return summary, "; ".join(problems) or None
+
+
 def judge_measurements(shapes: Sequence) -> list[cal.Measurement]:
     """Rows for the seed and torch.matmul from the judge's per-shape results on a GPU
     (evaluation.ShapeResult with kind "train" and a measured time); others are ignored."""

@@ -27,6 +27,7 @@ from evaluators.measure import (
     render_config,
     share_compile_cache,
     time_problems,
+    timing_summary,
 )
 from evaluators.steps import Step, StepFailed, exit_status, run_steps
 
@@ -226,6 +227,11 @@ def test_time_problems_checks_then_times_and_respects_the_deadline():
     second = rows[4:8]  # each bench takes 1 s: the deadline passes during the second torch.matmul
     assert [r.status for r in second] == ["ok", BUDGET_SPENT, BUDGET_SPENT, BUDGET_SPENT]
     assert [r.status for r in rows[8:]] == [BUDGET_SPENT] * 4 and len(benched) == 3
+    summary, problem = timing_summary(rows)
+    assert summary == "3 of 12 (kernel, shape) timed with do_bench"
+    assert problem == ("7 cut by the time budget; 2 wrong or failed, first: tutorial03 (8, 16, 32) "
+                       "incorrect: relative error 0.5 > 0.01")  # fmt: skip
+    assert timing_summary(rows[:2]) == ("2 of 2 (kernel, shape) timed with do_bench", None)
     with pytest.raises(ValueError, match="torch.matmul as kernels"):
         time_problems([], kernels[1:], None, None, None, None, 1e-2, 1.0)
 
