@@ -61,7 +61,7 @@ def config_label(config: dict) -> str:
 
 class CompileChild:
     """The judge's offline compile of one source in a sandboxed compile child (evaluators/child.py
-    `compile_offline`), started at construction so several compile side by side.
+    `compile_offline`); the child starts on `send` and compiles while the next ones are started.
 
     No memory limit: only our own seed and baseline come here."""
 
