@@ -205,7 +205,7 @@ class Check:
         for i in self.plan.config_indices:
             source = render_config(self.baseline_source, i, n)
             jobs.append(CompileJob("tutorial03", i, source, baseline_task))
-        workers = self.args.jobs or max(1, min(len(jobs), (os.cpu_count() or 2) // 2))
+        workers = self.args.jobs or max(1, min(len(jobs), (os.cpu_count() or 2) - 2))  # 2 cores left
         self.modelled, errors = model_jobs(jobs, self.gpu.key, deadline, workers)
         summary = (
             f"{len(self.modelled)} (kernel, shape, layout) modelled on {self.gpu.key}, {len(jobs)} compiles"
@@ -354,7 +354,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budget", type=float, help=f"seconds for all steps (default {BUDGET_S:g}, quick {QUICK_BUDGET_S:g})"
     )
-    p.add_argument("--jobs", type=int, default=0, help="parallel compile children (default: half the cores)")
+    p.add_argument("--jobs", type=int, default=0, help="parallel compile children (default: cores - 2)")
     p.add_argument("--dry-run", action="store_true", help="no GPU: only the offline compile + model step")
     return p.parse_args(argv)
 
