@@ -24,6 +24,7 @@ from . import compile as comp
 from .correctness import compare, input_generator, make_inputs, reference
 from .evaluation import Evaluation, ShapeResult
 from .gpu_timing import gpu_budget, time_task
+from .provenance import provenance
 from .targets import TARGET_LIMITS, limit_violations
 from .task import Task
 from .timing import TimingProtocol
@@ -138,7 +139,7 @@ class _Run:
         self.kernels: dict = {}
         self.run_signatures: dict = {}  # (shape, layout) -> launches seen in the checked run
         self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
-        self.provenance = _provenance(options.device)
+        self.provenance = provenance(options.device)
         self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
         self.backend = backend_label(task, options)
         self.memo = True  # False once the verdict rests on a measurement or the judge failed
@@ -247,11 +248,12 @@ class _Run:
         return min(self.deadline, time.monotonic() + work_s + REQUEST_SLACK_S)
 
     def timeout_feedback(self) -> str:
+        if self.budget is None:
+            limit = self.options.timeout_s
+            return f"no answer within the {limit:g} s limit (a hang, an endless loop, or far too slow)"
         text = (
             f"no answer in time while waiting for {self.waiting} (a hang, an endless loop, or far too slow)"
         )
-        if self.budget is None:
-            return f"{text}; the limit was {self.options.timeout_s:g} s"
         return (
             f"{text}; the limit was {self.options.timeout_s:g} s (start-up and compile) + "
             f"{self.work_s:.0f} s of GPU work for this task, each request its share + "
@@ -371,16 +373,17 @@ class _Run:
                 result = ShapeResult(shape=tuple(shape), layout=layout, max_abs_err=0.0, max_scaled_err=0.0)
                 self.shapes.append(result)
                 where = f"shape {tuple(shape)} layout {layout}"
-                request_deadline = deadline
                 if self.budget is not None:
                     self.waiting = f"a check trial on {where}"
-                    request_deadline = self.deadline_for(self.budget.check_s[(tuple(shape), layout)])
                 for _ in range(self.task.trials):
                     seed = secrets.randbits(63)
                     # Drawn where they are used (the child draws the same from the same seed and device).
                     a, b = make_inputs(tuple(shape), layout, self.task.dtype, input_generator(seed, device))
                     ref = reference(a, b)
                     del a, b
+                    request_deadline = deadline
+                    if self.budget is not None:  # each trial its own share of the GPU work budget
+                        request_deadline = self.deadline_for(self.budget.check_s[(tuple(shape), layout)])
                     header, tensors = box.request(
                         {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}, request_deadline
                     )
@@ -486,36 +489,3 @@ def _model_gpu(options: EvalOptions, task: Task) -> str | None:
     if name is not None and name not in GPUS:
         raise ValueError(f"model_gpu {name!r} is unknown; known: {', '.join(sorted(GPUS))}")
     return name
-
-
-def _provenance(device: str) -> dict:
-    import platform
-
-    import triton
-
-    from . import __version__
-
-    info = {
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "triton_evolve": __version__,
-        "device": device,
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-        info["driver"] = _driver_version()
-    return info
-
-
-def _driver_version() -> str | None:  # pragma: no cover - needs a GPU
-    try:
-        import ctypes
-
-        lib = ctypes.CDLL("libcuda.so.1")
-        v = ctypes.c_int()
-        lib.cuDriverGetVersion(ctypes.byref(v))
-        return f"{v.value // 1000}.{(v.value % 1000) // 10}"
-    except OSError:
-        return None

@@ -18,7 +18,7 @@ import torch
 
 from evaluators import Task, evaluate, wire
 from evaluators import sandbox as sandbox_mod
-from evaluators.child import Child
+from evaluators.child import POISON, Child
 from evaluators.compile import CompileCache
 from evaluators.correctness import input_generator, make_inputs
 from evaluators.cuda_device import set_baseline_precision
@@ -199,7 +199,7 @@ def test_timing_guard_rejection_is_not_memoised(fake_cuda):
 
 
 def test_speed_of_light_and_cache_probe(fake_cuda, monkeypatch):
-    monkeypatch.setattr(ev_mod, "_provenance", lambda device: {"device": device, "gpu": "NVIDIA H200"})
+    monkeypatch.setattr(ev_mod, "provenance", lambda device: {"device": device, "gpu": "NVIDIA H200"})
     fast, _ = fake_cuda("impossible")
     assert fast.status == "rejected" and "impossible" in fast.feedback
     cached, _ = fake_cuda("cached")
@@ -312,8 +312,8 @@ def test_child_keeps_one_trial_and_poisons_what_it_releases():
     assert len(child.previous) == 5  # a, b, their copies, the output: one trial, not six
     assert all(not (x & y) for x, y in zip(pointers, pointers[1:], strict=False))  # new addresses
     first_out = sent[0][1]["out"]
-    assert torch.isnan(first_out.float()).all()  # released: poisoned, no stale right answer to reuse
-    assert not torch.isnan(sent[-1][1]["out"].float()).any()
+    assert (first_out == POISON).all()  # released: poisoned, no stale right answer to reuse
+    assert not (sent[-1][1]["out"] == POISON).any()
 
 
 def test_baseline_precision_follows_the_task():
