@@ -171,6 +171,15 @@ def test_host_wake_up_latency_stays_outside_the_samples():
     assert res.guard_median_s[0] == pytest.approx(27e-6)  # the framed calls do carry the latency
 
 
+def test_a_slow_host_does_not_fake_hidden_work():
+    dev = FakeDevice()
+    dev.wake_s = 300e-6  # a loaded host: every sync returns 0.3 ms late, for both functions alike
+    cand, base = fake_fn(dev, "cand", main_s=7e-6), fake_fn(dev, "base", main_s=14e-6)
+    res = time_pair(cand, base, make_inputs(5), dev, TimingProtocol(reps=3))
+    assert res.guard_median_s[0] > 1.5 * res.candidate.median_s + TimingProtocol.guard_slack_s
+    assert res.candidate.median_s == pytest.approx(7e-6)  # accepted: the baseline shows the same latency
+
+
 def test_hold_covers_the_measured_enqueue_time():
     dev = FakeDevice()
     cand = fake_fn(dev, "cand", main_s=10e-6, host_s=30e-6)  # slow to enqueue, fast to run
