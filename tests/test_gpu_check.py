@@ -359,6 +359,73 @@ def test_cli_refuses_clearly(tmp_path, tiny_task, capsys):
         Check(args, load_task(tiny_task), None, calibration.ModelGpu("h200", ""))
 
 
+class ShapeChild(FakeChild):
+    """Facts for every (shape, layout) a job asks for: one 128x128x64 launch each."""
+
+    def __init__(self, source, task):
+        self.source, self.task = source, task
+
+    def result(self, deadline):
+        calls = lambda s: [{"key": "k1", "grid": [-(-s[0] // 128) * -(-s[1] // 128)]}]  # noqa: E731
+        launches = [{"shape": list(s), "layout": lay, "calls": calls(s)}
+                    for s in self.task["train"] for lay in self.task["layouts"]]  # fmt: skip
+        return {"kernels": {"k1": FACTS}, "launches": launches}
+
+
+def test_full_run_with_the_gpu_parts_faked(tmp_path, tiny_task, monkeypatch, capsys):
+    """The whole command as on an H200, with the device-only pieces replaced by CPU fakes: every
+    row joins its modelled figures, the seed's verdict and every step land in the table."""
+    from evaluators import gpu_check, measure
+    from evaluators.evaluation import Evaluation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(gpu_check.Check, "gpu_tests", lambda self, deadline: "2 passed, 400 deselected")
+    monkeypatch.setattr(gpu_check, "model_jobs", lambda *a: measure.model_jobs(*a, child=ShapeChild))
+
+    def judge(source, task, options):
+        assert options.device == "cuda" and not options.memo and not options.work_budget
+        assert 0 < options.timeout_s <= 120
+        rows = [ShapeResult(s, lay, kind="train", time_s=2e-5, torch_time_s=1e-5)
+                for s in task.train for lay in task.layouts]  # fmt: skip
+        return Evaluation("ok", "cuda:NVIDIA H200", 0.5, "measured", "measured", rows)
+
+    monkeypatch.setattr(
+        sys.modules["evaluators.evaluate"], "evaluate", judge
+    )  # the package's name is the function
+
+    def baseline_step(self, deadline):
+        kernels = [
+            TimedKernel("torch.matmul", None, None, torch.matmul),
+            TimedKernel("seed", None, None, torch.mm),
+        ]
+        kernels += [TimedKernel("tutorial03", config_label(self.baseline.CONFIGS[i]), i, torch.mm)
+                    for i in self.plan.config_indices]  # fmt: skip
+        problems = [(s, lay) for s in self.plan.baseline_shapes for lay in self.plan.baseline_layouts]
+        self.measurements += time_problems(
+            problems, kernels, lambda s, lay: (torch.randn(s[0], s[2]), torch.randn(s[2], s[1])),
+            lambda a, b: a.double() @ b.double(), lambda o, r: float((o.double() - r).norm() / r.norm()),
+            lambda fn: (1e-5, 1e-5, 1e-5), 1e-3, deadline,
+        )  # fmt: skip
+        return "faked"
+
+    monkeypatch.setattr(gpu_check.Check, "baseline_step", baseline_step)
+    out = tmp_path / "out"
+    assert main(["--task", str(tiny_task), "--out", str(out), "--jobs", "1"]) == 0, capsys.readouterr()
+    doc = calibration.read_table(out / "calibration.json")
+    assert doc["gpu"] == {"device_name": "NVIDIA H200", "model_gpu": "h200", "model_note": ""}
+    assert [s["status"] for s in doc["steps"]] == ["ok"] * 4 and doc["mode"] == "full"
+    assert doc["seed_evaluation"]["fitness"] == 0.5 and (out / "seed_evaluation.json").is_file()
+    rows = doc["rows"]
+    judged = [r for r in rows if r["protocol"] == "judge" and r["kernel"] == "seed"]
+    assert len(judged) == 3 * 2 and all(r["speedup_vs_torch"] == pytest.approx(0.5) for r in judged)
+    timed = [r for r in rows if r["protocol"] == "do_bench" and r["kernel"] != "torch.matmul"]
+    assert len(timed) == 3 * (1 + 8)  # nn only: the seed and every config on every shape
+    assert all(r["modelled_tflops"] and r["ratio"] and r["status"] == "ok" for r in judged + timed)
+    assert not [r for r in rows if r["protocol"] is None]  # everything modelled was measured too
+    assert len(doc["correlations"]["by_shape"]) == 3
+
+
 # ---------------------------------------------------------------- collection without ray
 
 NO_RAY = """
