@@ -153,6 +153,7 @@ class Check:
         self.provenance = versions()
 
     def steps(self) -> list[Step]:
+        """The four steps with their time shares; without a GPU (dry run) only `model` runs."""
         gpu, m = not self.args.dry_run, self.plan.step_max_s
         no = "dry run: no GPU"
         return [
@@ -163,6 +164,7 @@ class Check:
         ]
 
     def gpu_tests(self, deadline: float) -> str:
+        """`pytest -m gpu tests benchmarks` in a subprocess; its output in gpu_tests.log."""
         cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts=", "-m", "gpu"]
         cmd += ["-p", "no:cacheprovider", "tests", "benchmarks"]
         env = {
@@ -179,7 +181,10 @@ class Check:
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         except subprocess.TimeoutExpired as e:
-            self._write("gpu_tests.log", str(e.stdout or "") + str(e.stderr or ""))
+            text = [
+                x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr)
+            ]
+            self._write("gpu_tests.log", "".join(text))
             raise StepFailed(f"pytest did not finish in {e.timeout:.0f} s") from None
         self._write("gpu_tests.log", proc.stdout + proc.stderr)
         last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -188,6 +193,8 @@ class Check:
         return last
 
     def model(self, deadline: float) -> str:
+        """Offline compile of the seed (its shapes and layouts, and the baseline's) and of each
+        baseline config, modelled on `self.gpu`; fills `self.modelled`."""
         base = self.task.to_dict()
         seed_shapes = sorted({*map(tuple, self.plan.seed_task.train), *self.plan.baseline_shapes})
         seed_layouts = sorted({*self.plan.seed_task.layouts, *self.plan.baseline_layouts})
@@ -215,6 +222,7 @@ class Check:
         return summary
 
     def seed(self, deadline: float) -> str:
+        """The judge on the GPU (full verdict in seed_evaluation.json); fails unless `ok`."""
         from .evaluate import EvalOptions, evaluate
 
         timeout = max(5.0, deadline - time.monotonic())
@@ -237,6 +245,8 @@ class Check:
         return f"fitness {ev.fitness:.4f} ({ev.fitness_kind}) over {len(timed) // 2} shape/layouts"
 
     def baseline_step(self, deadline: float) -> str:  # pragma: no cover - needs a GPU
+        """torch.matmul, the seed and every planned tutorial config timed with do_bench in this
+        process on the baseline shapes, each output checked first (REL_TOL)."""
         import torch
         import triton.testing
 
