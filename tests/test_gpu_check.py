@@ -426,6 +426,33 @@ def test_full_run_with_the_gpu_parts_faked(tmp_path, tiny_task, monkeypatch, cap
     assert len(doc["correlations"]["by_shape"]) == 3
 
 
+def test_gpu_tests_step_runs_pytest_and_keeps_its_log(tmp_path, tiny_task, monkeypatch):
+    from evaluators import gpu_check
+
+    args = parse_args(["--task", str(tiny_task), "--out", str(tmp_path)])
+    check = Check(args, load_task(tiny_task), "NVIDIA H200", calibration.ModelGpu("h200", ""))
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append((cmd, kw))
+        if len(calls) == 3:
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=b"collected 3 items")
+        return subprocess.CompletedProcess(cmd, len(calls) - 1, "..\n2 passed, 300 deselected in 9.1s\n", "")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+    assert check.gpu_tests(time.monotonic() + 30) == "2 passed, 300 deselected in 9.1s"
+    cmd, kw = calls[0]
+    assert cmd[1:] == ["-m", "pytest", "-q", "-rs", "-o", "addopts=", "-m", "gpu", "-p", "no:cacheprovider",
+                       "tests", "benchmarks"] and kw["cwd"] == ROOT and 25 < kw["timeout"] <= 30  # fmt: skip
+    assert kw["env"]["PYTHONPATH"].split(":")[0] == str(ROOT)
+    assert (tmp_path / "gpu_tests.log").read_text().startswith("..")
+    with pytest.raises(StepFailed, match="pytest exit status 1: 2 passed"):
+        check.gpu_tests(time.monotonic() + 30)
+    with pytest.raises(StepFailed, match="did not finish in 30 s"):
+        check.gpu_tests(time.monotonic() + 30)
+    assert (tmp_path / "gpu_tests.log").read_text() == "collected 3 items"
+
+
 # ---------------------------------------------------------------- collection without ray
 
 NO_RAY = """
