@@ -65,9 +65,15 @@ class EvaluatorActor:
     Made a Ray actor class by `_actor_class()` (ray is imported only then)."""
 
     def evaluate(self, job: Job) -> dict:
+        """The Evaluation as a dict; never raises (an exception here would end the controller)."""
         from evaluators import EvalOptions, Task, evaluate
 
-        return evaluate(job.source, Task.from_dict(job.task), EvalOptions(**job.options)).to_dict()
+        try:
+            return evaluate(job.source, Task.from_dict(job.task), EvalOptions(**job.options)).to_dict()
+        except Exception as e:  # noqa: BLE001 - e.g. an environment this worker cannot judge in
+            return _verdict(
+                "judge_error", f"the evaluator worker could not judge ({type(e).__name__}: {str(e)[:500]})"
+            )
 
     def pid(self) -> int:
         return os.getpid()
@@ -164,13 +170,19 @@ class WorkerPool:
 
 
 def _worker_died(job: Job, error: Exception) -> dict:
+    return _verdict(
+        "crashed",
+        f"the evaluator worker died {MAX_ATTEMPTS} times while judging this candidate ({type(error).__name__})",
+    )
+
+
+def _verdict(status: str, feedback: str) -> dict:
     return {
-        "status": "crashed",
+        "status": status,
         "backend": None,  # the controller fills in its run's backend label
         "fitness": 0.0,
         "fitness_kind": "none",
-        "feedback": f"the evaluator worker died {MAX_ATTEMPTS} times while judging this candidate "
-        f"({type(error).__name__})",
+        "feedback": feedback,
         "shapes": [],
         "compile": [],
         "seconds": {},

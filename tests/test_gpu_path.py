@@ -417,3 +417,12 @@ def test_seed_on_a_small_task_is_measured(tmp_path):
 def test_protocol_roundtrips_through_the_job():
     proto = TimingProtocol(flush_bytes_min=1 << 30, guard_reps=2)
     assert TimingProtocol(**dataclasses.asdict(proto)) == proto
+
+
+def test_the_evaluator_actor_never_raises():
+    from evolve.pool import EvaluatorActor, Job
+
+    options = {**dataclasses.asdict(ev_mod.EvalOptions()), "gpu_memory_fraction": 2.0}  # invalid here
+    verdict = EvaluatorActor().evaluate(Job(1, SEED, TINY.to_dict(), options))
+    assert verdict["status"] == "judge_error" and "gpu_memory_fraction" in verdict["feedback"]
+    assert verdict["backend"] is None  # the controller labels it with its run's backend
