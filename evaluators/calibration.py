@@ -13,7 +13,8 @@ JSON format (`write_table` -> calibration.json; SCHEMA names the version):
                        "model_gpu": key of perf_model.GPUS the model ran for, "model_note": caveat or ""}
     task              {"name", "dtype", "allow_tf32", "source"} of the task the shapes come from
     mode              "full" | "quick" | "dry-run"
-    provenance        versions (torch, triton, numpy, python, cuda, driver, triton_evolve)
+    provenance        evaluators.provenance (torch, triton, python, triton_evolve, device; gpu, cuda, driver
+                      on a GPU) and numpy
     steps             [{"name", "status": ok|failed|skipped, "seconds", "detail"}]
     seed_evaluation   the judge's verdict on the seed: {"status", "fitness", "fitness_kind", "backend",
                       "feedback"} (fitness = geometric-mean speedup over torch.matmul when measured)

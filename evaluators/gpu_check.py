@@ -150,7 +150,7 @@ class Check:
         self.measurements: list[cal.Measurement] = []
         self.modelled: dict = {}
         self.seed_evaluation: dict | None = None
-        self.provenance = versions()
+        self.provenance = versions("cpu" if args.dry_run else "cuda")
 
     def steps(self) -> list[Step]:
         """The four steps with their time shares; without a GPU (dry run) only `model` runs."""
@@ -234,8 +234,6 @@ class Check:
         self.seed_evaluation = {
             k: getattr(ev, k) for k in ("status", "fitness", "fitness_kind", "backend", "feedback")
         }
-        for key in ("driver", "cuda"):
-            self.provenance.setdefault(key, ev.provenance.get(key))
         timed = judge_measurements(ev.shapes)
         self.measurements += timed
         if ev.status != "ok":
@@ -329,28 +327,18 @@ def default_out(device_name: str | None, model_key: str, dry_run: bool) -> Path:
     return ROOT / "benchmarks" / "results" / f"gpu-check-{'dryrun-' if dry_run else ''}{gpu}-{stamp}"
 
 
-def versions() -> dict:
-    """Versions of what ran; values None where absent."""
-    import platform
+def versions(device: str) -> dict:
+    """evaluators.provenance for `device` ("cuda": GPU, CUDA and driver too), plus numpy's version."""
+    from .provenance import provenance
 
-    import torch
-    import triton
-
-    from . import __version__
-
+    info = provenance(device)
     try:
         import numpy
 
-        np_version = numpy.__version__
+        info["numpy"] = numpy.__version__
     except ImportError:
-        np_version = None
-    return {
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "numpy": np_version,
-        "python": platform.python_version(),
-        "triton_evolve": __version__,
-    }
+        info["numpy"] = None
+    return info
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
