@@ -15,7 +15,7 @@ JSON format (`write_table` -> calibration.json; SCHEMA names the version):
     mode              "full" | "quick" | "dry-run"
     provenance        evaluators.provenance (torch, triton, python, triton_evolve, device; gpu, cuda, driver
                       on a GPU) and numpy
-    steps             [{"name", "status": ok|failed|skipped, "seconds", "detail"}]
+    steps             [{"name", "status": ok|failed|skipped (time)|not run (dry run), "seconds", "detail"}]
     seed_evaluation   the judge's verdict on the seed: {"status", "fitness", "fitness_kind", "backend",
                       "feedback"} (fitness = geometric-mean speedup over torch.matmul when measured)
     rows              one per (kernel, config, shape, layout, protocol):
