@@ -362,6 +362,54 @@ def test_torch_matmul_against_itself_on_gpu():
         torch.testing.assert_close(out, inputs[i][0] @ inputs[i][1])
 
 
+def _gpu_inputs(shape, sets):
+    import torch
+
+    m, n, k = shape
+    gen = torch.Generator(device="cuda").manual_seed(1)
+
+    def randn(rows, cols):
+        return torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    return [(randn(m, k), randn(k, n)) for _ in range(sets)]
+
+
+@pytest.mark.gpu
+def test_decode_shape_is_batched_and_not_flattened_on_gpu():
+    import torch
+
+    dev, proto = CudaDevice(), TimingProtocol()
+    inputs = _gpu_inputs((1, 4096, 4096), proto.rotating_buffers + 1)
+    res = time_pair(torch.matmul, torch.matmul, inputs, dev, proto)
+    assert res.batch[0] > 1 and 0.8 <= res.speedup <= 1.25, res
+    assert res.candidate.median_s < res.guard_median_s[0]  # no wake-up latency in the samples
+
+    def twice(a, b):  # twice the work: the batched times must see it (host latency would hide it)
+        torch.matmul(a, b)
+        return torch.matmul(a, b)
+
+    slow = time_pair(twice, torch.matmul, inputs, dev, proto)
+    assert slow.speedup < 0.7, slow
+
+
+@pytest.mark.gpu
+def test_side_stream_work_is_caught_on_gpu():
+    import torch
+
+    dev, proto = CudaDevice(), TimingProtocol(reps=5)
+    inputs = _gpu_inputs((4096, 4096, 4096), proto.rotating_buffers + 1)
+    side = torch.cuda.Stream()
+
+    def hidden(a, b):  # the work on a stream the events do not watch
+        with torch.cuda.stream(side):
+            out = torch.matmul(a, b)
+        return out
+
+    # the guard fires, or the events around an empty timed stream are not even positive
+    with pytest.raises(TimingError, match="hidden from the CUDA events|not trustworthy"):
+        time_pair(hidden, torch.matmul, inputs, dev, proto)
+
+
 def test_cuda_device_reset_calls_cudart_and_notes_failure():
     calls = []
 
