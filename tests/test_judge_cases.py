@@ -33,7 +33,6 @@ KNOWN_GAPS: dict[str, str] = {
     "autotuned.py": "compile_error",
     "decoy_dot.py": "ok",  # ok, but its modelled fitness is not far below the seed's
     "fp16_acc.py": "ok",
-    "fp8_downcast.py": "crashed",
     "hardcoded_a_stride.py": "ok",
     "skip_big_1024.py": "ok",
     "splitk_race.py": "ok",
