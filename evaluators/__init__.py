@@ -4,7 +4,7 @@ Imports nothing from `evolve`. Public API: `evaluate`, `EvalOptions`, `Evaluatio
 `Task`, `load_task`.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .evaluate import EvalOptions, backend_label, evaluate  # noqa: E402
 from .evaluation import Evaluation, ShapeResult  # noqa: E402

@@ -11,7 +11,7 @@ def provenance(device: str) -> dict:
 
     import triton
 
-    from . import __version__
+    from .version import __version__
 
     info = {
         "torch": torch.__version__,
