@@ -4,13 +4,13 @@ Imports nothing from `evolve`. Public API: `evaluate`, `EvalOptions`, `Evaluatio
 `Task`, `load_task`.
 """
 
-from .version import __version__  # noqa: E402
-
-from .evaluate import EvalOptions, backend_label, evaluate  # noqa: E402
-from .evaluation import Evaluation, ShapeResult  # noqa: E402
-from .task import Task, TaskError, load_task, parse_shapes  # noqa: E402
+from .evaluate import EvalOptions, backend_label, evaluate
+from .evaluation import Evaluation, ShapeResult
+from .task import Task, TaskError, load_task, parse_shapes
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "backend_label",
     "EvalOptions",
     "Evaluation",
