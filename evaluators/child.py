@@ -177,6 +177,7 @@ class Child:
 
     def compile_jit(self, module, task: dict) -> dict:
         """On a GPU the real JIT compiles at first launch; record what it built."""
+        from . import compat
         from . import compile as comp
         from .correctness import input_generator, make_inputs
 
@@ -191,15 +192,13 @@ class Child:
                 del a, b  # freed before the next shape's inputs are drawn
                 entry = {"shape": list(shape), "layout": layout, "calls": []}
                 for fn, kernel in self.recorded_kernels:
-                    key = f"{fn.__name__}-{kernel.hash}" if hasattr(kernel, "hash") else fn.__name__
+                    built = compat.kernel_facts(kernel)
+                    key = f"{fn.__name__}-{built['hash']}" if built["hash"] else fn.__name__
                     entry["calls"].append({"kernel": fn.__name__, "key": key})
                     facts = comp.compiled_facts(
-                        kernel.asm,
-                        kernel.metadata.shared,
-                        kernel.metadata.num_warps,
-                        kernel.metadata.num_stages,
+                        built["asm"], built["shared"], built["num_warps"], built["num_stages"]
                     )
-                    facts.update(kernel=fn.__name__, regs=kernel.n_regs, spill_bytes=kernel.n_spills)
+                    facts.update(kernel=fn.__name__, regs=built["regs"], spill_bytes=built["spills"])
                     self.kernels[key] = facts
                 launches.append(entry)
         return {"kernels": self.kernels, "launches": launches}

@@ -172,6 +172,9 @@ class _Run:
         self.seconds["static"] = time.perf_counter() - start
         if violations:
             return self.result("rejected", static_rules.feedback(violations))
+        if self.options.device == "cpu":
+            # The fork servers' start-up (once per evaluator process) is the judge's, not the candidate's.
+            self.seconds["judge_start"] = sandbox.start_servers()
         # On a GPU the limit grows with the task's work (evaluators/gpu_timing.py: gpu_budget).
         deadline = self.deadline = time.monotonic() + self.options.timeout_s + self.work_s
         evaluation = self.stages(deadline)

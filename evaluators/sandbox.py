@@ -54,6 +54,7 @@ KEEP = (
 KEEP_PATTERN = re.compile(r"^TRITON_\w+_PATH$")  # TRITON_LIBCUDA_PATH, TRITON_PTXAS_PATH, ...
 DEFAULT_MEMORY_LIMIT = 12 << 30  # bytes of address space on CPU
 FORK_MODES = ("compile", "check")
+SERVER_START_S = 300.0  # a fork server imports torch and triton and warms up: seconds, minutes under load
 
 
 class ChildTimeout(Exception):
@@ -355,6 +356,23 @@ def fork_server(mode: str) -> ForkServer:
     server = ForkServer(mode, env, workdir, os.path.join(workdir, "zygote.log"), _limits(None))
     _servers[mode] = (server, workdir)
     return server
+
+
+def start_servers(modes: tuple[str, ...] = FORK_MODES, timeout_s: float = SERVER_START_S) -> float:
+    """Start (if needed) and wait for the fork servers of `modes`, side by side; seconds waited.
+
+    The judge calls this before a candidate's clock starts: a server's start-up is the judge's
+    cost, not the candidate's. Raises ForkServerDied when one fails or is not ready in time."""
+    start = time.monotonic()
+    servers = [fork_server(mode) for mode in modes]
+    for server in servers:
+        try:
+            server.wait_ready(start + timeout_s)
+        except TimeoutError:
+            raise ForkServerDied(
+                f"the {server.mode} fork server was not ready within {timeout_s:g} s; {server.log_tail()}"
+            ) from None
+    return time.monotonic() - start
 
 
 def _close_server(mode: str) -> None:

@@ -212,3 +212,38 @@ def test_children_die_with_their_fork_server(fresh_servers):
         assert not _alive(pid), "a child outlived its fork server"
     finally:
         box.close()
+
+
+def test_a_fork_server_that_cannot_start_is_a_judge_error(monkeypatch, fresh_servers):
+    """Not the candidate's fault: the verdict says the judge failed, and nothing is memoised."""
+    from pathlib import Path
+
+    from evaluators import evaluate, load_task
+
+    def starved(memory_bytes):
+        def apply():
+            import resource
+
+            os.setsid()
+            resource.setrlimit(resource.RLIMIT_AS, (64 << 20, 64 << 20))  # too small to import torch
+
+        return apply
+
+    monkeypatch.setattr(sandbox, "_limits", starved)
+    source = Path("kernels/seeds/tiled_matmul.py").read_text()
+    ev = evaluate(source, load_task("runs/demo_cpu.toml"), memo=False)
+    assert ev.status == "judge_error", ev.feedback
+    assert "fork server" in ev.feedback
+
+
+def test_fork_server_start_is_not_the_candidates_time(fresh_servers):
+    """A cold judge (fork servers not started) still gives a hang its whole limit."""
+    from pathlib import Path
+
+    from evaluators import evaluate, load_task
+
+    source = Path("tests/adversarial/kernels/hang_entry.py").read_text()
+    ev = evaluate(source, load_task("runs/demo_cpu.toml"), memo=False, timeout_s=3.0)
+    assert ev.status == "timeout", ev.feedback
+    assert "starting the child" not in ev.feedback  # the clock ran out on the candidate's own work
+    assert ev.seconds["judge_start"] > 0.5  # the servers were started inside this call

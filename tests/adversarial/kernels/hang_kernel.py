@@ -1,5 +1,6 @@
 """Cheat / bug: the kernel's K-loop is a while loop whose counter is never advanced, so every
-program spins forever (compiles fine, hangs when run). Source: shared/REFERENCES.md (openevolve #79, #297, #409).
+program spins forever on the same K-slab (compiles fine, hangs when run; it never reads out of
+bounds, so the only verdict is a timeout). Source: shared/REFERENCES.md (openevolve #79, #297, #409).
 Expected: timeout.
 """
 
@@ -56,8 +57,6 @@ def matmul_kernel(
         a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
 
     c = acc.to(c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
