@@ -107,7 +107,7 @@ print(json.dumps({"rows": rows, "end": time.time(), "parent_cpu": time.process_t
 @pytest.mark.slow
 def test_two_workers(benchmark, tmp_path):
     """Throughput of 2 evaluator processes vs 2 cores / CPU-s per candidate (children + parent)."""
-    count = 4
+    count = 8
 
     def run_pair():
         start_at = time.time() + 20  # both have warmed up by then

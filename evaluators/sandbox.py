@@ -305,6 +305,19 @@ class Sandbox:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def first_ready(boxes: dict, deadline: float):
+    """The key of the first of `boxes` (key -> Sandbox) with a reply waiting; ChildTimeout past
+    `deadline`. The reply itself is read with `Sandbox.read`."""
+    fds = {box.proc.from_child: key for key, box in boxes.items()}
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ChildTimeout()
+    ready, _, _ = select.select(list(fds), [], [], left)
+    if not ready:
+        raise ChildTimeout()
+    return fds[ready[0]]
+
+
 class _alarm:
     """SIGALRM-based bound on a blocking read (main thread only; elsewhere unbounded mid-frame)."""
 

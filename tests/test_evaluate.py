@@ -129,3 +129,50 @@ def test_cli_bad_arguments_are_clear(tmp_path):
     assert out.returncode == 2 and "no such kernel file" in out.stderr
     out = _cli("check", "kernels/seeds/tiled_matmul.py", "--task", "runs/demo_cpu.toml", "--shapes", "1,2")
     assert out.returncode == 2 and "M,N,K" in out.stderr
+
+
+def test_split_work_balances_by_shape_work_and_keeps_order():
+    from evaluators.evaluate import split_work
+
+    groups = [((64, 64, 64), "nn"), ((300, 260, 280), "nn"), ((64, 64, 64), "nt"), ((300, 260, 280), "nt")]
+    shares = split_work(groups, 2)
+    assert sorted(g for share in shares for g in share) == sorted(groups)  # each group exactly once
+    assert [len(s) for s in shares] == [2, 2]  # one large and one small shape each
+    assert all(share == [g for g in groups if g in share] for share in shares)  # the groups' own order
+    assert split_work(groups[:1], 3) == [groups[:1]]  # never an empty share
+
+
+def test_checks_split_across_two_children_reach_the_same_verdict():
+    from pathlib import Path
+
+    from evaluators import evaluate, load_task
+
+    task = load_task("runs/demo_cpu.toml")
+    seed = Path("kernels/seeds/tiled_matmul.py").read_text()
+    ev = evaluate(seed, task, memo=False, check_children=2)
+    assert ev.status == "ok", ev.feedback
+    checked = [(s.shape, s.layout) for s in ev.shapes if s.kind == "check"]
+    assert checked == [(tuple(shape), layout) for shape in task.check for layout in task.layouts]
+    assert all(s.max_scaled_err is not None and s.tolerance for s in ev.shapes if s.kind == "check")
+
+
+def test_the_parent_judges_on_one_thread_and_restores_the_callers_setting(monkeypatch):
+    import torch
+
+    import importlib
+
+    from evaluators import evaluate, load_task
+
+    evaluate_module = importlib.import_module("evaluators.evaluate")  # the package exports the function
+    seen = []
+    real_run = evaluate_module._Run.run
+    monkeypatch.setattr(
+        evaluate_module._Run, "run", lambda self: seen.append(torch.get_num_threads()) or real_run(self)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate("import os\n", load_task("runs/demo_cpu.toml"), memo=False)  # rejected statically: fast
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
