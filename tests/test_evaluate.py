@@ -157,9 +157,9 @@ def test_checks_split_across_two_children_reach_the_same_verdict():
 
 
 def test_the_parent_judges_on_one_thread_and_restores_the_callers_setting(monkeypatch):
-    import torch
-
     import importlib
+
+    import torch
 
     from evaluators import evaluate, load_task
 
