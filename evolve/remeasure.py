@@ -23,7 +23,7 @@ from pathlib import Path
 from evaluators import Task
 from evaluators.calibration import kendall_tau, spearman  # one implementation, shared with gpu-check
 
-from .store import Store
+from .store import RETRYABLE, Store
 
 Measure = Callable[[str, Task], dict]  # (source, task) -> Evaluation dict with a cuda:* backend
 
@@ -53,7 +53,8 @@ def remeasure(
     progress: Callable[[int, dict], None] | None = None,
 ) -> list[int]:
     """Measure the top-`top` ok candidates of `model_backend` (default: the model:* backend with
-    most ok rows) that have no cuda:* evaluation yet; store each verdict; return the ids measured.
+    most ok rows) not yet measured (or whose measurements all ended timeout,
+    crashed or judge_error: measured again, the new verdict replaces the old); store each verdict; return the ids measured.
 
     `measure(source, task)` returns an Evaluation dict whose backend starts with "cuda:"
     (production: `_cuda_measure`; tests pass a fake). Each verdict is committed as it
@@ -66,14 +67,18 @@ def remeasure(
     ids = [r["id"] for r in store.top(top, model_backend) if r["status"] == "ok"]
     measured: list[int] = []
     for cand in store.candidates(ids):
-        if any(e["backend"].startswith("cuda:") for e in cand["evaluations"]):
+        # Measured before: skip, unless every measurement ended in a verdict that may have been the
+        # machine's or the judge's fault (a timeout, a crash, a judge error): then measure again.
+        if any(
+            e["backend"].startswith("cuda:") and e["status"] not in RETRYABLE for e in cand["evaluations"]
+        ):
             continue
         ev = measure(cand["source"], task)
         ev = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
         if not str(ev.get("backend", "")).startswith("cuda:"):
             raise ValueError(f"measure returned backend {ev.get('backend')!r}; remeasure stores cuda:* only")
         ev["provenance"] = {**(ev.get("provenance") or {}), "remeasured_from": model_backend}
-        if store.add_evaluation(cand["id"], ev):
+        if store.retry_evaluation(cand["id"], ev):
             measured.append(cand["id"])
             if progress is not None:
                 progress(cand["id"], ev)

@@ -61,6 +61,10 @@ _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model,
     e.metrics FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
 
 
+# Verdicts that may be the machine's or the judge's fault, so a later measurement may replace them.
+RETRYABLE = ("timeout", "crashed", "judge_error")
+
+
 class StoreError(Exception):
     """The file is missing, not a run store, of another schema version, or misused."""
 
@@ -259,6 +263,31 @@ class Store:
         except sqlite3.IntegrityError as e:
             raise StoreError(f"{self.path}: cannot mark candidate {candidate_id} pending ({e})") from e
 
+    def retry_evaluation(self, candidate_id: int, evaluation: dict | Any) -> bool:
+        """Store a new verdict over one of the same (candidate, backend) that may have been the
+        machine's or the judge's fault (RETRYABLE: timeout, crashed, judge_error); a standing
+        verdict (ok, rejected, compile_error, incorrect) is kept and False returned. With no
+        verdict stored yet, the same as add_evaluation. True when stored."""
+        ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT status, ok FROM evaluations WHERE candidate_id = ? AND backend = ?",
+                (candidate_id, ev["backend"]),
+            ).fetchone()
+            if row is None:
+                return self.add_evaluation(candidate_id, ev)
+            if row[0] not in RETRYABLE:
+                return False
+            self._conn.execute(
+                "DELETE FROM evaluations WHERE candidate_id = ? AND backend = ?",
+                (candidate_id, ev["backend"]),
+            )
+            self._conn.execute(
+                "UPDATE backend_counts SET ok = ok - ?, total = total - 1 WHERE backend = ?",
+                (row[1], ev["backend"]),
+            )
+            return self.add_evaluation(candidate_id, ev)
+
     def add_evaluation(self, candidate_id: int, evaluation: dict | Any) -> bool:
         """Store an Evaluation (dict or object with `to_dict`) and clear the candidate's pending mark.
 
@@ -293,7 +322,9 @@ class Store:
     def set_niche(self, candidate_id: int, niche: Any) -> None:
         """Record the niche derived from the candidate's evaluation (compile facts and source)."""
         with self.transaction():
-            self._conn.execute("UPDATE candidates SET niche = ? WHERE id = ?", (json.dumps(niche), candidate_id))
+            self._conn.execute(
+                "UPDATE candidates SET niche = ? WHERE id = ?", (json.dumps(niche), candidate_id)
+            )
 
     def population_rows(self, backend: str) -> list[dict]:
         """What a resumed run rebuilds its population from: every candidate evaluated on `backend`

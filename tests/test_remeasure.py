@@ -178,3 +178,25 @@ def test_main_measures_with_cuda(tmp_path, monkeypatch, capsys):
 def test_main_unknown_run(tmp_path, capsys):
     assert rm.main_remeasure(_args(tmp_path / "nope", compare_only=True)) == 2
     assert "no run named" in capsys.readouterr().err
+
+
+def test_a_measurement_that_timed_out_is_measured_again(tmp_path, task):
+    """A timeout, crash or judge error may be the machine's fault: the next remeasure retries it
+    and the new verdict replaces the old; a standing verdict is never measured twice."""
+    store, ids = make_store(tmp_path / "run.sqlite", fitnesses=(0.9, 0.5))
+    calls: list = []
+    outcomes = iter(["timeout", "judge_error", "ok", "incorrect"])
+
+    def flaky(source, task):
+        calls.append(source)
+        return {**fake_measure([])(source, task), "status": next(outcomes)}
+
+    assert rm.remeasure(store, task, 1, flaky) == [ids[0.9]]  # timeout stored
+    assert rm.remeasure(store, task, 1, flaky) == [ids[0.9]]  # judge_error replaces it
+    assert rm.remeasure(store, task, 1, flaky) == [ids[0.9]]  # ok replaces that
+    assert rm.remeasure(store, task, 1, flaky) == [] and len(calls) == 3  # ok stands
+    statuses = [e["status"] for e in store.candidate(ids[0.9])["evaluations"] if e["backend"] == FAKE]
+    assert statuses == ["ok"]
+    assert (
+        store.retry_evaluation(ids[0.9], {**fake_measure([])("F=0.9", task), "status": "incorrect"}) is False
+    )
