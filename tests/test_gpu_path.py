@@ -64,19 +64,22 @@ class FakeCudaChild:
         if header["cmd"] == "job":
             self.job = header["task"]
             self.replies.append(({"event": "loaded", "seconds": 0.01, "kernels": {}, "launches": []}, {}))
+        elif header["cmd"] in ("run", "time"):
+            self.replies.append(header)  # answered when read, as the real child would
 
     def read(self, deadline: float):
-        self.deadlines.append(("read", deadline))
-        return self.replies.pop(0)
-
-    def request(self, header: dict, deadline: float):
-        self.sent.append(header)
-        self.deadlines.append((header["cmd"], deadline))
+        reply = self.replies.pop(0)
+        if isinstance(reply, tuple):
+            self.deadlines.append(("read", deadline))
+            return reply
+        self.deadlines.append((reply["cmd"], deadline))
         if self.behaviour == "malformed":
             raise wire.WireError("blob 'out' claims 7 bytes for shape [4, 4] bfloat16")
-        if header["cmd"] == "run":
-            return self.run(header)
-        return self.time(header)
+        return self.run(reply) if reply["cmd"] == "run" else self.time(reply)
+
+    def request(self, header: dict, deadline: float):
+        self.send(header)
+        return self.read(deadline)
 
     def close(self) -> None:
         pass
