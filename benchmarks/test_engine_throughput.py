@@ -1,10 +1,10 @@
 """Run throughput on the demo task: candidates per minute with 1 and with 2 workers.
 
 Slow (minutes): run with `make bench`. The controller, the Ray pool, the store and the
-evaluator are all real; the figure excludes Ray's start-up and counts every candidate
-judged (any status), from the first submission to the last result. Each run has its own
-seed and the verdict memo off, so neither reuses the other's verdicts (compiles of the seed
-kernel are shared: it is judged first in both).
+evaluator are all real; the figure excludes Ray's start-up and the workers' warm-up (their
+fork servers, once per run), and counts every candidate judged (any status), from the first
+submission to the last result. Each run has its own seed and the verdict memo off, so neither
+reuses the other's verdicts (compiles of the seed kernel are shared: it is judged first in both).
 """
 
 import dataclasses
@@ -22,7 +22,7 @@ from evolve.population import Population  # noqa: E402 - after the importorskip 
 from evolve.runner import eval_options, make_proposers  # noqa: E402 - after the importorskip of ray
 from evolve.store import Store  # noqa: E402 - after the importorskip of ray
 
-EVALS = 10
+EVALS = 20
 RATES: dict[int, float] = {}
 
 
@@ -45,6 +45,7 @@ def _run(tmp_path, workers: int) -> float:
     pool = WorkerPool(workers, use_gpus=False)
     controller = Controller(config, task, store, Population(config.population), make_proposers(config), pool,
                             dataclasses.asdict(options), backend_label(task, options))  # fmt: skip
+    pool.wait_ready()  # steady state: the workers' fork servers are up before the clock starts
     start = time.monotonic()
     controller.run()
     minutes = (time.monotonic() - start) / 60

@@ -75,6 +75,18 @@ class EvaluatorActor:
                 "judge_error", f"the evaluator worker could not judge ({type(e).__name__}: {str(e)[:500]})"
             )
 
+    def warm_up(self, use_gpus: bool) -> float:
+        """Start the judge's fork servers now (CPU), so the first candidate does not wait for them;
+        seconds spent. A failure is left for `evaluate` to report as a verdict."""
+        if use_gpus:
+            return 0.0
+        from evaluators import sandbox
+
+        try:
+            return sandbox.start_servers()
+        except Exception:  # noqa: BLE001 - the first evaluate() says what went wrong, as a judge_error
+            return 0.0
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -111,13 +123,22 @@ class WorkerPool:
             if workers > gpus:
                 raise RayMissing(f"{workers} GPU workers but the cluster has {gpus} GPU(s); one per GPU")
         self.use_gpus = use_gpus
+        self.warming: list = []  # warm-up calls not yet waited for
         self.actors = [self._new_actor() for _ in range(workers)]
         self.busy: dict = {}  # ObjectRef -> (actor index, job, attempt)
         self.free = list(range(workers))
 
     def _new_actor(self):
         resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpus else {"num_cpus": 1}
-        return _actor_class().options(**resources, max_restarts=0).remote()
+        actor = _actor_class().options(**resources, max_restarts=0).remote()
+        self.warming.append(actor.warm_up.remote(self.use_gpus))  # runs before its first job
+        return actor
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until every actor has warmed up (benchmarks start their clocks after this)."""
+        ray = require_ray()
+        ray.wait(self.warming, num_returns=len(self.warming), timeout=timeout)
+        self.warming = []
 
     @property
     def size(self) -> int:
@@ -139,7 +160,10 @@ class WorkerPool:
         if not self.busy:
             return []
         ray = require_ray()
-        ready, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=timeout)
+        # The first result wakes us at once; then whatever else is already done, without waiting.
+        ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=0)
         finished = []
         for ref in ready:
             index, job, attempt = self.busy.pop(ref)
