@@ -389,18 +389,26 @@ def _plain(value):
     return value
 
 
-def main() -> None:
-    proto_in, proto_out = _private_channels()
+def serve_channels(proto_in: int, proto_out: int) -> None:
+    """Serve one candidate on these protocol fds, then exit the process (never returns).
+
+    Used by a spawned child (main) and by a child forked from the fork server (zygote.py)."""
     try:
         child = Child(proto_in, proto_out)
     except BaseException as e:  # noqa: BLE001
         from . import wire
 
         wire.write_frame(proto_out, {"event": "error", "stage": "start", "message": _tail(e)})
-        raise
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     child.serve()
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: nothing of the candidate's should run after us
+
+
+def main() -> None:
+    serve_channels(*_private_channels())
 
 
 if __name__ == "__main__":

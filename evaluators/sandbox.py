@@ -29,7 +29,7 @@ import tempfile
 import time
 
 from . import wire
-from .zygote import PR_SET_PDEATHSIG, ForkServer, ForkServerDied
+from .zygote import ForkServer, ForkServerDied, file_tail, set_death_signal
 
 SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 KEEP = (
@@ -90,14 +90,10 @@ def _limits(memory_bytes: int | None):
     parent = os.getpid()
 
     def apply() -> None:
-        import ctypes
         import resource
 
         os.setsid()
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
+        set_death_signal(parent)
         if memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -280,13 +276,7 @@ class Sandbox:
         return f"{text}; its last output: {tail}" if tail else text
 
     def stderr_tail(self, limit: int = 800) -> str:
-        try:
-            with open(self.stderr_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return file_tail(self.stderr_path, limit)
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -51,6 +51,17 @@ def set_death_signal(expected_parent: int) -> None:
         os._exit(1)
 
 
+def file_tail(path: str, limit: int) -> str:
+    """The last `limit` bytes of a log file as text ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
     data = json.dumps(message).encode()
     if fds:
@@ -105,7 +116,6 @@ def _compile_tiny_kernel() -> None:
 
 def _become_child(control: socket.socket, fds: list[int], command: dict) -> None:
     """In the forked process: isolate, then serve one candidate (never returns)."""
-    code = 1
     try:
         control.close()
         signal.set_wakeup_fd(-1)
@@ -129,12 +139,10 @@ def _become_child(control: socket.socket, fds: list[int], command: dict) -> None
         import torch
 
         torch.seed()  # the zygote's generator state is shared by every fork; give each its own
-        from .child import Child
+        from .child import serve_channels
 
-        child = Child(proto_in, proto_out)
-        child.serve()
-        code = 0
-    except BaseException as e:  # noqa: BLE001 - reported on the protocol pipe if it exists
+        serve_channels(proto_in, proto_out)  # never returns
+    except BaseException as e:  # noqa: BLE001 - isolation failed: reported on the protocol pipe
         try:
             from . import wire
 
@@ -142,7 +150,7 @@ def _become_child(control: socket.socket, fds: list[int], command: dict) -> None
         except BaseException:  # noqa: BLE001
             pass
     finally:
-        os._exit(code)  # never return into the zygote's loop; skip teardown of candidate state
+        os._exit(1)  # only reached when isolation failed; never return into the zygote's loop
 
 
 def serve(mode: str, control: socket.socket) -> None:
@@ -340,13 +348,8 @@ class ForkServer:
                 return message
 
     def log_tail(self, limit: int = 600) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return "its last output: " + " ".join(f.read().decode(errors="replace").split())
-        except OSError:
-            return "no output"
+        text = " ".join(file_tail(self.log_path, limit).split())
+        return f"its last output: {text}" if text else "no output"
 
 
 if __name__ == "__main__":
