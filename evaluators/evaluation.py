@@ -9,9 +9,21 @@ import dataclasses
 import json
 import math
 
-# judge_error: the judge's own failure (an exception in the parent, the parent out of GPU memory);
-# never the candidate's fault, never memoised (shared/DESIGN.md, "Evaluation").
-STATUSES = ("ok", "rejected", "compile_error", "incorrect", "timeout", "crashed", "judge_error")
+# unsupported: the candidate compiles for the target but uses what the CPU backend (Triton's
+# interpreter) cannot run (inline asm, programs waiting on each other); kept, never ranked on CPU,
+# re-judged on a GPU by `evolve remeasure`. judge_error: the judge's own failure (an exception in
+# the parent, the parent out of GPU memory); never the candidate's fault, never memoised
+# (shared/DESIGN.md, "Evaluation").
+STATUSES = (
+    "ok",
+    "rejected",
+    "compile_error",
+    "incorrect",
+    "timeout",
+    "crashed",
+    "unsupported",
+    "judge_error",
+)
 FEEDBACK_LIMIT = 2000  # characters; feedback goes into prompts and the store
 
 
@@ -21,7 +33,8 @@ class ShapeResult:
 
     shape: tuple[int, int, int]
     layout: str = "nn"
-    kind: str = "check"  # "check": correctness figures; "train": performance on a training shape
+    kind: str = "check"  # "check": correctness figures; "train": performance on a training shape;
+    # "held_out": performance on a held-out shape (reported, never in the fitness)
     max_abs_err: float | None = None
     max_scaled_err: float | None = None  # max |C - R| / (|A||B|), see evaluators/correctness.py
     tolerance: float | None = None  # the bound max_scaled_err was held to
@@ -41,6 +54,9 @@ class Evaluation:
     fitness: float = 0.0  # 0 unless status == "ok" and the backend yields a fitness
     fitness_kind: str = "none"  # "measured", "modelled" or "none" (CPU check only)
     feedback: str = ""
+    # Held-out shapes, in the fitness's unit and kind (modelled fraction of peak, or measured speedup):
+    # their geometric mean, shown beside the fitness and never part of it; None when not judged.
+    held_out: float | None = None
     shapes: list[ShapeResult] = dataclasses.field(default_factory=list)
     compile: list[dict] = dataclasses.field(default_factory=list)  # per-kernel compile facts
     seconds: dict = dataclasses.field(default_factory=dict)  # stage -> wall seconds
@@ -53,6 +69,8 @@ class Evaluation:
             self.fitness = 0.0
         if not math.isfinite(self.fitness) or self.fitness < 0:
             self.fitness = 0.0
+        if self.status != "ok" or (self.held_out is not None and not math.isfinite(self.held_out)):
+            self.held_out = None
         if len(self.feedback) > FEEDBACK_LIMIT:
             self.feedback = self.feedback[: FEEDBACK_LIMIT - 15] + " …[truncated]"
 
