@@ -32,6 +32,9 @@ P = prod(grid) programs, T = cdiv(M,BM)*cdiv(N,BN) output tiles, split = P//T if
              atomics (x2, at L2) plus C zeroing, or fp32 partials written and re-read;
              ramp = (prologue latency + epilogue) per tile (once per program when
              persistent), launch floor 4 us per launch (so tiny shapes are latency-bound).
+Empty launches (a grid with a 0 dimension, e.g. the leftover-rows launch when M divides
+evenly) run nothing and are skipped; a shape whose launches are all empty, a negative grid,
+a tile or warp count below 1 are "invalid" with the reason, never a division by zero.
 bound: the largest term; "memory" = DRAM bandwidth/latency (HBM roofline), L2/SM-port/
 shared-memory feed limits count as "compute" (breakdown["limiter"] names the exact term),
 "latency" = launch floor + ramp dominate. A launch without tt.dot (a split-K reduce or
@@ -179,14 +182,28 @@ def _precision_key(dtype: str, allow_tf32: bool) -> str:
 
 
 def _regs(launch: KernelLaunch) -> int:
-    """Registers per thread; estimated from the accumulator when the cubin gave none."""
-    if launch.regs is not None:
+    """Registers per thread; estimated from the accumulator when the cubin gave none (or 0)."""
+    if launch.regs is not None and launch.regs > 0:
         return launch.regs
     bm, bn, _ = launch.tile or (16, 16, 16)
     return min(255, 40 + (bm * bn) // (launch.num_warps * 32))
 
 
+def _is_empty(launch: KernelLaunch) -> bool:
+    """A launch whose grid has a 0 dimension starts no program: it costs nothing and is skipped."""
+    return any(g == 0 for g in launch.grid)
+
+
 def _invalid_reason(launch: KernelLaunch, gpu: GpuSpec) -> str | None:
+    # Facts that would make the equations divide by zero are refused here, with the reason.
+    if any(g < 0 for g in launch.grid):
+        return f"launch grid {launch.grid} has a negative dimension"
+    if launch.num_warps < 1:
+        return f"num_warps {launch.num_warps} < 1"
+    if launch.tile is not None and min(launch.tile) < 1:
+        return f"dot tile {launch.tile} has a dimension < 1"
+    if launch.shared < 0:
+        return f"shared {launch.shared} B < 0"
     threads = launch.num_warps * 32
     if threads > 1024:
         return f"{threads} threads per CTA > 1024"
@@ -362,14 +379,24 @@ def estimate_shape(
     gpu: GpuSpec,
     allow_tf32: bool = False,
 ) -> ShapeEstimate:
-    """Modelled time of one entry-point call (the sum of its launches) on `gpu`."""
+    """Modelled time of one entry-point call (the sum of its launches) on `gpu`.
+
+    Launches with an empty grid are skipped; if none is left, or a launch's facts cannot be
+    modelled, the estimate is "invalid" (time inf, fraction 0) with breakdown["reason"].
+    Raises ValueError for a shape with a dimension < 1 (tasks never hold one: a judge bug)."""
     shape = tuple(int(x) for x in shape)  # type: ignore[assignment]
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape {shape} is not [M, N, K] of positive integers; the task must not hold it")
     key = _precision_key(dtype, allow_tf32)
-    reasons = [r for r in (_invalid_reason(lc, gpu) for lc in launches) if r]
-    if not any(lc.tile for lc in launches):
-        reasons.append("no tl.dot in any launch" if launches else "no launch")
+    live = [lc for lc in launches if not _is_empty(lc)]  # the GPU launcher skips empty grids too
+    reasons = [r for r in (_invalid_reason(lc, gpu) for lc in live) if r]
+    if launches and not live:
+        reasons.append(f"every launch ({len(launches)}) has an empty grid: no program ran")
+    elif not any(lc.tile for lc in live):
+        reasons.append("no tl.dot in any launch" if live else "no launch")
     if reasons:
         return ShapeEstimate(shape, math.inf, 0.0, 0.0, "invalid", {"reason": "; ".join(reasons)})
+    launches = live
     split_hint = 1
     for lc in launches:
         if lc.tile:
@@ -397,7 +424,10 @@ def estimate_shape(
 
 
 def modelled_fitness(estimates: list[ShapeEstimate]) -> float:
-    """Geometric mean of the modelled fraction of peak; 0 if any shape is invalid or zero."""
-    if not estimates or any(e.bound == "invalid" or e.fraction_of_peak <= 0 for e in estimates):
+    """Geometric mean of the modelled fraction of peak; 0 if any shape is invalid, zero or not finite."""
+    if not estimates or any(
+        e.bound == "invalid" or not math.isfinite(e.fraction_of_peak) or e.fraction_of_peak <= 0
+        for e in estimates
+    ):
         return 0.0
     return math.exp(sum(math.log(e.fraction_of_peak) for e in estimates) / len(estimates))
