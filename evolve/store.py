@@ -2,7 +2,8 @@
 
 The controller is the only writer; it commits after every call, so a Ctrl-C or SIGKILL
 loses at most the evaluations in flight, and `pending_ids()` names exactly the
-candidates to re-queue on resume. Readers (the leaderboard) open the file read-only
+candidates to re-queue on resume (`requeue` counts each time, so the controller can stop
+re-queuing one that every segment died on). Schema and migrations: evolve/store_schema.py. Readers (the leaderboard) open the file read-only
 (`Store.open(path)`) while a run is going or after it died. WAL mode with
 `synchronous=NORMAL`: a commit is durable against a process kill (not against power loss
 since the last checkpoint), which is the failure this store is built for.
@@ -21,39 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from evolve.candidate import Proposal, normalised_hash
+from evolve.store_schema import PACKAGE, SCHEMA, SCHEMA_VERSION, StoreError, check_schema, migrate
 
-SCHEMA_VERSION = 1
-PACKAGE = "triton-evolve"
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs (
-    name TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL, seed INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'created', notes TEXT NOT NULL DEFAULT '');
-CREATE TABLE candidates (
-    id INTEGER PRIMARY KEY, run TEXT NOT NULL REFERENCES runs(name), source TEXT NOT NULL,
-    source_hash TEXT NOT NULL, parent_ids TEXT NOT NULL DEFAULT '[]', island INTEGER NOT NULL,
-    generation INTEGER NOT NULL, proposer TEXT NOT NULL, model TEXT NOT NULL DEFAULT '',
-    template TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
-    niche TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL, UNIQUE (run, source_hash));
-CREATE INDEX candidates_by_island ON candidates (island, generation);
-CREATE TABLE evaluations (
-    id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL REFERENCES candidates(id),
-    backend TEXT NOT NULL, status TEXT NOT NULL, ok INTEGER NOT NULL, fitness REAL NOT NULL,
-    fitness_kind TEXT NOT NULL, metrics TEXT NOT NULL, feedback TEXT NOT NULL DEFAULT '',
-    seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, UNIQUE (candidate_id, backend));
-CREATE INDEX evaluations_top ON evaluations (backend, fitness DESC, ok DESC, candidate_id);
-CREATE TABLE backend_counts (backend TEXT PRIMARY KEY, ok INTEGER NOT NULL, total INTEGER NOT NULL);
-CREATE TABLE pending (candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id), created REAL NOT NULL);
-CREATE TABLE proposer_stats (
-    proposer TEXT NOT NULL, island INTEGER NOT NULL, proposals INTEGER NOT NULL DEFAULT 0,
-    accepted INTEGER NOT NULL DEFAULT 0, improved INTEGER NOT NULL DEFAULT 0,
-    failures TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (proposer, island));
-CREATE TABLE llm_calls (
-    id INTEGER PRIMARY KEY, candidate_id INTEGER, model TEXT NOT NULL, prompt_tokens INTEGER,
-    completion_tokens INTEGER, cost REAL, latency_s REAL, error TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL);
-"""
+__all__ = ["PACKAGE", "RETRYABLE", "SCHEMA_VERSION", "Store", "StoreError"]
 
 _CANDIDATE_COLS = "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
 _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
@@ -63,10 +34,6 @@ _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model,
 
 # Verdicts that may be the machine's or the judge's fault, so a later measurement may replace them.
 RETRYABLE = ("timeout", "crashed", "judge_error")
-
-
-class StoreError(Exception):
-    """The file is missing, not a run store, of another schema version, or misused."""
 
 
 class Store:
@@ -98,7 +65,7 @@ class Store:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
-            for stmt in _SCHEMA.split(";"):
+            for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
             conn.executemany(
@@ -128,9 +95,11 @@ class Store:
             raise StoreError(f"{path}: no run store there (file not found)")
         conn = cls._connect(path, readonly)
         try:
-            cls._check(conn, path)
+            version = check_schema(conn, path)
             if not readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
+                if version < SCHEMA_VERSION:
+                    migrate(conn, version)
             return cls(conn, path, readonly)
         except BaseException:
             conn.close()
@@ -148,26 +117,6 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA journal_size_limit={64 << 20}")
         return conn
-
-    @staticmethod
-    def _check(conn: sqlite3.Connection, path: Path) -> None:
-        not_store = (
-            f"{path} is not a triton-evolve run store; pass the run.sqlite written by a triton-evolve run"
-        )
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{not_store} ({e})") from e
-        if meta.get("package") != PACKAGE:
-            raise StoreError(not_store)
-        stored = meta.get("schema_version")
-        if version != SCHEMA_VERSION or stored != str(SCHEMA_VERSION):
-            raise StoreError(
-                f"{path} was created by schema {stored or version}, this triton-evolve reads "
-                f"{SCHEMA_VERSION}; start a new run or use a matching version of triton-evolve"
-            )
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -262,6 +211,17 @@ class Store:
                 self._conn.execute(q, (candidate_id, time.time()))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"{self.path}: cannot mark candidate {candidate_id} pending ({e})") from e
+
+    def requeue(self, candidate_id: int) -> int:
+        """Count one more queueing of a pending candidate (a resumed run hands it to the pool
+        again); how many times it has been queued in all. 0 when it is not pending."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE pending SET attempts = attempts + 1 WHERE candidate_id = ?", (candidate_id,)
+            )
+            row = self._conn.execute("SELECT attempts FROM pending WHERE candidate_id = ?", (candidate_id,))
+            found = row.fetchone()
+        return int(found[0]) if found else 0
 
     def retry_evaluation(self, candidate_id: int, evaluation: dict | Any) -> bool:
         """Store a new verdict over one of the same (candidate, backend) that may have been the
@@ -481,7 +441,7 @@ class Store:
             "id": r[0], "generation": r[1], "island": r[2], "niche": json.loads(r[3]), "proposer": r[4],
             "model": r[5], "note": r[6], "parent_ids": json.loads(r[7]), "created": r[8], "status": r[9],
             "fitness": r[10], "backend": r[11], "fitness_kind": r[12], "feedback": r[13], "seconds": r[14],
-            "evaluated": r[15], "shapes": metrics.get("shapes", []),
+            "evaluated": r[15], "shapes": metrics.get("shapes", []), "held_out": metrics.get("held_out"),
         }  # fmt: skip
         if full:
             row["metrics"] = metrics

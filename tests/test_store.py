@@ -251,3 +251,51 @@ def test_writer_killed_with_sigkill_loses_nothing_committed(store):
         assert len(s.pending_ids()) == 5 and not set(s.pending_ids()) & set(done)
         assert s.counts_by_status() == {"ok": n, "pending": 5}
     assert os.path.getsize(path) > 0
+
+
+def test_held_out_read_back_beside_the_fitness(store):
+    cid = add(store, 1)
+    record = {**ev(1.5, backend=MODEL), "held_out": 0.42}
+    store.add_evaluation(cid, record)
+    (row,) = store.top(1, MODEL)
+    assert row["fitness"] == 1.5 and row["held_out"] == 0.42
+    assert store.all_evaluated()[0]["held_out"] == 0.42
+    other = add(store, 2)
+    store.add_evaluation(other, ev(1.0, backend=MODEL))  # judged before held-out figures existed
+    assert store.top(2, MODEL)[1]["held_out"] is None
+
+
+def test_requeue_counts_each_queueing(store):
+    cid = add(store, 1, pending=True)
+    assert store.requeue(cid) == 2 and store.requeue(cid) == 3  # queued once when added
+    store.add_evaluation(cid, ev(1.0))
+    assert store.requeue(cid) == 0  # no longer pending
+
+
+def _as_schema_1(path: Path) -> None:
+    """Turn a store into one written by schema 1 (no pending.attempts)."""
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE pending DROP COLUMN attempts")
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+
+def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
+    pending = add(store, 1, pending=True)
+    done = add(store, 2)
+    store.add_evaluation(done, ev(2.0))
+    path = store.path
+    store.close()
+    _as_schema_1(path)
+    with Store.open(path) as reader:  # a reader changes nothing
+        assert reader.pending_ids() == [pending] and reader.top(1)[0]["id"] == done
+        assert reader.run_info()["schema_version"] == 1
+    with Store.open(path, readonly=False) as writer:  # resume: migrated in place
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 2
+        assert writer.pending_ids() == [pending] and writer.requeue(pending) == 2
+        assert writer.top(1)[0]["fitness"] == 2.0
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
