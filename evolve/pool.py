@@ -10,7 +10,9 @@ Ray is imported only when a pool is started (`require_ray`), so the rest of `evo
 (and all of `evaluators`) imports where ray is not installed, e.g. the GPU image.
 Each actor judges one candidate at a time. An actor that dies is replaced; its
 candidate is tried once more and, if that also dies, recorded as `crashed`: never lost
-and never counted twice.
+and never counted twice. Any other failure of a job (an exception out of the actor, an
+error from Ray, a result that is not a well-formed Evaluation) is that candidate's
+`judge_error` verdict: no candidate can stop a run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import dataclasses
 import logging
 import os
 from types import ModuleType
+
+from evaluators import Evaluation
 
 MAX_ATTEMPTS = 2
 
@@ -91,14 +95,14 @@ class EvaluatorActor:
         return os.getpid()
 
 
-_ACTOR = None
+_ACTORS: dict[type, object] = {}
 
 
-def _actor_class():
-    global _ACTOR
-    if _ACTOR is None:
-        _ACTOR = require_ray().remote(EvaluatorActor)
-    return _ACTOR
+def _actor_class(cls: type = EvaluatorActor):
+    """`cls` as a Ray actor class (made once per class)."""
+    if cls not in _ACTORS:
+        _ACTORS[cls] = require_ray().remote(cls)
+    return _ACTORS[cls]
 
 
 def start_ray(address: str | None, workers: int) -> None:
@@ -114,10 +118,12 @@ def start_ray(address: str | None, workers: int) -> None:
 
 
 class WorkerPool:
-    def __init__(self, workers: int, use_gpus: bool) -> None:
+    def __init__(self, workers: int, use_gpus: bool, actor: type = EvaluatorActor) -> None:
         """``workers`` actors; with ``use_gpus`` the caller has capped it (``gpu_workers``), and a
-        request for more actors than the cluster has GPUs is refused here, never left waiting."""
+        request for more actors than the cluster has GPUs is refused here, never left waiting.
+        ``actor``: the class each actor runs (an EvaluatorActor; tests pass a subclass that fails)."""
         ray = require_ray()
+        self.actor = actor
         if use_gpus:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             if workers > gpus:
@@ -130,7 +136,7 @@ class WorkerPool:
 
     def _new_actor(self):
         resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpus else {"num_cpus": 1}
-        actor = _actor_class().options(**resources, max_restarts=0).remote()
+        actor = _actor_class(self.actor).options(**resources, max_restarts=0).remote()
         self.warming.append(actor.warm_up.remote(self.use_gpus))  # runs before its first job
         return actor
 
@@ -168,8 +174,7 @@ class WorkerPool:
         for ref in ready:
             index, job, attempt = self.busy.pop(ref)
             try:
-                finished.append((job.candidate_id, ray.get(ref)))
-                self.free.append(index)
+                result = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
                 self.actors[index] = self._new_actor()  # replace the dead worker
                 self.free.append(index)
@@ -177,6 +182,15 @@ class WorkerPool:
                     self.submit(job, attempt + 1)
                 else:
                     finished.append((job.candidate_id, _worker_died(job, e)))
+                continue
+            except Exception as e:  # noqa: BLE001 - whatever Ray raises, it is this job's verdict
+                if not isinstance(e, ray.exceptions.RayTaskError):  # the actor itself may be broken
+                    self.actors[index] = self._new_actor()
+                self.free.append(index)
+                finished.append((job.candidate_id, _job_failed(e)))
+                continue
+            self.free.append(index)
+            finished.append((job.candidate_id, well_formed(result)))
         return finished
 
     def kill_worker(self, index: int) -> None:
@@ -193,6 +207,32 @@ class WorkerPool:
         self.actors, self.busy, self.free = [], {}, []
 
 
+def well_formed(result: object) -> dict:
+    """`result` as a valid Evaluation dict (normalised by Evaluation: fitness 0 unless ok, ...),
+    or a judge_error verdict naming what was wrong with it. Keeps a missing backend (None)."""
+    try:
+        if not isinstance(result, dict):
+            raise TypeError(f"a {type(result).__name__}, not a dict")
+        evaluation = Evaluation.from_dict(result)
+        if not isinstance(evaluation.fitness, int | float) or isinstance(evaluation.fitness, bool):
+            raise TypeError(f"fitness {evaluation.fitness!r} is not a number")
+        return evaluation.to_dict()
+    except Exception as e:  # noqa: BLE001 - any malformation is the judge's bug, never the run's end
+        return _verdict(
+            "judge_error", f"the evaluator returned a malformed verdict ({type(e).__name__}: {str(e)[:500]})"
+        )
+
+
+def _job_failed(error: Exception) -> dict:
+    # A RayTaskError's str() holds the remote traceback; its last line names the error.
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return _verdict(
+        "judge_error",
+        f"the evaluator worker failed on this candidate ({type(error).__name__}: "
+        f"{lines[-1][:500] if lines else ''}); the judge's bug, not the kernel's",
+    )
+
+
 def _worker_died(job: Job, error: Exception) -> dict:
     return _verdict(
         "crashed",
@@ -201,14 +241,5 @@ def _worker_died(job: Job, error: Exception) -> dict:
 
 
 def _verdict(status: str, feedback: str) -> dict:
-    return {
-        "status": status,
-        "backend": None,  # the controller fills in its run's backend label
-        "fitness": 0.0,
-        "fitness_kind": "none",
-        "feedback": feedback,
-        "shapes": [],
-        "compile": [],
-        "seconds": {},
-        "provenance": {},
-    }
+    # backend None: the controller fills in its run's backend label
+    return Evaluation(status=status, backend=None, feedback=feedback).to_dict()  # type: ignore[arg-type]
