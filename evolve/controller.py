@@ -4,7 +4,11 @@ It is the only writer to the store. Each step: pick an island and parents, ask a
 proposer for a kernel, drop duplicates, store the candidate as pending, hand it to the
 pool; as evaluations finish, store them (which clears pending), update the population
 and the proposer statistics, migrate when due. A SIGKILL loses at most what was in
-flight: those candidates stay pending and `--resume` re-queues them.
+flight: those candidates stay pending and `--resume` re-queues them, at most
+MAX_QUEUED times in all: one that was in flight every time a run died may be what kills it,
+so it gets a judge_error verdict instead of a place in the queue. Every verdict, whatever its
+status, is recorded; `unsupported` (the CPU backend cannot run it) and `judge_error` (the
+judge's bug) are kept and shown, never ranked; judge errors are not charged to the proposer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from evaluators import Task
+from evaluators import Evaluation, Task
 
 from .candidate import Parent, Proposal, ProposalContext, Proposer
 from .config import RunConfig
@@ -24,6 +28,7 @@ from .population import Member, Population, niche_of
 from .store import Store
 
 MAX_BARREN_PROPOSALS = 50
+MAX_QUEUED = 3  # times a candidate is queued across stopped and resumed segments before judge_error
 
 
 @dataclasses.dataclass
@@ -78,7 +83,7 @@ class Controller:
     # ---------------------------------------------------------------- the loop
     def run(self) -> str:
         start = time.monotonic()
-        self.queue.extend(self.store.pending_ids())  # left in flight by an earlier segment
+        self.queue.extend(self._requeue_pending())  # left in flight by an earlier segment
         self._seed_population()
         while True:
             if self._should_stop(start):
@@ -87,6 +92,9 @@ class Controller:
                 self._submit_existing(self.queue.pop(0))
             while self.pool.idle_slots() and not self._budget_spent():
                 if not self._propose_and_submit():
+                    if not self.pool.in_flight() and not self.queue and not len(self.population):
+                        # nothing to propose from and nothing coming: waiting would spin forever
+                        self.request_stop(self._no_parents_reason())
                     break
                 if self.barren >= MAX_BARREN_PROPOSALS:
                     self.request_stop(f"{MAX_BARREN_PROPOSALS} proposals in a row were duplicates or invalid")
@@ -99,6 +107,28 @@ class Controller:
             self._should_stop(start)
         self.store.set_run_status("stopped" if self.stop_requested else "finished", self.stop_reason)
         return self.stop_reason
+
+    def _requeue_pending(self) -> list[int]:
+        """Pending candidates of an earlier segment to queue again; one queued MAX_QUEUED times
+        already is recorded judge_error instead (so a candidate that kills the run cannot make
+        every resume die the same way)."""
+        queue = []
+        for cid in self.store.pending_ids():
+            if self.store.requeue(cid) <= MAX_QUEUED:
+                queue.append(cid)
+                continue
+            feedback = (
+                f"in flight each of the {MAX_QUEUED} times the run stopped before its verdict (killed, or "
+                "the judge or the run died on it); not queued again. The judge's failure, not the "
+                "kernel's: `evolve remeasure` judges it on a GPU"
+            )
+            self._record(cid, Evaluation("judge_error", self.progress.backend, feedback=feedback).to_dict())
+        return queue
+
+    def _no_parents_reason(self) -> str:
+        counts = self.store.counts_by_status(self.progress.backend)
+        statuses = ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "pending")
+        return f"no ok candidate to propose from (every seed failed: {statuses or 'none judged'})"
 
     def request_stop(self, reason: str = "interrupted") -> None:
         self.stop_requested, self.stop_reason = True, reason
@@ -228,7 +258,7 @@ class Controller:
         improved = status == "ok" and (island_best is None or fitness > island_best.fitness)
         self.population.add(Member(cid, row["island"], fitness if status == "ok" else 0.0, niche,
                                    row["source_hash"], row["generation"]))  # fmt: skip
-        if row["proposer"] != "seed":
+        if row["proposer"] != "seed" and status != "judge_error":  # the judge's bug: no one's score
             self.store.update_proposer_stats(row["proposer"], row["island"], status, improved)
         if status == "ok" and fitness > self.progress.best_fitness:
             self.progress.best_fitness, self.progress.best_id = fitness, cid

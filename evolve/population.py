@@ -106,8 +106,16 @@ def niche_of(evaluation: dict, source: str) -> tuple:
     - tma: any entry has "uses_tma" true.
 
     `evaluation` is an Evaluation.to_dict() (an object with a `compile` attribute also works).
-    Without compile facts (a rejected kernel) the niche is ("unknown",).
+    Without compile facts (a rejected kernel), or with facts that are not numbers where numbers
+    belong (the judge's bug, never a reason to stop the run), the niche is ("unknown",).
     """
+    try:
+        return _niche(evaluation, source)
+    except (TypeError, ValueError, AttributeError):
+        return UNKNOWN_NICHE
+
+
+def _niche(evaluation: dict, source: str) -> tuple:
     entries = (
         evaluation.get("compile") if isinstance(evaluation, dict) else getattr(evaluation, "compile", None)
     )

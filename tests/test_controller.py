@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from evaluators import load_task
 from evolve.candidate import Proposal
 from evolve.config import RunConfig
@@ -82,3 +84,137 @@ def test_stops_at_max_evals_and_records_everything(tmp_path):
     assert store.run_info()["status"] == "finished"
     best = store.best("model:h100")
     assert controller.progress.best_fitness == best["fitness"]
+
+
+class VerdictPool(InlinePool):
+    """InlinePool whose verdict for a candidate is chosen by a marker in its source:
+    UNSUPPORTED_ -> unsupported (compile facts present), JUDGE_BUG_ -> judge_error, else ok with
+    a held-out figure. Records every submitted id."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.submitted: list[int] = []
+        self.sources: dict[int, str] = {}
+
+    def submit(self, job) -> None:
+        self.submitted.append(job.candidate_id)
+        self.sources[job.candidate_id] = job.source
+        super().submit(job)
+
+    def poll(self, timeout: float):
+        out = []
+        for cid, ev in super().poll(timeout):
+            source = self.sources[cid]
+            if "UNSUPPORTED_" in source:
+                ev = {**ev, "status": "unsupported", "fitness": 0.0, "feedback": "tl.inline_asm_elementwise",
+                      "compile": [{"key": "k", "num_stages": 3, "dots": [{"tile": [64, 64, 32]}]}]}  # fmt: skip
+            elif "JUDGE_BUG_" in source:
+                ev = {**ev, "status": "judge_error", "fitness": 0.0, "feedback": "the judge failed"}
+            else:
+                ev = {**ev, "held_out": ev["fitness"] / 2}
+            out.append((cid, ev))
+        return out
+
+
+class MarkedProposer(FixedProposer):
+    """Every third proposal is unsupported, every fifth a judge bug (by a marker in the source)."""
+
+    def propose(self, parents, context):
+        self.calls += 1
+        marker = "UNSUPPORTED_" if self.calls % 3 == 0 else "JUDGE_BUG_" if self.calls % 5 == 0 else "OK_"
+        return [
+            Proposal(Path(SEED).read_text() + f"\n{marker}{self.calls} = 1\n", (parents[0].id,), self.name)
+        ]
+
+
+def test_unsupported_and_judge_errors_are_kept_counted_and_never_ranked(tmp_path):
+    from evolve.ui import failure_summary, render_leaderboard
+
+    controller, store, _ = _controller(tmp_path, MarkedProposer(variants=1000), max_evals=16)
+    pool = controller.pool = VerdictPool(2)
+    assert controller.run() == "max_evals 16 reached"
+    counts = store.counts_by_status("model:h100")
+    assert counts["unsupported"] == 5 and counts["judge_error"] == 2 and counts["ok"] == 9
+    unranked = {r["id"] for r in store.all_evaluated() if r["status"] in ("unsupported", "judge_error")}
+    assert unranked <= set(pool.submitted)  # kept in the store, with their lineage
+    assert all(store.candidate(i)["parent_ids"] for i in unranked)
+    elites = {m.id for m in controller.population.elites()}
+    assert elites and not elites & unranked  # never an elite, so never a parent
+    assert store.best("model:h100")["status"] == "ok"
+    assert controller.progress.failures == {"unsupported": 5, "judge_error": 2}
+    assert "unsupported 5 (needs a GPU judge)" in failure_summary(controller.progress.failures)
+    assert "judge errors 2 (the judge's bug)" in failure_summary(controller.progress.failures)
+    # judge errors are the judge's: not charged to the proposer; unsupported is
+    failures = {}
+    for row in store.proposer_stats():
+        for k, v in row["failures"].items():
+            failures[k] = failures.get(k, 0) + v
+    assert failures == {"unsupported": 5}
+    board = render_leaderboard(store, 20)
+    assert "judge_error 2 (the judge's own failures" in board and "unsupported 5 (the CPU backend" in board
+    lines = board.splitlines()
+    header = next(line for line in lines if "held-out" in line and "fitness" in line and "#" in line)
+    assert header.index("fitness") < header.index("held-out")
+    best = store.best("model:h100")
+    first = next(line for line in lines if line.split()[:2] == ["1", str(best["id"])])
+    assert f"{best['fitness']:.4f} {best['fitness'] / 2:>8.4f}" in first  # held-out beside the fitness
+    table = [line.split() for line in lines[3:-1]]
+    unranked_rows = [cells for cells in table if cells[5] in ("unsupported", "judge_error")]
+    assert len(unranked_rows) == 7 and all(cells[0] == "-" and cells[7] == "-" for cells in unranked_rows)
+
+
+def test_a_run_whose_seeds_all_fail_stops_with_the_reason(tmp_path):
+    import threading
+
+    controller, store, _ = _controller(tmp_path, FixedProposer(variants=1000), max_evals=10)
+    controller.pool = VerdictPool(2)
+    marked = tmp_path / "seed.py"
+    marked.write_text(Path(SEED).read_text() + "\nUNSUPPORTED_SEED = 1\n")
+    controller.config = controller.config.replace(seeds=(str(marked),))
+    result = []
+    thread = threading.Thread(target=lambda: result.append(controller.run()), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert result, "the run kept waiting for a parent that can never come"
+    assert "no ok candidate to propose from" in result[0] and "unsupported 1" in result[0]
+    assert store.run_info()["status"] == "stopped"
+
+
+class DyingPool(VerdictPool):
+    """The run dies (SystemExit, as a SIGKILL would end it) whenever `doomed` is handed over."""
+
+    doomed = -1
+
+    def submit(self, job) -> None:
+        if job.candidate_id == self.doomed:
+            self.submitted.append(job.candidate_id)
+            raise SystemExit("the run died with this candidate in flight")
+        super().submit(job)
+
+
+def test_a_candidate_in_flight_every_time_the_run_died_is_not_requeued_forever(tmp_path):
+    from evolve.controller import MAX_QUEUED
+    from evolve.runner import rebuild_population
+
+    controller, store, _ = _controller(tmp_path, FixedProposer(variants=1000), max_evals=3)
+    controller.pool = VerdictPool(2)
+    controller.run()
+    doomed = store.add_candidate(Path(SEED).read_text() + "\nDOOMED = 1\n", parent_ids=[1], proposer="fixed",
+                                 island=0, generation=1, pending=True)  # fmt: skip
+    config, task = controller.config, controller.task
+    pool = DyingPool(2)
+    pool.doomed = doomed
+    for segment in range(1, MAX_QUEUED + 1):  # each resume queues it again, and dies again
+        population = rebuild_population(config, store, "model:h100")
+        again = Controller(config.replace(max_evals=3 + segment), task, store, population,
+                           [(FixedProposer(variants=1000), 1.0)], pool, {}, "model:h100")  # fmt: skip
+        if segment < MAX_QUEUED:
+            with pytest.raises(SystemExit):
+                again.run()
+            assert store.pending_ids() == [doomed]
+        else:  # queued MAX_QUEUED times: a verdict instead of another death
+            assert again.run() == f"max_evals {3 + segment} reached"
+    assert pool.submitted.count(doomed) == MAX_QUEUED - 1
+    (row,) = [r for r in store.all_evaluated() if r["id"] == doomed]
+    assert row["status"] == "judge_error" and "not queued again" in row["feedback"]
+    assert store.pending_ids() == []
