@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     board = sub.add_parser("leaderboard", help="ranked candidates of a run (works while it runs)")
     board.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     board.add_argument("--top", type=int, default=10, help="how many rows (default 10)")
-    board.add_argument("--json", action="store_true", help="every evaluated candidate as a JSON list")
+    board.add_argument(
+        "--json",
+        action="store_true",
+        help="every evaluated candidate as a JSON list (fitness, held_out, ...)",
+    )
     from .remeasure import add_remeasure_parser, main_remeasure
 
     add_remeasure_parser(sub)
@@ -60,8 +64,10 @@ def leaderboard(args) -> int:
     with Store.open(folder / "run.sqlite", readonly=True) as store:
         if args.json:
             rows = store.all_evaluated()
-            keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "fitness_kind",
-                    "backend", "feedback", "shapes")  # fmt: skip
+            # held_out: the held-out shapes' figure in the fitness's unit and kind (fitness_kind),
+            # beside the fitness and never in it; None when not judged (or not ok)
+            keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
+                    "fitness_kind", "backend", "feedback", "shapes")  # fmt: skip
             print(json.dumps([{k: r[k] for k in keys} for r in rows]))
             return 0
         print(render_leaderboard(store, args.top))

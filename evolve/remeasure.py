@@ -1,14 +1,16 @@
 """Remeasure: time the candidates the performance model ranked highest on a real GPU.
 
 A run without a GPU ranks candidates with the offline performance model (backend
-`model:<gpu>`, fitness_kind "modelled"). `remeasure` takes the top of that ranking, judges
-each on the GPU here and stores the `cuda:<device name>` verdict next to the modelled one
+`model:<gpu>`, fitness_kind "modelled"). `remeasure` takes the top of that ranking, and the
+candidates the CPU judge could not judge (`unsupported`: the interpreter cannot run them;
+`judge_error`: the judge failed on them), judges each on the GPU here and stores the
+`cuda:<device name>` verdict next to the modelled one
 (one evaluation per (candidate, backend), so nothing is measured twice). `comparison`
 pairs the two and reports how well the model's ranking predicted the measured one, so the
 model can be recalibrated from real data. Modelled and measured figures are never ranked
 together: they sit side by side in separately labelled columns.
 
-    evolve remeasure RUN [--top N] [--json] [--compare-only] [--model-backend model:h100]
+    evolve remeasure RUN [--top N] [--unranked N] [--json] [--compare-only] [--model-backend model:h100]
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from evaluators.calibration import kendall_tau, spearman  # one implementation, 
 from .store import RETRYABLE, Store
 
 Measure = Callable[[str, Task], dict]  # (source, task) -> Evaluation dict with a cuda:* backend
+
+# Modelled verdicts that say nothing of the kernel: never ranked there, so only a GPU can judge them.
+UNRANKED = ("unsupported", "judge_error")
 
 NO_GPU = (
     "no CUDA GPU here: remeasure needs a GPU to measure; use --compare-only to print what has been measured"
@@ -51,10 +56,13 @@ def remeasure(
     measure: Measure,
     model_backend: str | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    unranked: int | None = None,
 ) -> list[int]:
     """Measure the top-`top` ok candidates of `model_backend` (default: the model:* backend with
-    most ok rows) not yet measured (or whose measurements all ended timeout,
-    crashed or judge_error: measured again, the new verdict replaces the old); store each verdict; return the ids measured.
+    most ok rows) not measured yet, then up to `unranked` (default: `top`) more of its UNRANKED
+    ones (unsupported, judge_error: never ranked there) not measured yet, oldest first; a
+    measurement that ended timeout, crashed or judge_error counts as not measured (measured
+    again, the new verdict replaces the old). Store each verdict; return the ids measured.
 
     `measure(source, task)` returns an Evaluation dict whose backend starts with "cuda:"
     (production: `_cuda_measure`; tests pass a fake). Each verdict is committed as it
@@ -62,17 +70,20 @@ def remeasure(
     is called after each one is stored.
     """
     model_backend = model_backend or _backends(store, "model:")
-    if model_backend is None or top <= 0:
+    unranked = top if unranked is None else unranked
+    if model_backend is None or (top <= 0 and unranked <= 0):
         return []
-    ids = [r["id"] for r in store.top(top, model_backend) if r["status"] == "ok"]
+    ranked = [r["id"] for r in store.top(top, model_backend) if r["status"] == "ok"] if top > 0 else []
+    todo = [c for c in store.candidates(ranked) if not _measured(c)]
+    if unranked > 0:
+        ids = [
+            r["id"]
+            for r in store.all_evaluated()
+            if r["backend"] == model_backend and r["status"] in UNRANKED
+        ]
+        todo += [c for c in store.candidates(ids) if not _measured(c)][:unranked]
     measured: list[int] = []
-    for cand in store.candidates(ids):
-        # Measured before: skip, unless every measurement ended in a verdict that may have been the
-        # machine's or the judge's fault (a timeout, a crash, a judge error): then measure again.
-        if any(
-            e["backend"].startswith("cuda:") and e["status"] not in RETRYABLE for e in cand["evaluations"]
-        ):
-            continue
+    for cand in todo:
         ev = measure(cand["source"], task)
         ev = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
         if not str(ev.get("backend", "")).startswith("cuda:"):
@@ -83,6 +94,14 @@ def remeasure(
             if progress is not None:
                 progress(cand["id"], ev)
     return measured
+
+
+def _measured(candidate: dict) -> bool:
+    """Measured before, with a verdict that stands: not a timeout, crash or judge error, which may
+    have been the machine's or the judge's fault and are measured again."""
+    return any(
+        e["backend"].startswith("cuda:") and e["status"] not in RETRYABLE for e in candidate["evaluations"]
+    )
 
 
 @dataclasses.dataclass
@@ -118,8 +137,11 @@ class Comparison:
                 f"{_fmt(s['measured_tflops'], 0)}"
                 for s in r["shapes"]
             )
+            modelled = (
+                _fmt(r["modelled_fitness"], 4) if r["modelled_status"] == "ok" else r["modelled_status"]
+            )
             lines.append(
-                f"{r['id']:>6}  {_fmt(r['modelled_fitness'], 4):>{w}}  {_fmt(r['measured_fitness'], 4):>{w}}  "
+                f"{r['id']:>6}  {modelled:>{w}}  {_fmt(r['measured_fitness'], 4):>{w}}  "
                 f"{r['measured_status']:<11} {shapes}"
             )
         sp = "n/a (needs >= 3 ok pairs)" if self.spearman is None else f"{self.spearman:+.3f}"
@@ -188,6 +210,12 @@ def add_remeasure_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("remeasure", help="measure the model's top candidates on this GPU and compare")
     p.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     p.add_argument("--top", type=int, default=10, help="how many modelled best to measure (default 10)")
+    p.add_argument(
+        "--unranked",
+        type=int,
+        help="how many unsupported or judge_error candidates (which the CPU judge could not judge) "
+        "to judge here as well, oldest first (default: --top)",
+    )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--compare-only", action="store_true", help="measure nothing; compare what is measured")
     p.add_argument("--model-backend", help="modelled backend to take (default: model:* with most ok)")
@@ -222,7 +250,9 @@ def main_remeasure(args: argparse.Namespace) -> int:
                           file=sys.stderr)  # fmt: skip
 
                 measure = _cuda_measure(float(config.get("timeout_s") or 180.0))
-                done = remeasure(store, task, args.top, measure, model_backend, report)
+                done = remeasure(
+                    store, task, args.top, measure, model_backend, report, getattr(args, "unranked", None)
+                )
                 print(f"measured {len(done)} new candidate(s)", file=sys.stderr)
             result = comparison(store, model_backend)
     except (UsageError, StoreError, TaskError) as e:

@@ -30,24 +30,46 @@ def run_dir(name_or_path: str) -> Path:
     raise UsageError(f"no run named {name_or_path!r}; runs in {RUNS_DIR}/: {known}")
 
 
+# Statuses that say nothing about the kernel's quality: shown apart from the kernels' failures.
+APART = {
+    "unsupported": "the CPU backend cannot run them; `evolve remeasure` judges them on a GPU",
+    "judge_error": "the judge's own failures, not the kernels'; `evolve remeasure` judges them again",
+}
+
+
+def status_summary(counts: dict[str, int]) -> str:
+    """Counts per status, with unsupported and judge_error apart and explained, e.g.
+    "ok 3, incorrect 1, pending 0; unsupported 1 (the CPU backend cannot run them; ...)"."""
+    main = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in APART)
+    apart = "; ".join(f"{k} {counts[k]} ({why})" for k, why in APART.items() if counts.get(k))
+    return main + (f"; {apart}" if apart else "")
+
+
 def render_leaderboard(store, top: int) -> str:
+    """The run's status counts and its top rows on one backend: fitness, and beside it the
+    held-out figure (same unit and kind, never ranked); unranked rows (not ok) have no rank."""
     info = store.run_info()
     backend = store.default_backend()
     counts = store.counts_by_status()
     lines = [
         f"run {info['name']} ({info['status']}), {store.evaluated_count()} evaluated, "
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + status_summary(counts)
     ]
     if backend is None:
         return "\n".join(lines + ["no evaluations yet"])
     kind = (
         "MODELLED" if backend.startswith("model:") else "measured" if backend.startswith("cuda:") else "none"
     )
-    lines.append(f"ranking on {backend} (fitness {kind}; other backends are never mixed in)")
     lines.append(
-        f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<13} {'fitness':>8}  niche / figures"
+        f"ranking on {backend} (fitness {kind}; held-out {kind}, shown beside it, never ranked; "
+        "other backends are never mixed in)"
     )
-    for rank, row in enumerate(store.top(top, backend), 1):
+    lines.append(
+        f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<13} {'fitness':>8} "
+        f"{'held-out':>8}  niche / figures"
+    )
+    rank = 0
+    for row in store.top(top, backend):
         train = [s for s in row["shapes"] if s.get("kind") == "train"]
         figures = " ".join(
             f"{tuple(s['shape'])}{s['layout']}:{s['tflops']:.0f}"
@@ -55,9 +77,12 @@ def render_leaderboard(store, top: int) -> str:
             if s.get("tflops") is not None
         )
         niche = "/".join(str(x) for x in row["niche"]) if row["niche"] else "-"
+        rank += row["status"] == "ok"
+        held_out = "-" if row.get("held_out") is None else f"{row['held_out']:.4f}"
         lines.append(
-            f"{rank:>3} {row['id']:>5} {row['generation']:>4} {row['island']:>3} {row['proposer']:<9} "
-            f"{row['status']:<13} {row['fitness']:>8.4f}  {niche}  {figures}"
+            f"{rank if row['status'] == 'ok' else '-':>3} {row['id']:>5} {row['generation']:>4} "
+            f"{row['island']:>3} {row['proposer']:<9} {row['status']:<13} {row['fitness']:>8.4f} "
+            f"{held_out:>8}  {niche}  {figures}"
         )
     if kind == "MODELLED":
         lines.append(
@@ -79,11 +104,11 @@ class LiveDisplay:
         if not self.tty and now - self.last < 15:
             return
         self.last = now
-        failures = ", ".join(f"{k} {v}" for k, v in sorted(progress.failures.items())) or "none"
         line = (
             f"evals {progress.evaluated}/{self.max_evals}  in flight {progress.in_flight}  "
             f"best {progress.best_fitness:.4f} [{progress.backend}] (#{progress.best_id})  "
-            f"{progress.evals_per_min():.1f} evals/min  failures: {failures}  dup {progress.duplicates}"
+            f"{progress.evals_per_min():.1f} evals/min  {failure_summary(progress.failures)}  "
+            f"dup {progress.duplicates}"
         )
         if self.tty:
             print("\r" + line[: os.get_terminal_size().columns - 1].ljust(20), end="", flush=True)
@@ -93,6 +118,18 @@ class LiveDisplay:
     def close(self) -> None:
         if self.tty:
             print()
+
+
+def failure_summary(failures: dict[str, int]) -> str:
+    """The live line's failure counts: the kernels' failures, then unsupported and judge errors
+    apart (neither is the kernel's fault), e.g. "failures: incorrect 2  unsupported 1  judge errors 1"."""
+    kernel = ", ".join(f"{k} {v}" for k, v in sorted(failures.items()) if k not in APART) or "none"
+    text = f"failures: {kernel}"
+    if failures.get("unsupported"):
+        text += f"  unsupported {failures['unsupported']} (needs a GPU judge)"
+    if failures.get("judge_error"):
+        text += f"  judge errors {failures['judge_error']} (the judge's bug)"
+    return text
 
 
 def install_interrupt(controller) -> None:

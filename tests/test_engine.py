@@ -72,13 +72,14 @@ def test_short_run_end_to_end_then_resume(tmp_path):
     assert "MODELLED" in out.stdout and "stopped: max_evals 5 reached" in out.stdout
     rows = _board(tmp_path)
     assert len(rows) == 5 and {r["backend"] for r in rows} == {"model:h100"}
-    assert {"id", "generation", "status", "fitness", "backend"} <= set(rows[0])
+    assert {"id", "generation", "status", "fitness", "held_out", "backend"} <= set(rows[0])
     seed = next(r for r in rows if r["proposer"] == "seed")
     assert seed["status"] == "ok" and seed["fitness"] > 0 and seed["generation"] == 0
     assert all(r["generation"] >= 1 for r in rows if r["proposer"] == "mutator")
     # the human leaderboard labels the ranking
     text = _evolve(tmp_path, "leaderboard", "t", "--top", "3").stdout
     assert "ranking on model:h100" in text and "modelled" in text
+    assert "held-out MODELLED, shown beside it, never ranked" in text
     # a second launch under the same name is refused with the fix; resume continues
     again = _evolve(tmp_path, "run", str(run))
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -200,3 +200,30 @@ def test_a_measurement_that_timed_out_is_measured_again(tmp_path, task):
     assert (
         store.retry_evaluation(ids[0.9], {**fake_measure([])("F=0.9", task), "status": "incorrect"}) is False
     )
+
+
+def test_unsupported_and_judge_errors_are_judged_on_the_gpu(tmp_path, task):
+    """What the CPU judge could not judge (unsupported, judge_error) was never measured: remeasure
+    judges it too, after the top ok candidates, up to --unranked of them, oldest first, once."""
+    store, ids = make_store(tmp_path / "run.sqlite", fitnesses=(0.9, 0.5))
+    unranked = []
+    for i, status in enumerate(("unsupported", "judge_error", "unsupported")):
+        cid = store.add_candidate(f"# {status}\nF=0.{i + 2}\n", proposer="mutator", island=0, generation=3)
+        store.add_evaluation(cid, modelled(0.0, status=status))
+        unranked.append(cid)
+    calls: list = []
+    assert rm.remeasure(store, task, 1, fake_measure(calls), unranked=2) == [ids[0.9], *unranked[:2]]
+    assert rm.remeasure(store, task, 1, fake_measure(calls)) == [unranked[2]]  # --unranked defaults to --top
+    assert rm.remeasure(store, task, 5, fake_measure(calls)) == [ids[0.5]] and len(calls) == 5
+    measured = {r["id"]: r for r in store.top(10, FAKE)}
+    assert set(unranked) <= set(measured) and all(measured[i]["status"] == "ok" for i in unranked)
+    modelled_rows = {r["id"]: r["status"] for r in store.top(10, MODEL)}
+    assert [modelled_rows[i] for i in unranked] == [
+        "unsupported",
+        "judge_error",
+        "unsupported",
+    ]  # kept as judged
+    comp = rm.comparison(store)
+    assert comp.pairs == 2  # only ok/ok pairs are correlated
+    assert "unsupported" in comp.render() and "judge_error" in comp.render()
+    assert _args(Path("demo"), unranked=3).unranked == 3 and _args(Path("demo")).unranked is None
