@@ -183,10 +183,24 @@ def comparison(
 
 
 def _cuda_measure(timeout_s: float) -> Measure:
-    """The production seam: judge on the GPU here with the full cascade (correctness + timing)."""
-    from evaluators import EvalOptions, evaluate
+    """The production seam: judge on the GPU here with the full cascade (correctness + timing).
+    Whatever escapes evaluate() is that candidate's judge_error, so one candidate cannot end a
+    remeasure that has others to measure."""
+    from evaluators import EvalOptions, Evaluation, backend_label, evaluate
+    from evaluators.compat import UnsupportedEnvironment
 
-    return lambda src, task: evaluate(src, task, EvalOptions(device="cuda", timeout_s=timeout_s)).to_dict()
+    options = EvalOptions(device="cuda", timeout_s=timeout_s)
+
+    def measure(source: str, task: Task) -> dict:
+        try:
+            return evaluate(source, task, options).to_dict()
+        except UnsupportedEnvironment:  # this machine cannot judge at all: the command's error
+            raise
+        except Exception as e:  # noqa: BLE001 - the judge's bug, recorded as such
+            feedback = f"the GPU judge failed ({type(e).__name__}: {str(e)[:500]}); not the kernel's fault"
+            return Evaluation("judge_error", backend_label(task, options), feedback=feedback).to_dict()
+
+    return measure
 
 
 def _cuda_available() -> bool:
@@ -225,6 +239,7 @@ def add_remeasure_parser(subparsers) -> argparse.ArgumentParser:
 def main_remeasure(args: argparse.Namespace) -> int:
     """CLI body of `evolve remeasure`: 0 done, 2 when there is no GPU to measure on or on a usage error."""
     from evaluators import load_task
+    from evaluators.compat import UnsupportedEnvironment
     from evaluators.task import TaskError
 
     from .config import UsageError
@@ -255,7 +270,7 @@ def main_remeasure(args: argparse.Namespace) -> int:
                 )
                 print(f"measured {len(done)} new candidate(s)", file=sys.stderr)
             result = comparison(store, model_backend)
-    except (UsageError, StoreError, TaskError) as e:
+    except (UsageError, StoreError, TaskError, UnsupportedEnvironment) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict()) if getattr(args, "json", False) else result.render())

@@ -227,3 +227,23 @@ def test_unsupported_and_judge_errors_are_judged_on_the_gpu(tmp_path, task):
     assert comp.pairs == 2  # only ok/ok pairs are correlated
     assert "unsupported" in comp.render() and "judge_error" in comp.render()
     assert _args(Path("demo"), unranked=3).unranked == 3 and _args(Path("demo")).unranked is None
+
+
+def test_a_gpu_judge_that_raises_is_that_candidates_judge_error(monkeypatch, task):
+    import evaluators
+    from evaluators.compat import UnsupportedEnvironment
+
+    def broken(source, task, options):
+        raise RuntimeError("injected: the GPU judge fell over")
+
+    monkeypatch.setattr(evaluators, "evaluate", broken)
+    ev = rm._cuda_measure(30.0)("F=0.5\n", task)
+    assert ev["status"] == "judge_error" and ev["backend"].startswith("cuda:")
+    assert "injected: the GPU judge fell over" in ev["feedback"] and "not the kernel's fault" in ev["feedback"]
+
+    def unsupported(source, task, options):
+        raise UnsupportedEnvironment("--device cuda needs ...")
+
+    monkeypatch.setattr(evaluators, "evaluate", unsupported)
+    with pytest.raises(UnsupportedEnvironment):  # no GPU judge here at all: the command's error
+        rm._cuda_measure(30.0)("F=0.5\n", task)
