@@ -55,6 +55,11 @@ class Child:
         self.previous: tuple = ()  # the last trial's tensors, see retain()
         self.recorded_kernels: list = []
         self.capture = None  # set while the compile run captures launches instead of running them
+        self.phase, self.where = "start", None  # what the child is doing, said with an error
+        self.failed_launch: str | None = None  # the kernel whose launch raised, in this call
+        from .standins import AutotuneStandIn
+
+        self.autotune = AutotuneStandIn()
         self._wrap_launchers()
 
     # -- launch interception, installed before the candidate is imported
@@ -77,6 +82,9 @@ class Child:
                 launch.depth += 1
                 try:
                     result = _original(fn_self, *args, **kwargs)
+                except BaseException:
+                    self.failed_launch = self.failed_launch or fn_self.__name__
+                    raise
                 finally:
                     launch.depth -= 1
                 if result is not None and hasattr(result, "metadata"):
@@ -120,88 +128,134 @@ class Child:
 
     # -- stages
     def compile_offline(self, path: str, task: dict) -> dict:
-        """Capture every launch on meta tensors, compile each new specialisation for the target."""
+        """Capture every launch on meta tensors (training, held-out and check shapes), compile each
+        new specialisation for the target.
+
+        Streams {"event": "captured"} (specialisations to build) and one {"event": "compiled"} per
+        specialisation as it is built, so the parent budgets the compile by its size and keeps
+        what was built even when the stage runs out of time. Check shapes are compiled only where
+        an autotuned launch needs its configs modelled to choose one; their launches are otherwise
+        recorded to hold the interpreter run to them."""
         from . import compile as comp
         from .correctness import layout_views
 
+        self.phase = "load"
         module = self.load(path, "candidate", interpret=False)
         target, backend = comp.child_backend(int(task["target"].split("_")[1]))
-        calls: list = []
+        tuner = self.autotune
 
         def capture(fn, args, kwargs):
-            self.launch_signatures.append(
-                self.guards.launch_signature(fn.__name__, fn.arg_names, args, kwargs)
-            )
-            if not compiling:
-                return
+            signature = self.guards.launch_signature(fn.__name__, fn.arg_names, args, kwargs)
             grid = kwargs.pop("grid")
             kwargs.pop("warmup", None)
             spec = comp.child_specialise(fn, backend, args, kwargs)
             if callable(grid):
                 named = {**dict(zip(fn.arg_names, args, strict=False)), **kwargs}
                 grid = grid({**named, **spec_constexprs(fn, spec)})
-            calls.append((fn, spec, tuple(int(g) for g in grid)))
+            grid = tuple(int(g) for g in grid)
+            if any(g < 0 for g in grid):
+                raise ValueError(f"kernel {fn.__name__} launched with a negative grid {grid}")
+            tuner.sink.append({"fn": fn, "spec": spec, "grid": grid, "signature": signature})
 
-        self.capture = capture
+        def record(name, alternatives):
+            tuner.sink.append({"kernel": name, "alternatives": alternatives})
+
+        self.capture, tuner.mode, tuner.record = capture, "capture", record
         dtype = self.wire.torch_dtype(task["dtype"])
-        launches, kernels, todo, check_launches = [], {}, {}, []
-        compiling = True
+        todo: dict = {}
+
+        def describe(call: dict, build: bool) -> dict:
+            if "alternatives" in call:  # an autotuned launch: every pruned config, to be modelled
+                options = [
+                    {"config": alt.config, **describe(alt.calls[0], True)} for alt in call["alternatives"]
+                ]
+                return {"kernel": call["kernel"], "autotune": options}
+            key = comp.spec_key(call["fn"].__name__, call["spec"])
+            if build:
+                todo.setdefault(key, (call["fn"], call["spec"]))
+            return {
+                "kernel": call["fn"].__name__,
+                "key": key,
+                "grid": list(call["grid"]),
+                "signature": call["signature"],
+            }
+
+        launches = []
+        kinds = (("train", task["train"]), ("held_out", task.get("held_out", [])), ("check", task["check"]))
         try:
-            for shape in task["train"]:
-                for layout in task["layouts"]:
-                    a, b = layout_views(shape, layout, dtype, device="meta")
-                    calls.clear()
-                    module.matmul(a, b)
-                    entry = {"shape": list(shape), "layout": layout, "calls": []}
-                    for fn, spec, grid in calls:
-                        key = comp.spec_key(fn.__name__, spec)
-                        todo.setdefault(key, (fn, spec))
-                        entry["calls"].append({"kernel": fn.__name__, "key": key, "grid": list(grid)})
-                    launches.append(entry)
-            # What the entry point launches for the check shapes, to hold the interpreter run to it.
-            compiling = False
-            for shape in task["check"]:
-                for layout in task["layouts"]:
-                    a, b = layout_views(shape, layout, dtype, device="meta")
-                    self.launch_signatures.clear()
-                    module.matmul(a, b)
-                    check_launches.append(
-                        {"shape": list(shape), "layout": layout, "signatures": list(self.launch_signatures)}
-                    )
+            for kind, shapes in kinds:
+                for shape in shapes:
+                    for layout in task["layouts"]:
+                        a, b = layout_views(shape, layout, dtype, device="meta")
+                        tuner.sink = []
+                        self.phase, self.where = "entry", {"shape": list(shape), "layout": layout}
+                        module.matmul(a, b)
+                        calls = [describe(call, kind != "check") for call in tuner.sink]
+                        launches.append(
+                            {"shape": list(shape), "layout": layout, "kind": kind, "calls": calls}
+                        )
         finally:
-            self.capture = None
+            self.capture, tuner.mode, tuner.record = None, "check", None
         known = task.get("known_kernels", {})
+        self.send({"event": "captured", "specs": len(todo), "new": sum(key not in known for key in todo)})
+        kernels = {}
+        self.phase, self.where = "compile", None
         for key, (fn, spec) in todo.items():
-            kernels[key] = known.get(key) or {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
-        return {"kernels": kernels, "launches": launches, "check_launches": check_launches}
+            self.where = {"kernel": fn.__name__, "key": key}
+            if key in known:
+                kernels[key] = known[key]
+                continue
+            kernels[key] = {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
+            self.send({"event": "compiled", "key": key, "facts": kernels[key]})
+        return {"kernels": kernels, "launches": launches}
 
     def compile_jit(self, module, task: dict) -> dict:
-        """On a GPU the real JIT compiles at first launch; record what it built."""
+        """On a GPU the real JIT compiles at first launch; record what it built, per training and
+        held-out shape."""
+        launches = []
+        self.phase = "entry"
+        for kind, shapes in (("train", task["train"]), ("held_out", task.get("held_out", []))):
+            for shape in shapes:
+                for layout in task["layouts"]:
+                    self.where = {"shape": list(shape), "layout": layout}
+                    launches.append(self.warm_up_shape(module, kind, tuple(shape), layout, task["dtype"]))
+        return {"kernels": self.kernels, "launches": launches}
+
+    def warm_up_shape(self, module, kind: str, shape: tuple, layout: str, dtype: str) -> dict:
+        """Call the entry point twice on one shape: the first call JIT-compiles and, for
+        @triton.autotune kernels, runs the real autotuner (benchmarking its configs); the second
+        launches what every later call will, which is what gets recorded."""
         from . import compat
         from . import compile as comp
         from .correctness import input_generator, make_inputs
+        from .standins import config_text
 
         torch = self.torch
-        launches = []
-        for shape in task["train"]:
-            for layout in task["layouts"]:
-                a, b = make_inputs(tuple(shape), layout, task["dtype"], input_generator(0, "cuda"))
-                self.recorded_kernels.clear()
-                module.matmul(a, b)
-                torch.cuda.synchronize()
-                del a, b  # freed before the next shape's inputs are drawn
-                entry = {"shape": list(shape), "layout": layout, "calls": []}
-                for fn, kernel in self.recorded_kernels:
-                    built = compat.kernel_facts(kernel)
-                    key = f"{fn.__name__}-{built['hash']}" if built["hash"] else fn.__name__
-                    entry["calls"].append({"kernel": fn.__name__, "key": key})
-                    facts = comp.compiled_facts(
-                        built["asm"], built["shared"], built["num_warps"], built["num_stages"]
-                    )
-                    facts.update(kernel=fn.__name__, regs=built["regs"], spill_bytes=built["spills"])
-                    self.kernels[key] = facts
-                launches.append(entry)
-        return {"kernels": self.kernels, "launches": launches}
+        a, b = make_inputs(shape, layout, dtype, input_generator(0, "cuda"))
+        module.matmul(a, b)
+        torch.cuda.synchronize()
+        self.recorded_kernels.clear()
+        module.matmul(a, b)
+        torch.cuda.synchronize()
+        del a, b  # freed before the next shape's inputs are drawn
+        entry = {"shape": list(shape), "layout": layout, "kind": kind, "calls": []}
+        chosen = {
+            name: config_text(t.best_config)
+            for name, t in compat.autotuners(module).items()
+            if getattr(t, "best_config", None) is not None
+        }
+        if chosen:
+            entry["autotune"] = chosen
+        for fn, kernel in self.recorded_kernels:
+            built = compat.kernel_facts(kernel)
+            key = f"{fn.__name__}-{built['hash']}" if built["hash"] else fn.__name__
+            entry["calls"].append({"kernel": fn.__name__, "key": key})
+            facts = comp.compiled_facts(
+                built["asm"], built["shared"], built["num_warps"], built["num_stages"], built["metadata"]
+            )
+            facts.update(kernel=fn.__name__, regs=built["regs"], spill_bytes=built["spills"])
+            self.kernels[key] = facts
+        return entry
 
     def run_once(self, module, task: dict, cmd: dict) -> None:
         from .correctness import input_generator, make_inputs
@@ -214,12 +268,20 @@ class Child:
         recorder = guards.OpRecorder(self.launch)
         self.launch.launches = 0
         self.launch_signatures.clear()
+        self.phase, self.where, self.failed_launch = (
+            "entry",
+            {"shape": cmd["shape"], "layout": cmd["layout"]},
+            None,
+        )
+        # CPU: the config each autotuned launch takes, as the parent chose it from the model.
+        self.autotune.choices, self.autotune.chosen = list(cmd.get("autotune", [])), []
         with recorder:
             out = module.matmul(a, b)
         if device == "cuda":
             torch.cuda.synchronize()
         facts = {
             "event": "result",
+            "autotune_chosen": list(self.autotune.chosen),
             "ops": recorder.ops,
             "launch_ops": recorder.launch_ops,
             "launch_signatures": list(self.launch_signatures),
@@ -312,6 +374,21 @@ class Child:
             "device_notes": list(self.cuda_device.notes),
         }
 
+    def error_facts(self, stage: str, e: BaseException) -> dict:
+        """What the parent needs to name a failure; it decides the status (evaluators/failures.py)."""
+        return {
+            "event": "error",
+            "stage": stage,
+            "phase": self.phase,  # load | entry (the entry point's own code or a launch) | compile
+            "where": self.where,
+            "message": _tail(e),
+            "memory": self.out_of_memory(e),
+            "timing_guard": type(e).__name__ == "TimingError",
+            "failed_launch": self.failed_launch,  # the kernel whose launch raised, if one did
+            "raised_in": _raised_in(e),  # the Triton file the innermost exception came from, if any
+            "exception": type(_root_cause(e)).__name__,
+        }
+
     def out_of_memory(self, e: BaseException) -> bool:
         # torch's CPU allocator raises a plain RuntimeError ("can't allocate memory").
         return isinstance(e, MemoryError | self.torch.OutOfMemoryError) or "allocate" in str(e)
@@ -327,19 +404,31 @@ class Child:
         self.kernels: dict = {}
         started = time.perf_counter()
         try:
+            if mode in ("compile", "check"):
+                from .standins import answer_device_queries
+
+                answer_device_queries(task["target"])  # before candidate code exists
+                self.autotune.install()
             if mode == "compile":
                 report = self.compile_offline(path, task)
             elif mode == "check":
-                from .interp_fix import ensure_bf16_dot
+                from . import compat
+                from .interp_fix import ensure_interpreter_fixes
 
+                self.phase = "load"
                 module = self.load(path, "candidate", interpret=True)
-                report = {"interp_bf16_dot": ensure_bf16_dot()}
+                report = {"interp_fixes": ensure_interpreter_fixes()}
+                report["autotuned"] = sorted(compat.autotuners(module))
             else:
+                from . import compat
+
                 report = self.prepare_cuda(task)  # before candidate code exists
+                compat.install_scratch_allocator()
+                self.phase = "load"
                 module = self.load(path, "candidate", interpret=False)
                 report.update(self.compile_jit(module, task))
         except BaseException as e:  # noqa: BLE001 - every failure becomes a message for the parent
-            self.send({"event": "error", "stage": mode, "message": _tail(e), "memory": self.out_of_memory(e)})
+            self.send(self.error_facts(mode, e))
             return
         self.send({"event": "loaded", "seconds": round(time.perf_counter() - started, 3), **report})
         while True:
@@ -352,18 +441,28 @@ class Child:
                 else:
                     self.time_pair(module, task, cmd)
             except BaseException as e:  # noqa: BLE001
-                self.send(
-                    {
-                        "event": "error",
-                        "stage": cmd["cmd"],
-                        "message": _tail(e),
-                        "memory": self.out_of_memory(e),
-                        "timing_guard": type(e).__name__ == "TimingError",
-                    }
-                )
+                self.send(self.error_facts(cmd["cmd"], e))
 
 
 POISON = 8192.0  # 2^13: exact in fp16/bf16/fp32, far outside what randn inputs give (|C| ~ sqrt(K))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _raised_in(exc: BaseException) -> str | None:
+    """'triton/runtime/interpreter.py' when the innermost frame of the root exception is inside
+    the triton package (its interpreter, its compiler); None when it is the candidate's code."""
+    frames = traceback.extract_tb(_root_cause(exc).__traceback__)
+    if not frames:
+        return None
+    path = frames[-1].filename.replace(os.sep, "/")
+    return "triton/" + path.rsplit("/triton/", 1)[1] if "/triton/" in path else None
 
 
 def spec_constexprs(fn, spec: dict) -> dict:

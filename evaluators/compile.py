@@ -70,23 +70,69 @@ def child_compile(jit_fn, spec: dict, target) -> dict:
     """Compile ahead of time; facts about the result as plain data."""
     start = time.perf_counter()
     kernel = compat.kernel_facts(compat.compile_for(jit_fn, spec, target))
-    facts = compiled_facts(kernel["asm"], kernel["shared"], kernel["num_warps"], kernel["num_stages"])
+    facts = compiled_facts(
+        kernel["asm"], kernel["shared"], kernel["num_warps"], kernel["num_stages"], kernel["metadata"]
+    )
     facts.update(cubin_resources(kernel["asm"]["cubin"]))
     facts["compile_s"] = round(time.perf_counter() - start, 3)
     return facts
 
 
-def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int) -> dict:
+def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, metadata=None) -> dict:
+    """Facts the judge and the model use, from a compiled kernel's asm by stage and metadata.
+
+    `global_scratch`: bytes of global scratch memory the kernel asks the host's Triton allocator
+    for at launch (in-kernel TMA descriptors); the contract provides that allocator
+    (compat.install_scratch_allocator)."""
     ptx = asm.get("ptx", "")
+    ttir = asm.get("ttir", "")
     return {
+        "global_scratch": int(getattr(metadata, "global_scratch_size", 0) or 0),
+        "spin_wait": spin_wait(ttir),
         "shared": int(shared),
         "num_warps": int(num_warps),
         "num_stages": int(num_stages),
         "uses_wgmma": "wgmma" in ptx,
         "uses_tma": "cp.async.bulk.tensor" in ptx,
-        "dots": dot_facts(asm.get("ttir", "")),
-        "atomics": "tt.atomic_rmw" in asm.get("ttir", ""),
+        "dots": dot_facts(ttir),
+        "atomics": "tt.atomic_rmw" in ttir or "tt.atomic_cas" in ttir,
     }
+
+
+_CONSTANT = re.compile(r"(%[\w.]+) = arith\.constant (?:dense<)?(-?[\d.]+(?:e[-+]?\d+)?)")
+_RMW = re.compile(r"tt\.atomic_rmw (\w+),[^%]*%[\w.]+, (%[\w.]+)")
+_CAS = re.compile(r"tt\.atomic_cas [^%]*%[\w.]+, (%[\w.]+), (%[\w.]+)")
+
+
+def spin_wait(ttir: str) -> bool:
+    """True when a `while` loop (scf.while) polls memory: reads it without changing it, through a
+    volatile load, an atomic add/or/xor/max/min of zero, or an atomic_cas that writes back what it
+    expects. That is a wait for another program's write (flags between programs); a loop that
+    takes work from an atomic counter (atomic_add of 1) or a lock is not."""
+    zeros = {name for name, value in _CONSTANT.findall(ttir) if float(value) == 0.0}
+    lines = ttir.splitlines()
+    i = 0
+    while i < len(lines):
+        if "scf.while" not in lines[i]:
+            i += 1
+            continue
+        depth = lines[i].count("{") - lines[i].count("}")
+        i += 1
+        while i < len(lines) and depth > 0:
+            line = lines[i]
+            depth += line.count("{") - line.count("}")
+            if "tt.load" in line and "isVolatile = true" in line:
+                return True
+            if "atomic_poll" in line:
+                return True
+            rmw = _RMW.search(line)
+            if rmw and rmw.group(1) in ("add", "fadd", "or", "xor", "max", "umax") and rmw.group(2) in zeros:
+                return True
+            cas = _CAS.search(line)
+            if cas and cas.group(1) == cas.group(2):
+                return True
+            i += 1
+    return False
 
 
 _DOT = re.compile(
@@ -95,8 +141,8 @@ _DOT = re.compile(
 
 
 def dot_facts(ttir: str) -> list[dict]:
-    """Each tt.dot: operand element types, input precision (absent means IEEE) and the
-    tile it multiplies, [BLOCK_M, BLOCK_N, BLOCK_K] (whatever the kernel calls them)."""
+    """Each tt.dot: operand element types, precision (for fp32 operands the input precision,
+    tf32 or ieee, absent meaning IEEE; for others their own type, e.g. "bf16") and the tile it multiplies, [BLOCK_M, BLOCK_N, BLOCK_K] (whatever the kernel calls them)."""
     out = []
     for line in ttir.splitlines():
         if "tt.dot " not in line:
@@ -106,7 +152,10 @@ def dot_facts(ttir: str) -> list[dict]:
             a_dims = [int(x) for x in m.group(2).rstrip("x").split("x")]
             b_dims = [int(x) for x in m.group(4).rstrip("x").split("x")]
             tile = [a_dims[-2], b_dims[-1], a_dims[-1]] if len(a_dims) >= 2 and len(b_dims) >= 2 else []
-            out.append({"precision": m.group(1) or "ieee", "a": m.group(3), "b": m.group(5), "tile": tile})
+            # inputPrecision only matters for fp32 operands (tf32 or ieee); others multiply at their own type.
+            f32 = m.group(3) == "f32" and m.group(5) == "f32"
+            precision = (m.group(1) or "ieee") if f32 else m.group(3)
+            out.append({"precision": precision, "a": m.group(3), "b": m.group(5), "tile": tile})
     return out
 
 

@@ -20,8 +20,9 @@ import traceback
 
 import torch
 
-from . import compat, guards, sandbox, static_rules, wire
+from . import autotune, compat, failures, guards, sandbox, static_rules, wire
 from . import compile as comp
+from .compile_watch import CompileWatch
 from .correctness import compare, input_generator, make_inputs, reference
 from .evaluation import Evaluation, ShapeResult
 from .gpu_timing import gpu_budget, time_task
@@ -41,7 +42,10 @@ class EvalOptions:
     device: str = (
         "cpu"  # "cpu": offline compile + interpreter checks; "cuda": JIT, checks and timing on the GPU
     )
-    timeout_s: float = 120.0  # hard wall-clock limit for the whole child, compile included
+    timeout_s: float = 120.0  # wall-clock limit of each stage: the checks (the kernel's run time); the
+    # compile's loading and capture, which then gets compile_s_per_kernel more per specialisation to build
+    compile_s_per_kernel: float = 15.0  # CPU: compile budget per specialisation (one measured at ~1 s on
+    # 2 busy cores; 63 of a stream-K kernel took ~100 s): many specialisations never eat the checks' time
     memory_bytes: int | None = sandbox.DEFAULT_MEMORY_LIMIT  # child address space (CPU only)
     prestart: bool = True  # CPU: start the fork servers now; GPU: keep one spare child started ahead
     check_children: int = 1  # CPU: interpreter children the check shapes are split across, beside the
@@ -103,10 +107,10 @@ def evaluate(
 
 
 # Verdicts that depend only on the source and the task are remembered: the static rules, the
-# compile, the checks (wrong results, forbidden ops). Judged afresh next time: timeouts and
+# compile, the checks (wrong results, forbidden ops), what the CPU backend cannot run. Judged afresh next time: timeouts and
 # crashes (maybe the machine's fault), judge errors, and whatever rests on a measurement: a
 # measured fitness and a timing-guard or speed-of-light rejection (_Run.memo is False then).
-MEMO_STATUSES = ("ok", "rejected", "compile_error", "incorrect")
+MEMO_STATUSES = ("ok", "rejected", "compile_error", "incorrect", "unsupported")
 
 
 @contextlib.contextmanager
@@ -170,6 +174,11 @@ class _Run:
         self.work_s = self.budget.total_s if self.budget and options.work_budget else 0.0
         self.deadline = 0.0
         self.waiting = "starting the child"  # what the parent waits for, named when a deadline fires
+        self.timeout_text: str | None = None  # what ran out, said by whoever knew (compile or a check)
+        self.launches: list[dict] = []  # resolved launches per shape (kind: train, held_out, check)
+        self.choices: dict = {}  # CPU: autotune configs chosen per (shape, layout, kind)
+        self.compile_header: dict | None = None
+        self.watch: CompileWatch | None = None
         # Where inputs are drawn and references computed: the GPU itself on CUDA (a seam: tests
         # drive the CUDA cascade on the CPU with a fake child by setting "cpu" here).
         self.input_device = "cuda" if options.device == "cuda" else "cpu"
@@ -243,7 +252,9 @@ class _Run:
 
     def cpu_stages(self, boxes: list, deadline: float) -> Evaluation:
         """The offline compile and the interpreter need triton imported two different ways,
-        so they run in two children, side by side (two cores); the compile's verdict wins."""
+        so they run in two children, side by side (two cores). The compile's verdict wins; it is
+        followed while the checks run, so a compile failure or a kernel the interpreter could
+        never finish (a spin-wait) ends the checks at once."""
         compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
         groups = len(self.task.check) * len(self.task.layouts)
         check_boxes = [
@@ -252,17 +263,36 @@ class _Run:
         ]
         boxes += [compile_box, *check_boxes]
         self.wait(compile_box, "compile_child_wait", deadline)
-        known = self.cache.get(comp.source_hash(self.source), self.task.target)
+        source_hash = comp.source_hash(self.source)
+        known = self.cache.get(source_hash, self.task.target)
         self.send_job(compile_box, "compile", {"known_kernels": known})
+        watch = self.watch = CompileWatch(
+            compile_box,
+            self.cache,
+            source_hash,
+            self.task.target,
+            self.options.timeout_s,
+            self.options.compile_s_per_kernel,
+        )
         check_failure: Exception | None = None
         try:
             for box in check_boxes:
                 self.wait(box, "check_child_wait", deadline)
-            self.load_checkers(check_boxes, deadline)
-            self.check(check_boxes, deadline)
+            autotuned = self.load_checkers(check_boxes, deadline)
+            if autotuned:  # the checks launch the config the model chooses: the compile comes first
+                self.waiting_for_compile(watch)
+                self.resolve_compile(watch.header)
+            # The checks' own budget (the kernel's run time) starts now.
+            self.check(check_boxes, max(deadline, time.monotonic() + self.options.timeout_s), watch)
         except (Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
             check_failure = failure
-        self.finish_compile(compile_box, deadline)
+        if watch.stop is None:
+            self.waiting_for_compile(watch)
+            if self.compile_header is None:
+                self.resolve_compile(watch.header)
+        if watch.stop is not None:
+            raise watch.stop
+        self.judge_compiled()
         if check_failure is not None:
             raise check_failure
         if self.model_gpu:
@@ -273,14 +303,26 @@ class _Run:
             "no fitness: nothing was timed or modelled on this backend",
         )
 
+    def waiting_for_compile(self, watch: CompileWatch) -> None:
+        try:
+            watch.finish()
+        except sandbox.ChildTimeout:
+            self.timeout_text = watch.timeout_feedback()
+            raise
+
     def deadline_for(self, work_s: float) -> float:
         """A deadline for one GPU request with ``work_s`` seconds of budgeted work, within the whole's."""
         return min(self.deadline, time.monotonic() + work_s + REQUEST_SLACK_S)
 
     def timeout_feedback(self) -> str:
+        if self.timeout_text:
+            return self.timeout_text
         if self.budget is None:
             limit = self.options.timeout_s
-            return f"no answer within the {limit:g} s limit (a hang, an endless loop, or far too slow)"
+            return (
+                f"timeout while waiting for {self.waiting}: no answer within the {limit:g} s limit (a hang, an "
+                f"endless loop, or far too slow); {failures.machine_load()}"
+            )
         text = (
             f"no answer in time while waiting for {self.waiting} (a hang, an endless loop, or far too slow)"
         )
@@ -302,38 +344,79 @@ class _Run:
     def receive_job(self, box: sandbox.Sandbox, mode: str, deadline: float) -> dict:
         header, _ = box.read(deadline)
         if header.get("event") == "error":
-            status = "crashed" if header.get("memory") else "compile_error"
-            raise Stop(status, f"{header.get('stage')} failed: {comp.truncate(str(header.get('message')))}")
+            raise failures.from_child(header, interpreter=mode == "check")
         if header.get("event") != "loaded":
             raise Stop("crashed", f"the child sent an unexpected reply to the {mode} request")
         return header
 
-    def load_checkers(self, boxes: list[sandbox.Sandbox], deadline: float) -> None:
+    def load_checkers(self, boxes: list[sandbox.Sandbox], deadline: float) -> bool:
+        """Load the candidate in the interpreter children; True when it has autotuned kernels."""
         start = time.perf_counter()
+        self.waiting = "the interpreter child loading the kernel module"
         for box in boxes:
             self.send_job(box, "check", {})
+        autotuned = False
         for box in boxes:
             header = self.receive_job(box, "check", deadline)
-            self.provenance["interp_bf16_dot"] = header.get("interp_bf16_dot")
+            fixes = header.get("interp_fixes") or {}
+            self.provenance["interp_fixes"] = fixes
+            self.provenance["interp_bf16_dot"] = fixes.get("bf16_dot")
+            autotuned = autotuned or bool(header.get("autotuned"))
         self.seconds["check_load"] = time.perf_counter() - start
+        return autotuned
 
-    def finish_compile(self, box: sandbox.Sandbox, deadline: float) -> None:
-        cpu = self.options.device == "cpu"
-        header = self.receive_job(box, "compile" if cpu else "cuda", deadline)
-        # The child's own clock: the reply may wait while the interpreter checks run beside it.
-        self.seconds["compile"] = float(header.get("seconds", 0.0))
+    def resolve_compile(self, header: dict) -> None:
+        """The compile child's reply (CPU): facts kept, autotuned launches resolved to the config
+        the model ranks best per shape (evaluators/autotune.py)."""
+        from .perf_model import GPUS
+
+        self.compile_header = header
+        self.seconds["compile"] = float(header.get("seconds", 0.0))  # the child's own clock
         self.kernels = dict(header.get("kernels", {}))
-        self.launches = header.get("launches", [])
-        for key in ("gpu_memory_fraction", "baseline_precision", "flush_bytes", "device_notes"):
-            if key in header:  # what the CUDA child set before the candidate loaded
-                self.provenance[key] = header[key]
-        if cpu:
-            self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
-            if not any(entry["calls"] for entry in self.launches):
-                raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
-            self.compare_launches(header.get("check_launches", []))
+        self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
+        model = self.model_gpu or _MODEL_FOR_TARGET.get(self.task.target)
+        self.launches, self.choices = autotune.resolve(
+            header.get("launches", []),
+            self.kernels,
+            TARGET_LIMITS[self.task.target],
+            GPUS.get(model) if model else None,
+            self.task.dtype,
+            self.task.allow_tf32,
+        )
+        if self.choices:
+            self.provenance["autotune"] = [
+                {"shape": list(shape), "layout": layout, "kind": kind, "kernel": c.kernel, "config": c.config}
+                for (shape, layout, kind), chosen in self.choices.items()
+                for c in chosen
+            ]
+
+    def used_keys(self, kinds: tuple[str, ...] = ("train", "held_out")) -> set[str]:
+        """Specialisations the resolved launches of these kinds use (compiled ones only)."""
+        return {
+            call["key"]
+            for entry in self.launches
+            if entry.get("kind", "train") in kinds
+            for call in entry["calls"]
+            if call.get("key") in self.kernels
+        }
+
+    def judge_compiled(self) -> None:
+        """What the compile says about the launches the candidate makes (CPU)."""
+        train = [entry for entry in self.launches if entry.get("kind", "train") == "train"]
+        if not any(entry["calls"] for entry in train):
+            raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+        self.compare_launches([entry for entry in self.launches if entry.get("kind") == "check"])
+        used = self.used_keys(("train", "held_out", "check"))
+        self.judge_kernels(used)
+        stop = failures.spin_wait_stop(self.kernels, used)
+        if stop is not None:
+            raise stop
+
+    def judge_kernels(self, keys) -> None:
+        """Limits of the target and the task's precision, for each kernel that is launched."""
         limits = TARGET_LIMITS[self.task.target]
-        for key, facts in self.kernels.items():
+        for key in sorted(keys):
+            facts = self.kernels[key]
             problems = limit_violations(
                 limits,
                 shared=facts.get("shared", 0),
@@ -346,40 +429,70 @@ class _Run:
             if precision:
                 raise Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
 
+    def finish_compile(self, box: sandbox.Sandbox, deadline: float) -> None:
+        """The GPU child's JIT warm-up: every training and held-out shape called (autotuners run)."""
+        header = self.receive_job(box, "cuda", deadline)
+        self.seconds["compile"] = float(header.get("seconds", 0.0))
+        self.kernels = dict(header.get("kernels", {}))
+        self.launches = header.get("launches", [])
+        for key in ("gpu_memory_fraction", "baseline_precision", "flush_bytes", "device_notes"):
+            if key in header:  # what the CUDA child set before the candidate loaded
+                self.provenance[key] = header[key]
+        tuned = [
+            {"shape": e["shape"], "layout": e["layout"], "kind": e.get("kind"), "kernel": k, "config": c}
+            for e in self.launches
+            for k, c in (e.get("autotune") or {}).items()
+        ]
+        if tuned:
+            self.provenance["autotune"] = tuned  # what the real autotuner chose, by timing
+        self.judge_kernels(self.kernels)
+
     def model(self) -> Evaluation:
         """Modelled fitness: geometric mean over training shapes and layouts of the modelled
-        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement."""
+        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement.
+        Held-out shapes are modelled the same way and reported beside it, never in it."""
         from .perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]
-        estimates = []
+        estimates: dict[str, list] = {"train": [], "held_out": []}
         for entry in self.launches:
+            kind = entry.get("kind", "train")
+            if kind not in estimates:
+                continue
             launches = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
             estimate = estimate_shape(
                 launches, tuple(entry["shape"]), self.task.dtype, gpu, self.task.allow_tf32
             )
-            estimates.append(estimate)
+            estimates[kind].append(estimate)
             self.shapes.append(
                 ShapeResult(
                     shape=tuple(entry["shape"]),
                     layout=entry["layout"],
-                    kind="train",
+                    kind=kind,
                     tflops=round(estimate.tflops, 2),
                     fraction_of_peak=round(estimate.fraction_of_peak, 4),
                     bound=estimate.bound,
                 )
             )
-        fitness = modelled_fitness(estimates)
+        fitness = modelled_fitness(estimates["train"])
+        held_out = modelled_fitness(estimates["held_out"]) if estimates["held_out"] else None
         self.seconds["model"] = time.perf_counter() - start
-        worst = min(estimates, key=lambda e: e.fraction_of_peak)
+        worst = min(estimates["train"], key=lambda e: e.fraction_of_peak)
         reason = worst.breakdown.get("reason", "")
         text = (
             f"correct on every check shape; MODELLED (not measured) on {gpu.name}: geometric mean "
-            f"{fitness:.3f} of dense peak over {len(estimates)} training shape/layouts; weakest "
+            f"{fitness:.3f} of dense peak over {len(estimates['train'])} training shape/layouts; weakest "
             f"{worst.shape} at {worst.tflops:.1f} TFLOP/s ({worst.bound}{': ' + reason if reason else ''})"
         )
-        return self.result("ok", text, fitness=fitness, kind="modelled")
+        if held_out is not None:
+            text += f"; held-out shapes (not in the fitness): {held_out:.3f}"
+        tuned = autotune.summary(self.choices)
+        if tuned:
+            text += f". {tuned}"
+        evaluation = self.result("ok", text, fitness=fitness, kind="modelled")
+        evaluation.held_out = held_out
+        return evaluation
 
     def compare_launches(self, compiled: list) -> None:
         """The code that was compiled must be the code that was checked: on the check shapes the
@@ -388,18 +501,20 @@ class _Run:
         behave differently is caught here."""
         for entry in compiled:
             key = (tuple(entry["shape"]), entry["layout"])
-            if key in self.run_signatures and self.run_signatures[key] != entry["signatures"]:
+            signatures = [call.get("signature") for call in entry["calls"]]
+            if key in self.run_signatures and self.run_signatures[key] != signatures:
                 raise Stop(
                     "rejected",
                     f"shape {key[0]} layout {key[1]}: the entry point launches different kernels, grids or "
                     "arguments when compiled (meta tensors) than when checked; it must not depend on the device",
                 )
 
-    def check(self, boxes: list[sandbox.Sandbox], deadline: float) -> None:
+    def check(self, boxes: list[sandbox.Sandbox], deadline: float, watch: CompileWatch | None = None) -> None:
         """Fresh inputs each trial; reference from the parent's own copy; every layout.
 
         Each (shape, layout) goes, with all its trials, to one of `boxes` (balanced by M*N*K);
-        the boxes run side by side, one request each in flight, answers judged as they come."""
+        the boxes run side by side, one request each in flight, answers judged as they come.
+        `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once."""
         start = time.perf_counter()
         shapes = self.task.check if self.options.device == "cpu" else self.task.train
         device = self.input_device
@@ -421,8 +536,7 @@ class _Run:
                 return
             shape, layout = queues[i].pop(0)
             where = f"shape {shape} layout {layout}"
-            if self.budget is not None:
-                self.waiting = f"a check trial on {where}"
+            self.waiting = f"the {'interpreter ' if device == 'cpu' else ''}check of {where}"
             seed = secrets.randbits(63)
             # Drawn where they are used (the child draws the same from the same seed and device).
             a, b = make_inputs(shape, layout, self.task.dtype, input_generator(seed, device))
@@ -431,18 +545,34 @@ class _Run:
             request_deadline = deadline
             if self.budget is not None:  # each trial its own share of the GPU work budget
                 request_deadline = self.deadline_for(self.budget.check_s[(shape, layout)])
-            boxes[i].send({"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed})
+            request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}
+            chosen = self.choices.get((shape, layout, "check"))
+            if chosen:
+                request["autotune"] = [c.index for c in chosen]
+            boxes[i].send(request)
             in_flight[i] = (shape, layout, ref, request_deadline)
 
         for i in range(len(boxes)):
             send_next(i)
         while in_flight:
-            if len(in_flight) == 1:
-                i = next(iter(in_flight))  # the read below waits with its own deadline
-            else:
-                i = sandbox.first_ready(
-                    {j: boxes[j] for j in in_flight}, min(d for *_, d in in_flight.values())
-                )
+            waiting = {j: boxes[j] for j in in_flight}
+            soonest = min(d for *_, d in in_flight.values())
+            if watch is not None and not watch.done:
+                waiting["compile"] = watch.box
+                soonest = min(soonest, watch.deadline)
+            i = self.first_reply(waiting, soonest, in_flight, watch)
+            if i == "compile":
+                watch.read_one()
+                if watch.stop is not None:
+                    raise watch.stop
+                if watch.done:
+                    self.resolve_compile(watch.header)
+                    stop = failures.spin_wait_stop(
+                        self.kernels, self.used_keys(("train", "held_out", "check"))
+                    )
+                    if stop is not None:
+                        raise stop
+                continue
             shape, layout, ref, request_deadline = in_flight.pop(i)
             header, tensors = boxes[i].read(request_deadline)
             where = f"shape {shape} layout {layout}"
@@ -464,13 +594,30 @@ class _Run:
             send_next(i)
         self.seconds["correctness"] = time.perf_counter() - start
 
+    def first_reply(self, waiting: dict, deadline: float, in_flight: dict, watch: CompileWatch | None):
+        """The key of the first box in `waiting` with a reply; on a timeout, say what ran out."""
+        if len(waiting) == 1:
+            return next(iter(waiting))  # its read waits with its own deadline
+        try:
+            return sandbox.first_ready(waiting, deadline)
+        except sandbox.ChildTimeout:
+            if watch is not None and not watch.done and watch.deadline <= deadline:
+                self.timeout_text = watch.timeout_feedback()
+            else:
+                shape, layout = next((s, lay) for s, lay, _, d in in_flight.values() if d <= deadline)
+                self.timeout_text = self.check_timeout_text(shape, layout)
+            raise
+
+    def check_timeout_text(self, shape, layout) -> str:
+        return (
+            f"timeout in the {'interpreter ' if self.options.device == 'cpu' else ''}check of shape {shape} "
+            f"layout {layout}: no answer within the checks' {self.options.timeout_s:g} s (a hang, an endless "
+            f"loop, or far too slow; compile time is budgeted apart); {failures.machine_load()}"
+        )
+
     def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
         if header.get("event") == "error":
-            status = "crashed"
-            hint = " (out of memory)" if header.get("memory") else ""
-            raise Stop(
-                status, f"{where}: the entry point raised{hint}: {comp.truncate(str(header.get('message')))}"
-            )
+            raise failures.from_child(header, interpreter=self.options.device == "cpu")
         forbidden = guards.describe_forbidden(
             [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
         )

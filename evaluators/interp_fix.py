@@ -1,4 +1,5 @@
-"""A narrow fix for Triton's CPU interpreter computing `tl.dot` on bf16 wrongly.
+"""Narrow fixes for gaps of Triton's CPU interpreter: `tl.dot` on bf16 computed wrongly, and
+`tl.atomic_add` on bf16 refused ("Unsupported data type").
 
 Triton 3.9's interpreter keeps bf16 tensors as their raw uint16 storage, and
 `InterpreterBuilder.create_dot` hands that storage straight to `np.matmul`, so it
@@ -7,6 +8,13 @@ this: `ensure_bf16_dot()` runs a tiny bf16 dot under the interpreter, and only w
 the answer is wrong does it wrap `create_dot` to widen bf16 operands to float32
 (exact: bf16 is the top half of an fp32). Once upstream is right the self-check
 passes and nothing is patched. Only ever used with TRITON_INTERPRET=1.
+
+The bf16 atomic add is the same kind of fix: `ensure_bf16_atomic_add()` tries a tiny
+bf16 atomic add, and only when it raises or answers wrongly does it wrap
+`create_atomic_rmw` to do a bf16 add as the GPU's `atom.add.bf16` does it: both
+operands widened to fp32 (exact), added, rounded back to bf16 to nearest-even. The
+interpreter runs one program at a time, so the read-modify-write is atomic by
+construction; lanes of one call that hit the same address are applied in lane order.
 """
 
 from __future__ import annotations
@@ -74,3 +82,80 @@ def ensure_bf16_dot() -> str:
         raise RuntimeError(f"interpreter bf16 dot still wrong after the fix (max error {err:.3g})")
     _state["status"] = "patched"
     return "patched"
+
+
+def _fp32_to_bf16_storage(data: np.ndarray) -> np.ndarray:
+    """Round float32 to bf16 storage (uint16), to nearest, ties to even; NaN stays NaN."""
+    bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+
+
+def _atomic_selfcheck() -> str | None:
+    """None when a 2-lane bf16 atomic add (both lanes on one address, then one more add) is
+    right under the interpreter; else what went wrong."""
+    import torch
+    import triton.language as tl
+
+    def add_kernel(x_ptr, v_ptr):
+        offs = tl.arange(0, 2)
+        tl.atomic_add(x_ptr + offs * 0, tl.load(v_ptr + offs))
+        tl.atomic_add(x_ptr + 1 + offs * 0, tl.load(v_ptr + offs))
+
+    kernel = compat.interpreted(add_kernel)
+    x = torch.tensor([1.0, 0.5], dtype=torch.bfloat16)
+    v = torch.tensor([0.25, 2.0], dtype=torch.bfloat16)
+    try:
+        kernel[(1,)](x, v)
+    except Exception as e:  # noqa: BLE001 - the gap shows itself as an error
+        return f"{type(e).__name__}: {e}"
+    expected = [3.25, 2.75]
+    return None if x.float().tolist() == expected else f"got {x.float().tolist()}, expected {expected}"
+
+
+def ensure_bf16_atomic_add() -> str:
+    """Make the interpreter's bf16 atomic add work; returns 'ok' or 'patched' (said in provenance)."""
+    if "atomic" in _state:
+        return _state["atomic"]
+    if _atomic_selfcheck() is None:
+        _state["atomic"] = "ok"
+        return "ok"
+    import triton.language as tl
+
+    builder, handle, load, store, fadd = compat.interpreter_atomics()
+    original = builder.create_atomic_rmw
+
+    def create_atomic_rmw(self, rmwOp, ptr, val, mask, sem, scope):
+        if rmwOp != fadd or val.dtype.scalar != tl.bfloat16:
+            return original(self, rmwOp, ptr, val, mask, sem, scope)
+        ptrs = np.asarray(ptr.data)
+        mask_data = np.broadcast_to(np.asarray(mask.data, dtype=bool), ptrs.shape)
+        values = np.broadcast_to(np.asarray(val.data, dtype=np.uint16), ptrs.shape)
+        old = load(ptrs, mask_data, np.zeros(ptrs.shape, np.uint16), np.uint16)
+        if np.unique(ptrs[mask_data]).size == int(mask_data.sum()):
+            new = _fp32_to_bf16_storage(_bf16_storage_to_fp32(old) + _bf16_storage_to_fp32(values))
+            store(ptrs, new, mask_data)
+        else:  # lanes on the same address: one after another, each sees the one before
+            old = old.copy()
+            for index in np.ndindex(ptrs.shape):
+                if not mask_data[index]:
+                    continue
+                one = (np.asarray([ptrs[index]]), np.asarray([True]))
+                current = load(one[0], one[1], np.zeros(1, np.uint16), np.uint16)
+                old[index] = current[0]
+                total = _bf16_storage_to_fp32(current) + _bf16_storage_to_fp32(np.asarray([values[index]]))
+                store(one[0], _fp32_to_bf16_storage(total), one[1])
+        return handle(old, tl.bfloat16)
+
+    builder.create_atomic_rmw = create_atomic_rmw
+    problem = _atomic_selfcheck()
+    if problem is not None:
+        builder.create_atomic_rmw = original
+        raise RuntimeError(f"interpreter bf16 atomic add still wrong after the fix ({problem})")
+    _state["atomic"] = "patched"
+    return "patched"
+
+
+def ensure_interpreter_fixes() -> dict:
+    """Every fix above, self-checked; {'bf16_dot': 'ok'|'patched', 'bf16_atomic_add': ...}."""
+    return {"bf16_dot": ensure_bf16_dot(), "bf16_atomic_add": ensure_bf16_atomic_add()}

@@ -80,9 +80,12 @@ class CompileChild:
         """{"kernels": key -> facts, "launches": [{shape, layout, calls}]}; RuntimeError with the
         child's message when the compile failed, sandbox.ChildTimeout past `deadline`."""
         header, _ = self.box.read(deadline)
+        while header.get("event") in ("captured", "compiled"):  # progress (evaluators/compile_watch.py)
+            header, _ = self.box.read(deadline)
         if header.get("event") != "loaded":
             raise RuntimeError(f"offline compile failed in {header.get('stage')}: {header.get('message')}")
-        return header
+        # Training shapes only: held-out and check shapes are captured too, check ones not compiled.
+        return {**header, "launches": [e for e in header["launches"] if e.get("kind", "train") == "train"]}
 
     def close(self) -> None:
         self.box.close()

@@ -87,3 +87,66 @@ def limit_violations(limits: TargetLimits, *, shared: int, regs: int, num_warps:
             f"registers of an SM on {limits.name}; use fewer warps or smaller tiles"
         )
     return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProperties:
+    """What `torch.cuda.get_device_properties` says about the GPU a target stands for, with the
+    attribute names torch uses (so a kernel module reads `multi_processor_count` either way).
+
+    On a CPU the judge's children answer the device queries a real kernel makes (SM count, shared
+    memory per block, compute capability) with these, so the launches captured for the compile
+    and the launches of the checked run see the same device. Figures: NVIDIA datasheets and the
+    CUDA C Programming Guide, "Technical Specifications per Compute Capability"."""
+
+    name: str
+    major: int
+    minor: int
+    multi_processor_count: int
+    total_memory: int  # bytes
+    shared_memory_per_block: int  # bytes, without the opt-in carve-out
+    shared_memory_per_block_optin: int  # bytes
+    shared_memory_per_multiprocessor: int  # bytes
+    regs_per_multiprocessor: int
+    max_threads_per_multi_processor: int
+    warp_size: int
+    L2_cache_size: int  # bytes
+    is_integrated: int = 0
+    is_multi_gpu_board: int = 0
+
+
+_GIB, _MIB, _KIB = 1024**3, 1024**2, 1024
+# The GPU each target stands for when none is present: the one the performance model ranks for.
+DEVICE_PROPERTIES: dict[str, DeviceProperties] = {
+    "sm_80": DeviceProperties(
+        "NVIDIA A100-SXM4-80GB",
+        8,
+        0,
+        108,
+        80 * _GIB,
+        48 * _KIB,
+        163 * _KIB,
+        164 * _KIB,
+        65536,
+        2048,
+        32,
+        40 * _MIB,
+    ),
+    "sm_89": DeviceProperties(
+        "NVIDIA L40S", 8, 9, 142, 48 * _GIB, 48 * _KIB, 99 * _KIB, 100 * _KIB, 65536, 1536, 32, 96 * _MIB
+    ),
+    "sm_90": DeviceProperties(
+        "NVIDIA H100 80GB HBM3",
+        9,
+        0,
+        132,
+        80 * _GIB,
+        48 * _KIB,
+        227 * _KIB,
+        228 * _KIB,
+        65536,
+        2048,
+        32,
+        50 * _MIB,
+    ),
+}

@@ -290,11 +290,13 @@ def test_inputs_are_drawn_on_the_generators_device_and_reproducible():
 def _bare_child() -> tuple[Child, list]:
     """A Child without its process: only what run_once and retain use."""
     from evaluators import guards
+    from evaluators.standins import AutotuneStandIn
 
     child = object.__new__(Child)
     sent: list = []
     child.torch, child.guards, child.previous = torch, guards, ()
     child.launch, child.launch_signatures = guards.LaunchDepth(), []
+    child.autotune = AutotuneStandIn()
     child.send = lambda header, tensors=None: sent.append((header, tensors))
     return child, sent
 

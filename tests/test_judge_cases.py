@@ -30,7 +30,6 @@ FOUND_WRONG = ("incorrect", "rejected")
 # The test holds the judge to that status (so both pairs are seen to agree) and reports the row as
 # xfail; any change of verdict fails it, so a fix shows up and the entry goes.
 KNOWN_GAPS: dict[str, str] = {
-    "autotuned.py": "compile_error",
     "decoy_dot.py": "ok",  # ok, but its modelled fitness is not far below the seed's
     "fp16_acc.py": "ok",
     "hardcoded_a_stride.py": "ok",

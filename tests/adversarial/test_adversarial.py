@@ -9,6 +9,7 @@ is used only where the cheat needs it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ CASES = [
     ("side_stream", SMALL, "rejected", ["no streams, events, graphs or syncs"]),
     # 8. silent exit
     ("os_exit", SMALL, "rejected", ["import os is not allowed"]),
-    ("system_exit", SMALL, "compile_error", ["SystemExit"]),
+    ("system_exit", SMALL, "crashed", ["the entry point raised", "SystemExit"]),
     ("oom_huge_empty", SMALL, "crashed", ["(out of memory)", "can't allocate memory"]),
     # 9. environment read
     ("env_read_static", SMALL, "rejected", ["typing.sys", "torch.os", "triton.knobs", "math.__dict__"]),
@@ -143,7 +144,10 @@ def test_secret_env_never_reaches_the_child(monkeypatch):
 def test_hang_times_out(name):
     ev = run(name, timeout_s=8.0)
     assert ev.status == "timeout", ev.feedback
-    assert "no answer within the 8 s limit" in ev.feedback
+    # What ran out is named: the compile stage's capture (the entry point hangs on meta tensors
+    # too) or the interpreter's check of one shape, with its budget and the machine's load.
+    assert re.search(r"timeout in the (compile stage|interpreter check of shape)", ev.feedback), ev.feedback
+    assert "8 s" in ev.feedback and "machine load" in ev.feedback, ev.feedback
 
 
 def test_memory_bomb_crashes_and_evaluator_keeps_working():
