@@ -54,13 +54,13 @@ class Evaluation:
     fitness: float = 0.0  # 0 unless status == "ok" and the backend yields a fitness
     fitness_kind: str = "none"  # "measured", "modelled" or "none" (CPU check only)
     feedback: str = ""
-    # Held-out shapes, in the fitness's unit and kind (modelled fraction of peak, or measured speedup):
-    # their geometric mean, shown beside the fitness and never part of it; None when not judged.
-    held_out: float | None = None
     shapes: list[ShapeResult] = dataclasses.field(default_factory=list)
     compile: list[dict] = dataclasses.field(default_factory=list)  # per-kernel compile facts
     seconds: dict = dataclasses.field(default_factory=dict)  # stage -> wall seconds
     provenance: dict = dataclasses.field(default_factory=dict)
+    # Held-out shapes, in the fitness's unit and kind (modelled fraction of peak, or measured speedup):
+    # their geometric mean, shown beside the fitness and never part of it; None when not judged.
+    held_out: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

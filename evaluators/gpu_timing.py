@@ -65,7 +65,8 @@ class Budget:
 
 
 def gpu_budget(task: Task, protocol: TimingProtocol | None = None, rates: WorkRates | None = None) -> Budget:
-    """The GPU work of judging ``task``: FLOPs and bytes of every training shape x layout x trial.
+    """The GPU work of judging ``task``: FLOPs and bytes of every training and held-out shape x
+    layout x trial (held-out shapes are checked and timed like training ones, reported apart).
 
     Per (M, N, K), F = 2MNK and O = MN x element bytes. A candidate call costs
     F / candidate_tflops + call_overhead_s; a verified output 3F / reference_tflops (two
@@ -77,7 +78,7 @@ def gpu_budget(task: Task, protocol: TimingProtocol | None = None, rates: WorkRa
     p, rates = protocol or TimingProtocol(), rates or WorkRates()
     compile_s, check_s, time_s = 0.0, {}, {}
     elem = ELEMENT_BYTES[task.dtype]
-    for shape in task.train:
+    for shape in (*task.train, *task.held_out):
         M, N, K = shape
         flops, out_bytes = 2.0 * M * N * K, float(M * N * elem)
         call = flops / (rates.candidate_tflops * 1e12) + rates.call_overhead_s
@@ -94,7 +95,7 @@ def gpu_budget(task: Task, protocol: TimingProtocol | None = None, rates: WorkRa
             time_s[(tuple(shape), layout)] = timing
     total = compile_s + task.trials * sum(check_s.values()) + sum(time_s.values())
     how = (
-        f"{len(check_s)} training shape/layouts x ({task.trials} checks + timing: {p.trials} trials x "
+        f"{len(check_s)} training and held-out shape/layouts x ({task.trials} checks + timing: {p.trials} trials x "
         f"({p.warmup_reps} warm-up + {p.guard_reps} guard + {p.reps} samples)), assuming a candidate at "
         f"{rates.candidate_tflops:g} TFLOP/s, float64 references at {rates.reference_tflops:g} TFLOP/s, "
         f"outputs piped at {rates.wire_bytes_per_s / 1e9:g} GB/s, {rates.call_overhead_s * 1e3:g} ms per call"
@@ -104,10 +105,12 @@ def gpu_budget(task: Task, protocol: TimingProtocol | None = None, rates: WorkRa
 
 @dataclasses.dataclass
 class TimedTask:
-    """What timing every training shape produced: per-shape rows, the fitness, notes."""
+    """What timing every training and held-out shape produced: per-shape rows, the fitness (training
+    shapes), the held-out figure (same unit, never in the fitness; None without held-out shapes), notes."""
 
     shapes: list[ShapeResult]
     fitness: float
+    held_out: float | None
     notes: list[str]
     batch: dict  # "MxNxK layout" -> [candidate, baseline] calls per sample
 
@@ -120,7 +123,8 @@ def time_task(
     protocol: TimingProtocol | None = None,
     device: str = "cuda",
 ) -> TimedTask:
-    """Fitness = geometric mean over training shapes and layouts of torch time / candidate time.
+    """Fitness = geometric mean over training shapes and layouts of torch time / candidate time;
+    the held-out shapes' geometric mean is computed the same way and kept apart.
 
     ``deadline_for(seconds)`` turns one request's budget into a monotonic deadline (the
     caller bounds it by the evaluation's). Raises ``Stop`` for every verdict but ok; a
@@ -131,8 +135,15 @@ def time_task(
     protocol = protocol or TimingProtocol()
     budget = gpu_budget(task, protocol)
     peak = peak_tflops(gpu, task.dtype, task.allow_tf32)
-    speedups, shapes, notes, batches = [], [], [], {}
-    for shape, layout in [(shape, layout) for shape in task.train for layout in task.layouts]:
+    speedups: dict[str, list[float]] = {"train": [], "held_out": []}
+    shapes, notes, batches = [], [], {}
+    work = [
+        (kind, shape, layout)
+        for kind, kind_shapes in (("train", task.train), ("held_out", task.held_out))
+        for shape in kind_shapes
+        for layout in task.layouts
+    ]
+    for kind, shape, layout in work:
         seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers + 1)]
         probe_seeds = [secrets.randbits(63) for _ in range(protocol.rotating_buffers)]
         header, tensors = box.request(
@@ -168,12 +179,12 @@ def time_task(
         if impossible:
             raise Stop("rejected", f"{where}: {impossible}", memo=False)
         speedup = base["median_s"] / cand["median_s"]
-        speedups.append(speedup)
+        speedups[kind].append(speedup)
         shapes.append(
             ShapeResult(
                 shape=tuple(shape),
                 layout=layout,
-                kind="train",
+                kind=kind,
                 time_s=cand["median_s"],
                 time_iqr_s=cand["iqr_s"],
                 torch_time_s=base["median_s"],
@@ -184,7 +195,14 @@ def time_task(
         )
         batches[f"{M}x{N}x{K} {layout}"] = list(header.get("batch", []))
         notes += [n for n in header.get("notes", []) if n not in notes]
-    return TimedTask(shapes=shapes, fitness=geometric_mean(speedups), notes=notes, batch=batches)
+    held_out = geometric_mean(speedups["held_out"]) if speedups["held_out"] else None
+    return TimedTask(
+        shapes=shapes,
+        fitness=geometric_mean(speedups["train"]),
+        held_out=held_out,
+        notes=notes,
+        batch=batches,
+    )
 
 
 def verify_outputs(

@@ -271,7 +271,7 @@ def test_budget_scales_with_the_work():
     )
     assert slow.total_s > big.total_s
     llm = gpu_budget(ev_mod.Task.from_dict({**_llm(), "source": "llm"}))
-    assert len(llm.time_s) == 72 and "72 training shape/layouts" in llm.how
+    assert len(llm.time_s) == 90 and "90 training and held-out shape/layouts" in llm.how  # (24 + 6) x 3
 
 
 def _llm() -> dict:
