@@ -37,6 +37,7 @@ class CompileWatch:
         self.started = time.monotonic()
         self.deadline = self.started + base_s
         self.specs: int | None = None  # specialisations to build (None until captured)
+        self.total: int | None = None  # specialisations the launches use, built or cached
         self.built = 0
         self.header: dict | None = None  # the "loaded" reply once done
         self.stop: Stop | None = None  # the verdict when the stage failed
@@ -50,7 +51,7 @@ class CompileWatch:
         header, _ = self.box.read(self.deadline)
         event = header.get("event")
         if event == "captured":
-            self.specs = int(header.get("new", 0))
+            self.specs, self.total = int(header.get("new", 0)), int(header.get("specs", 0))
             self.deadline += self.per_spec_s * self.specs
         elif event == "compiled":
             self.built += 1
@@ -61,6 +62,11 @@ class CompileWatch:
             self.stop = failures.from_child(header, interpreter=False)
         else:
             self.stop = Stop("crashed", f"the compile child sent an unexpected reply ({str(event)[:40]!r})")
+
+    def counts(self) -> dict:
+        """{'specialisations', 'compiled', 'from_cache'} so far (for provenance)."""
+        total = self.total or 0
+        return {"specialisations": total, "compiled": self.built, "from_cache": total - (self.specs or 0)}
 
     def finish(self) -> dict:
         """Wait for the end of the stage; the "loaded" reply, or raise its Stop / ChildTimeout."""

@@ -209,6 +209,8 @@ class _Run:
         # On a GPU the limit grows with the task's work (evaluators/gpu_timing.py: gpu_budget).
         deadline = self.deadline = time.monotonic() + self.options.timeout_s + self.work_s
         evaluation = self.stages(deadline)
+        if self.watch is not None and self.watch.total is not None:
+            evaluation.provenance["compile_specialisations"] = self.watch.counts()
         if self.children_cpu is not None:
             evaluation.seconds["children_cpu"] = round(self.children_cpu, 3)
         evaluation.seconds["total"] = round(time.perf_counter() - start, 3)

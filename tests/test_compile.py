@@ -1,6 +1,6 @@
 import pytest
 
-from evaluators.compile import CompileCache, dot_facts, precision_problems, truncate
+from evaluators.compile import CompileCache, dot_facts, precision_problems, spin_wait, truncate
 from evaluators.targets import TARGET_LIMITS, limit_violations, peak_tflops
 
 TTIR_TF32 = "%acc = tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<128x64xf32> * tensor<64x128xf32> -> tensor<128x128xf32>"
@@ -46,3 +46,41 @@ def test_truncate_keeps_both_ends():
     text = "start " + "x" * 5000 + " end"
     out = truncate(text, 300)
     assert out.startswith("start") and out.endswith("end") and len(out) < 400
+
+
+TTIR_F16_TF32 = "%acc = tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<64x32xf16> * tensor<32x64xf16> -> tensor<64x64xf32>"
+
+
+def test_dot_precision_is_the_operand_type_when_not_fp32():
+    # Triton writes inputPrecision = tf32 on every dot by default; it only means something for fp32.
+    assert dot_facts(TTIR_F16_TF32)[0]["precision"] == "f16"
+    assert dot_facts(TTIR_TF32)[0]["precision"] == "tf32"
+
+
+def _while(body: str) -> str:
+    return (
+        "%c0_i32 = arith.constant 0 : i32\n%c1_i32 = arith.constant 1 : i32\n"
+        "scf.while : () -> () {\n" + body + "\n  scf.condition(%14)\n} do {\n  scf.yield\n}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "body,spins",
+    [
+        # polling: reads that change nothing, in a while loop
+        ("%13 = tt.atomic_rmw add, acquire, gpu, %12, %c0_i32, %true : (!tt.ptr<i32>, i32, i1) -> i32", True),
+        ("%13 = tt.atomic_cas acquire, gpu, %12, %c1_i32, %c1_i32 : (!tt.ptr<i32>, i32, i32) -> i32", True),
+        ("%13 = tt.load %12 {isVolatile = true} : !tt.ptr<i32>", True),
+        # taking work from a counter, or a lock: progress, not a wait on another program
+        (
+            "%13 = tt.atomic_rmw add, acq_rel, gpu, %12, %c1_i32, %true : (!tt.ptr<i32>, i32, i1) -> i32",
+            False,
+        ),
+        ("%13 = tt.atomic_cas acquire, gpu, %12, %c0_i32, %c1_i32 : (!tt.ptr<i32>, i32, i32) -> i32", False),
+        ("%13 = tt.load %12 : !tt.ptr<i32>", False),
+    ],
+)
+def test_spin_wait_is_a_while_loop_that_polls(body, spins):
+    assert spin_wait(_while(body)) is spins
+    # The same op outside a while loop is no wait.
+    assert spin_wait("%c0_i32 = arith.constant 0 : i32\n" + body) is False
