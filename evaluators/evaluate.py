@@ -14,16 +14,16 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import secrets
 import time
 import traceback
 
 import torch
 
-from . import autotune, compat, failures, guards, sandbox, static_rules, wire
+from . import compat, failures, sandbox, static_rules, wire
 from . import compile as comp
+from .check_stage import CheckStage
 from .compile_watch import CompileWatch
-from .correctness import compare, input_generator, make_inputs, reference
+from .cpu_stages import MODEL_FOR_TARGET, CpuStages
 from .evaluation import Evaluation, ShapeResult
 from .gpu_timing import gpu_budget, time_task
 from .provenance import provenance
@@ -157,7 +157,10 @@ def _default_cache() -> comp.CompileCache:
     return _CACHE
 
 
-class _Run:
+class _Run(CpuStages, CheckStage):
+    """One evaluation: the cascade's state and the stages common to CPU and GPU (the CPU compile
+    and model in cpu_stages.py, the checks in check_stage.py)."""
+
     def __init__(self, source: str, task: Task, options: EvalOptions, cache: comp.CompileCache) -> None:
         self.source, self.task, self.options, self.cache = source, task, options, cache
         self.seconds: dict[str, float] = {}
@@ -252,66 +255,6 @@ class _Run:
             used = [box.cpu_s for box in boxes if box.cpu_s is not None]
             self.children_cpu = sum(used) if used else None
 
-    def cpu_stages(self, boxes: list, deadline: float) -> Evaluation:
-        """The offline compile and the interpreter need triton imported two different ways,
-        so they run in two children, side by side (two cores). The compile's verdict wins; it is
-        followed while the checks run, so a compile failure or a kernel the interpreter could
-        never finish (a spin-wait) ends the checks at once."""
-        compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
-        groups = len(self.task.check) * len(self.task.layouts)
-        check_boxes = [
-            sandbox.take("check", self.options.memory_bytes, self.options.prestart)
-            for _ in range(max(1, min(self.options.check_children, groups)))
-        ]
-        boxes += [compile_box, *check_boxes]
-        self.wait(compile_box, "compile_child_wait", deadline)
-        source_hash = comp.source_hash(self.source)
-        known = self.cache.get(source_hash, self.task.target)
-        self.send_job(compile_box, "compile", {"known_kernels": known})
-        watch = self.watch = CompileWatch(
-            compile_box,
-            self.cache,
-            source_hash,
-            self.task.target,
-            self.options.timeout_s,
-            self.options.compile_s_per_kernel,
-        )
-        check_failure: Exception | None = None
-        try:
-            for box in check_boxes:
-                self.wait(box, "check_child_wait", deadline)
-            autotuned = self.load_checkers(check_boxes, deadline)
-            if autotuned:  # the checks launch the config the model chooses: the compile comes first
-                self.waiting_for_compile(watch)
-                self.resolve_compile(watch.header)
-            # The checks' own budget (the kernel's run time) starts now.
-            self.check(check_boxes, max(deadline, time.monotonic() + self.options.timeout_s), watch)
-        except (Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
-            check_failure = failure
-        if watch.stop is None:
-            self.waiting_for_compile(watch)
-            if self.compile_header is None:
-                self.resolve_compile(watch.header)
-        if watch.stop is not None:
-            raise watch.stop
-        self.judge_compiled()
-        if check_failure is not None:
-            raise check_failure
-        if self.model_gpu:
-            return self.model()
-        return self.result(
-            "ok",
-            "correct on every check shape under the CPU interpreter; "
-            "no fitness: nothing was timed or modelled on this backend",
-        )
-
-    def waiting_for_compile(self, watch: CompileWatch) -> None:
-        try:
-            watch.finish()
-        except sandbox.ChildTimeout:
-            self.timeout_text = watch.timeout_feedback()
-            raise
-
     def deadline_for(self, work_s: float) -> float:
         """A deadline for one GPU request with ``work_s`` seconds of budgeted work, within the whole's."""
         return min(self.deadline, time.monotonic() + work_s + REQUEST_SLACK_S)
@@ -351,69 +294,6 @@ class _Run:
             raise Stop("crashed", f"the child sent an unexpected reply to the {mode} request")
         return header
 
-    def load_checkers(self, boxes: list[sandbox.Sandbox], deadline: float) -> bool:
-        """Load the candidate in the interpreter children; True when it has autotuned kernels."""
-        start = time.perf_counter()
-        self.waiting = "the interpreter child loading the kernel module"
-        for box in boxes:
-            self.send_job(box, "check", {})
-        autotuned = False
-        for box in boxes:
-            header = self.receive_job(box, "check", deadline)
-            fixes = header.get("interp_fixes") or {}
-            self.provenance["interp_fixes"] = fixes
-            self.provenance["interp_bf16_dot"] = fixes.get("bf16_dot")
-            autotuned = autotuned or bool(header.get("autotuned"))
-        self.seconds["check_load"] = time.perf_counter() - start
-        return autotuned
-
-    def resolve_compile(self, header: dict) -> None:
-        """The compile child's reply (CPU): facts kept, autotuned launches resolved to the config
-        the model ranks best per shape (evaluators/autotune.py)."""
-        from .perf_model import GPUS
-
-        self.compile_header = header
-        self.seconds["compile"] = float(header.get("seconds", 0.0))  # the child's own clock
-        self.kernels = dict(header.get("kernels", {}))
-        self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
-        model = self.model_gpu or _MODEL_FOR_TARGET.get(self.task.target)
-        self.launches, self.choices = autotune.resolve(
-            header.get("launches", []),
-            self.kernels,
-            TARGET_LIMITS[self.task.target],
-            GPUS.get(model) if model else None,
-            self.task.dtype,
-            self.task.allow_tf32,
-        )
-        if self.choices:
-            self.provenance["autotune"] = [
-                {"shape": list(shape), "layout": layout, "kind": kind, "kernel": c.kernel, "config": c.config}
-                for (shape, layout, kind), chosen in self.choices.items()
-                for c in chosen
-            ]
-
-    def used_keys(self, kinds: tuple[str, ...] = ("train", "held_out")) -> set[str]:
-        """Specialisations the resolved launches of these kinds use (compiled ones only)."""
-        return {
-            call["key"]
-            for entry in self.launches
-            if entry.get("kind", "train") in kinds
-            for call in entry["calls"]
-            if call.get("key") in self.kernels
-        }
-
-    def judge_compiled(self) -> None:
-        """What the compile says about the launches the candidate makes (CPU)."""
-        train = [entry for entry in self.launches if entry.get("kind", "train") == "train"]
-        if not any(entry["calls"] for entry in train):
-            raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
-        self.compare_launches([entry for entry in self.launches if entry.get("kind") == "check"])
-        used = self.used_keys(("train", "held_out", "check"))
-        self.judge_kernels(used)
-        stop = failures.spin_wait_stop(self.kernels, used)
-        if stop is not None:
-            raise stop
-
     def judge_kernels(self, keys) -> None:
         """Limits of the target and the task's precision, for each kernel that is launched."""
         limits = TARGET_LIMITS[self.task.target]
@@ -449,212 +329,6 @@ class _Run:
             self.provenance["autotune"] = tuned  # what the real autotuner chose, by timing
         self.judge_kernels(self.kernels)
 
-    def model(self) -> Evaluation:
-        """Modelled fitness: geometric mean over training shapes and layouts of the modelled
-        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement.
-        Held-out shapes are modelled the same way and reported beside it, never in it."""
-        from .perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
-
-        start = time.perf_counter()
-        gpu = GPUS[self.model_gpu]
-        estimates: dict[str, list] = {"train": [], "held_out": []}
-        for entry in self.launches:
-            kind = entry.get("kind", "train")
-            if kind not in estimates:
-                continue
-            launches = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
-            estimate = estimate_shape(
-                launches, tuple(entry["shape"]), self.task.dtype, gpu, self.task.allow_tf32
-            )
-            estimates[kind].append(estimate)
-            self.shapes.append(
-                ShapeResult(
-                    shape=tuple(entry["shape"]),
-                    layout=entry["layout"],
-                    kind=kind,
-                    tflops=round(estimate.tflops, 2),
-                    fraction_of_peak=round(estimate.fraction_of_peak, 4),
-                    bound=estimate.bound,
-                )
-            )
-        fitness = modelled_fitness(estimates["train"])
-        held_out = modelled_fitness(estimates["held_out"]) if estimates["held_out"] else None
-        self.seconds["model"] = time.perf_counter() - start
-        worst = min(estimates["train"], key=lambda e: e.fraction_of_peak)
-        reason = worst.breakdown.get("reason", "")
-        text = (
-            f"correct on every check shape; MODELLED (not measured) on {gpu.name}: geometric mean "
-            f"{fitness:.3f} of dense peak over {len(estimates['train'])} training shape/layouts; weakest "
-            f"{worst.shape} at {worst.tflops:.1f} TFLOP/s ({worst.bound}{': ' + reason if reason else ''})"
-        )
-        if held_out is not None:
-            text += f"; held-out shapes (not in the fitness): {held_out:.3f}"
-        tuned = autotune.summary(self.choices)
-        if tuned:
-            text += f". {tuned}"
-        evaluation = self.result("ok", text, fitness=fitness, kind="modelled")
-        evaluation.held_out = held_out
-        return evaluation
-
-    def compare_launches(self, compiled: list) -> None:
-        """The code that was compiled must be the code that was checked: on the check shapes the
-        entry point must launch the same kernels, grids and arguments on `meta` tensors (compile
-        run) as on real ones (interpreter run). A kernel module that looks at the device to
-        behave differently is caught here."""
-        for entry in compiled:
-            key = (tuple(entry["shape"]), entry["layout"])
-            signatures = [call.get("signature") for call in entry["calls"]]
-            if key in self.run_signatures and self.run_signatures[key] != signatures:
-                raise Stop(
-                    "rejected",
-                    f"shape {key[0]} layout {key[1]}: the entry point launches different kernels, grids or "
-                    "arguments when compiled (meta tensors) than when checked; it must not depend on the device",
-                )
-
-    def check(self, boxes: list[sandbox.Sandbox], deadline: float, watch: CompileWatch | None = None) -> None:
-        """Fresh inputs each trial; reference from the parent's own copy; every layout.
-
-        Each (shape, layout) goes, with all its trials, to one of `boxes` (balanced by M*N*K);
-        the boxes run side by side, one request each in flight, answers judged as they come.
-        `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once."""
-        start = time.perf_counter()
-        # CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size.
-        cpu = self.options.device == "cpu"
-        shapes = self.task.check if cpu else (*self.task.train, *self.task.held_out)
-        device = self.input_device
-        groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
-        results = {}
-        for shape, layout in groups:
-            results[(shape, layout)] = ShapeResult(
-                shape=shape, layout=layout, max_abs_err=0.0, max_scaled_err=0.0
-            )
-            self.shapes.append(results[(shape, layout)])
-        queues = [
-            [group for group in share for _ in range(self.task.trials)]
-            for share in split_work(groups, len(boxes))
-        ]
-        in_flight: dict[int, tuple] = {}  # box index -> (shape, layout, reference, deadline)
-
-        def send_next(i: int) -> None:
-            if not queues[i]:
-                return
-            shape, layout = queues[i].pop(0)
-            where = f"shape {shape} layout {layout}"
-            self.waiting = f"the {'interpreter ' if device == 'cpu' else ''}check of {where}"
-            seed = secrets.randbits(63)
-            # Drawn where they are used (the child draws the same from the same seed and device).
-            a, b = make_inputs(shape, layout, self.task.dtype, input_generator(seed, device))
-            ref = reference(a, b)
-            del a, b
-            request_deadline = deadline
-            if self.budget is not None:  # each trial its own share of the GPU work budget
-                request_deadline = self.deadline_for(self.budget.check_s[(shape, layout)])
-            request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}
-            chosen = self.choices.get((shape, layout, "check"))
-            if chosen:
-                request["autotune"] = [c.index for c in chosen]
-            boxes[i].send(request)
-            in_flight[i] = (shape, layout, ref, request_deadline)
-
-        for i in range(len(boxes)):
-            send_next(i)
-        while in_flight:
-            waiting = {j: boxes[j] for j in in_flight}
-            soonest = min(d for *_, d in in_flight.values())
-            if watch is not None and not watch.done:
-                waiting["compile"] = watch.box
-                soonest = min(soonest, watch.deadline)
-            i = self.first_reply(waiting, soonest, in_flight, watch)
-            if i == "compile":
-                watch.read_one()
-                if watch.stop is not None:
-                    raise watch.stop
-                if watch.done:
-                    self.resolve_compile(watch.header)
-                    stop = failures.spin_wait_stop(
-                        self.kernels, self.used_keys(("train", "held_out", "check"))
-                    )
-                    if stop is not None:
-                        raise stop
-                continue
-            shape, layout, ref, request_deadline = in_flight.pop(i)
-            header, tensors = boxes[i].read(request_deadline)
-            where = f"shape {shape} layout {layout}"
-            verdict = self.judge_output(header, tensors, ref, shape, where)
-            signatures = header.get("launch_signatures")
-            if self.run_signatures.setdefault((shape, layout), signatures) != signatures:
-                raise Stop(
-                    "rejected",
-                    f"{where}: the entry point launched different kernels on "
-                    "two calls with the same shape; launches must depend on shapes only",
-                )
-            result = results[(shape, layout)]
-            result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
-            result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
-            result.tolerance = verdict.tolerance
-            del ref, tensors
-            if device == "cuda" and (shape, layout) not in queues[i]:
-                torch.cuda.empty_cache()  # the child shares the GPU: give back what this shape took
-            send_next(i)
-        self.seconds["correctness"] = time.perf_counter() - start
-
-    def first_reply(self, waiting: dict, deadline: float, in_flight: dict, watch: CompileWatch | None):
-        """The key of the first box in `waiting` with a reply; on a timeout, say what ran out."""
-        if len(waiting) == 1:
-            return next(iter(waiting))  # its read waits with its own deadline
-        try:
-            return sandbox.first_ready(waiting, deadline)
-        except sandbox.ChildTimeout:
-            if watch is not None and not watch.done and watch.deadline <= deadline:
-                self.timeout_text = watch.timeout_feedback()
-            else:
-                shape, layout = next((s, lay) for s, lay, _, d in in_flight.values() if d <= deadline)
-                self.timeout_text = self.check_timeout_text(shape, layout)
-            raise
-
-    def check_timeout_text(self, shape, layout) -> str:
-        return (
-            f"timeout in the {'interpreter ' if self.options.device == 'cpu' else ''}check of shape {shape} "
-            f"layout {layout}: no answer within the checks' {self.options.timeout_s:g} s (a hang, an endless "
-            f"loop, or far too slow; compile time is budgeted apart); {failures.machine_load()}"
-        )
-
-    def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
-        if header.get("event") == "error":
-            raise failures.from_child(header, interpreter=self.options.device == "cpu")
-        forbidden = guards.describe_forbidden(
-            [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
-        )
-        if forbidden:
-            raise Stop("rejected", f"{where}: {forbidden}")
-        if int(header.get("launches", 0)) < 1:
-            raise Stop(
-                "rejected", f"{where}: the call launched no Triton kernel; the work must happen in Triton"
-            )
-        if header.get("output_type") != "torch.Tensor":
-            raise Stop(
-                "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
-            )
-        M, N, _K = shape
-        expected_dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
-        if header.get("shape") != [M, N] or header.get("dtype") != expected_dtype:
-            raise Stop(
-                "incorrect",
-                f"{where}: returned shape {header.get('shape')} {header.get('dtype')}, "
-                f"expected [{M}, {N}] {expected_dtype}",
-            )
-        if header.get("aliases_input"):
-            raise Stop("incorrect", f"{where}: the output shares memory with an input; allocate a new tensor")
-        if header.get("inputs_changed"):
-            raise Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
-        out = tensors.get("out")
-        if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{expected_dtype}":
-            raise Stop("incorrect", f"{where}: the output did not arrive intact")
-        verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
-        if not verdict.ok:
-            raise Stop("incorrect", f"{where}: {verdict.message}")
-        return verdict
-
     def time(self, box: sandbox.Sandbox) -> Evaluation:
         """Measured fitness (evaluators/gpu_timing.py). A measurement: never memoised."""
         start = time.perf_counter()
@@ -681,9 +355,6 @@ class _Run:
         return evaluation
 
 
-_MODEL_FOR_TARGET = {"sm_90": "h100", "sm_80": "a100"}
-
-
 def backend_label(task: Task, options: EvalOptions) -> str:
     """The label every verdict of this (task, options) will carry; runs rank one label only."""
     if options.device == "cuda":
@@ -697,21 +368,7 @@ def _model_gpu(options: EvalOptions, task: Task) -> str | None:
 
     name = options.model_gpu
     if name == "auto":
-        return _MODEL_FOR_TARGET.get(task.target)
+        return MODEL_FOR_TARGET.get(task.target)
     if name is not None and name not in GPUS:
         raise ValueError(f"model_gpu {name!r} is unknown; known: {', '.join(sorted(GPUS))}")
     return name
-
-
-def split_work(groups: list[tuple], parts: int) -> list[list[tuple]]:
-    """(shape, layout) groups dealt to `parts` workers, largest M*N*K first to the least loaded
-    (greedy; the interpreter's time grows with the shape's work). Keeps each share in the
-    groups' own order, and never returns an empty share for parts <= len(groups)."""
-    shares: list[list[tuple]] = [[] for _ in range(max(1, parts))]
-    loads = [0] * len(shares)
-    for group in sorted(groups, key=lambda g: -(g[0][0] * g[0][1] * g[0][2])):
-        i = loads.index(min(loads))
-        shares[i].append(group)
-        loads[i] += group[0][0] * group[0][1] * group[0][2]
-    order = {group: n for n, group in enumerate(groups)}
-    return [sorted(share, key=order.__getitem__) for share in shares if share]

@@ -132,7 +132,7 @@ def test_cli_bad_arguments_are_clear(tmp_path):
 
 
 def test_split_work_balances_by_shape_work_and_keeps_order():
-    from evaluators.evaluate import split_work
+    from evaluators.check_stage import split_work
 
     groups = [((64, 64, 64), "nn"), ((300, 260, 280), "nn"), ((64, 64, 64), "nt"), ((300, 260, 280), "nt")]
     shares = split_work(groups, 2)

@@ -218,7 +218,7 @@ def test_parent_out_of_memory_is_a_judge_error_never_memoised(fake_cuda, monkeyp
     def oom(a, b):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.75 GiB")
 
-    monkeypatch.setattr(ev_mod, "reference", oom)
+    monkeypatch.setattr(sys.modules["evaluators.check_stage"], "reference", oom)
     first, _ = fake_cuda("honest")
     assert first.status == "judge_error" and "ran out of GPU memory" in first.feedback
     assert "not held against the candidate" in first.feedback

@@ -1,0 +1,180 @@
+"""The checks: fresh inputs each trial, the reference from the parent's own copy, every layout
+(CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size).
+
+`CheckStage` is one part of the evaluation run (evaluators/evaluate.py `_Run`). It reads the
+run's task, options, budget and choices, and fills `shapes`, `run_signatures`, `seconds`;
+on a timeout it says what ran out (`timeout_text`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import torch
+
+from . import failures, guards, sandbox
+from .compile_watch import CompileWatch
+from .correctness import compare, input_generator, make_inputs, reference
+from .evaluation import ShapeResult
+from .verdict import Stop
+
+
+class CheckStage:
+    def check(self, boxes: list[sandbox.Sandbox], deadline: float, watch: CompileWatch | None = None) -> None:
+        """Fresh inputs each trial; reference from the parent's own copy; every layout.
+
+        Each (shape, layout) goes, with all its trials, to one of `boxes` (balanced by M*N*K);
+        the boxes run side by side, one request each in flight, answers judged as they come.
+        `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once."""
+        start = time.perf_counter()
+        # CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size.
+        cpu = self.options.device == "cpu"
+        shapes = self.task.check if cpu else (*self.task.train, *self.task.held_out)
+        device = self.input_device
+        groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
+        results = {}
+        for shape, layout in groups:
+            results[(shape, layout)] = ShapeResult(
+                shape=shape, layout=layout, max_abs_err=0.0, max_scaled_err=0.0
+            )
+            self.shapes.append(results[(shape, layout)])
+        queues = [
+            [group for group in share for _ in range(self.task.trials)]
+            for share in split_work(groups, len(boxes))
+        ]
+        in_flight: dict[int, tuple] = {}  # box index -> (shape, layout, reference, deadline)
+
+        def send_next(i: int) -> None:
+            if not queues[i]:
+                return
+            shape, layout = queues[i].pop(0)
+            where = f"shape {shape} layout {layout}"
+            self.waiting = f"the {'interpreter ' if device == 'cpu' else ''}check of {where}"
+            seed = secrets.randbits(63)
+            # Drawn where they are used (the child draws the same from the same seed and device).
+            a, b = make_inputs(shape, layout, self.task.dtype, input_generator(seed, device))
+            ref = reference(a, b)
+            del a, b
+            request_deadline = deadline
+            if self.budget is not None:  # each trial its own share of the GPU work budget
+                request_deadline = self.deadline_for(self.budget.check_s[(shape, layout)])
+            request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed}
+            chosen = self.choices.get((shape, layout, "check"))
+            if chosen:
+                request["autotune"] = [c.index for c in chosen]
+            boxes[i].send(request)
+            in_flight[i] = (shape, layout, ref, request_deadline)
+
+        for i in range(len(boxes)):
+            send_next(i)
+        while in_flight:
+            waiting = {j: boxes[j] for j in in_flight}
+            soonest = min(d for *_, d in in_flight.values())
+            if watch is not None and not watch.done:
+                waiting["compile"] = watch.box
+                soonest = min(soonest, watch.deadline)
+            i = self.first_reply(waiting, soonest, in_flight, watch)
+            if i == "compile":
+                watch.read_one()
+                if watch.stop is not None:
+                    raise watch.stop
+                if watch.done:
+                    self.resolve_compile(watch.header)
+                    stop = failures.spin_wait_stop(
+                        self.kernels, self.used_keys(("train", "held_out", "check"))
+                    )
+                    if stop is not None:
+                        raise stop
+                continue
+            shape, layout, ref, request_deadline = in_flight.pop(i)
+            header, tensors = boxes[i].read(request_deadline)
+            where = f"shape {shape} layout {layout}"
+            verdict = self.judge_output(header, tensors, ref, shape, where)
+            signatures = header.get("launch_signatures")
+            if self.run_signatures.setdefault((shape, layout), signatures) != signatures:
+                raise Stop(
+                    "rejected",
+                    f"{where}: the entry point launched different kernels on "
+                    "two calls with the same shape; launches must depend on shapes only",
+                )
+            result = results[(shape, layout)]
+            result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
+            result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
+            result.tolerance = verdict.tolerance
+            del ref, tensors
+            if device == "cuda" and (shape, layout) not in queues[i]:
+                torch.cuda.empty_cache()  # the child shares the GPU: give back what this shape took
+            send_next(i)
+        self.seconds["correctness"] = time.perf_counter() - start
+
+    def first_reply(self, waiting: dict, deadline: float, in_flight: dict, watch: CompileWatch | None):
+        """The key of the first box in `waiting` with a reply; on a timeout, say what ran out."""
+        if len(waiting) == 1:
+            return next(iter(waiting))  # its read waits with its own deadline
+        try:
+            return sandbox.first_ready(waiting, deadline)
+        except sandbox.ChildTimeout:
+            if watch is not None and not watch.done and watch.deadline <= deadline:
+                self.timeout_text = watch.timeout_feedback()
+            else:
+                shape, layout = next((s, lay) for s, lay, _, d in in_flight.values() if d <= deadline)
+                self.timeout_text = self.check_timeout_text(shape, layout)
+            raise
+
+    def check_timeout_text(self, shape, layout) -> str:
+        return (
+            f"timeout in the {'interpreter ' if self.options.device == 'cpu' else ''}check of shape {shape} "
+            f"layout {layout}: no answer within the checks' {self.options.timeout_s:g} s (a hang, an endless "
+            f"loop, or far too slow; compile time is budgeted apart); {failures.machine_load()}"
+        )
+
+    def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
+        if header.get("event") == "error":
+            raise failures.from_child(header, interpreter=self.options.device == "cpu")
+        forbidden = guards.describe_forbidden(
+            [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
+        )
+        if forbidden:
+            raise Stop("rejected", f"{where}: {forbidden}")
+        if int(header.get("launches", 0)) < 1:
+            raise Stop(
+                "rejected", f"{where}: the call launched no Triton kernel; the work must happen in Triton"
+            )
+        if header.get("output_type") != "torch.Tensor":
+            raise Stop(
+                "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
+            )
+        M, N, _K = shape
+        expected_dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
+        if header.get("shape") != [M, N] or header.get("dtype") != expected_dtype:
+            raise Stop(
+                "incorrect",
+                f"{where}: returned shape {header.get('shape')} {header.get('dtype')}, "
+                f"expected [{M}, {N}] {expected_dtype}",
+            )
+        if header.get("aliases_input"):
+            raise Stop("incorrect", f"{where}: the output shares memory with an input; allocate a new tensor")
+        if header.get("inputs_changed"):
+            raise Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
+        out = tensors.get("out")
+        if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{expected_dtype}":
+            raise Stop("incorrect", f"{where}: the output did not arrive intact")
+        verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
+        if not verdict.ok:
+            raise Stop("incorrect", f"{where}: {verdict.message}")
+        return verdict
+
+
+def split_work(groups: list[tuple], parts: int) -> list[list[tuple]]:
+    """(shape, layout) groups dealt to `parts` workers, largest M*N*K first to the least loaded
+    (greedy; the interpreter's time grows with the shape's work). Keeps each share in the
+    groups' own order, and never returns an empty share for parts <= len(groups)."""
+    shares: list[list[tuple]] = [[] for _ in range(max(1, parts))]
+    loads = [0] * len(shares)
+    for group in sorted(groups, key=lambda g: -(g[0][0] * g[0][1] * g[0][2])):
+        i = loads.index(min(loads))
+        shares[i].append(group)
+        loads[i] += group[0][0] * group[0][1] * group[0][2]
+    order = {group: n for n, group in enumerate(groups)}
+    return [sorted(share, key=order.__getitem__) for share in shares if share]

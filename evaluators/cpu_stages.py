@@ -1,0 +1,207 @@
+"""The CPU half of the cascade: the offline compile and the interpreter's checks side by side,
+autotuned launches resolved by the model, and the modelled fitness (evaluate.py's run uses it).
+
+`CpuStages` is one part of the evaluation run (evaluators/evaluate.py `_Run`), kept apart so
+each file holds one stage. It reads the run's task, options, cache, source and timing state
+(`seconds`, `provenance`, `shapes`), and sets `kernels`, `launches`, `choices`, `watch`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import autotune, failures, sandbox
+from . import compile as comp
+from .compile_watch import CompileWatch
+from .evaluation import Evaluation, ShapeResult
+from .targets import TARGET_LIMITS
+from .verdict import Stop
+
+MODEL_FOR_TARGET = {"sm_90": "h100", "sm_80": "a100"}  # the GPU the model ranks for, per target
+
+
+class CpuStages:
+    def cpu_stages(self, boxes: list, deadline: float) -> Evaluation:
+        """The offline compile and the interpreter need triton imported two different ways,
+        so they run in two children, side by side (two cores). The compile's verdict wins; it is
+        followed while the checks run, so a compile failure or a kernel the interpreter could
+        never finish (a spin-wait) ends the checks at once."""
+        compile_box = sandbox.take("compile", self.options.memory_bytes, self.options.prestart)
+        groups = len(self.task.check) * len(self.task.layouts)
+        check_boxes = [
+            sandbox.take("check", self.options.memory_bytes, self.options.prestart)
+            for _ in range(max(1, min(self.options.check_children, groups)))
+        ]
+        boxes += [compile_box, *check_boxes]
+        self.wait(compile_box, "compile_child_wait", deadline)
+        source_hash = comp.source_hash(self.source)
+        known = self.cache.get(source_hash, self.task.target)
+        self.send_job(compile_box, "compile", {"known_kernels": known})
+        watch = self.watch = CompileWatch(
+            compile_box,
+            self.cache,
+            source_hash,
+            self.task.target,
+            self.options.timeout_s,
+            self.options.compile_s_per_kernel,
+        )
+        check_failure: Exception | None = None
+        try:
+            for box in check_boxes:
+                self.wait(box, "check_child_wait", deadline)
+            autotuned = self.load_checkers(check_boxes, deadline)
+            if autotuned:  # the checks launch the config the model chooses: the compile comes first
+                self.waiting_for_compile(watch)
+                self.resolve_compile(watch.header)
+            # The checks' own budget (the kernel's run time) starts now.
+            self.check(check_boxes, max(deadline, time.monotonic() + self.options.timeout_s), watch)
+        except (Stop, sandbox.ChildTimeout, sandbox.ChildDied) as failure:
+            check_failure = failure
+        if watch.stop is None:
+            self.waiting_for_compile(watch)
+            if self.compile_header is None:
+                self.resolve_compile(watch.header)
+        if watch.stop is not None:
+            raise watch.stop
+        self.judge_compiled()
+        if check_failure is not None:
+            raise check_failure
+        if self.model_gpu:
+            return self.model()
+        return self.result(
+            "ok",
+            "correct on every check shape under the CPU interpreter; "
+            "no fitness: nothing was timed or modelled on this backend",
+        )
+
+    def waiting_for_compile(self, watch: CompileWatch) -> None:
+        try:
+            watch.finish()
+        except sandbox.ChildTimeout:
+            self.timeout_text = watch.timeout_feedback()
+            raise
+
+    def load_checkers(self, boxes: list[sandbox.Sandbox], deadline: float) -> bool:
+        """Load the candidate in the interpreter children; True when it has autotuned kernels."""
+        start = time.perf_counter()
+        self.waiting = "the interpreter child loading the kernel module"
+        for box in boxes:
+            self.send_job(box, "check", {})
+        autotuned = False
+        for box in boxes:
+            header = self.receive_job(box, "check", deadline)
+            fixes = header.get("interp_fixes") or {}
+            self.provenance["interp_fixes"] = fixes
+            self.provenance["interp_bf16_dot"] = fixes.get("bf16_dot")
+            autotuned = autotuned or bool(header.get("autotuned"))
+        self.seconds["check_load"] = time.perf_counter() - start
+        return autotuned
+
+    def resolve_compile(self, header: dict) -> None:
+        """The compile child's reply (CPU): facts kept, autotuned launches resolved to the config
+        the model ranks best per shape (evaluators/autotune.py)."""
+        from .perf_model import GPUS
+
+        self.compile_header = header
+        self.seconds["compile"] = float(header.get("seconds", 0.0))  # the child's own clock
+        self.kernels = dict(header.get("kernels", {}))
+        self.cache.put(comp.source_hash(self.source), self.task.target, self.kernels)
+        model = self.model_gpu or MODEL_FOR_TARGET.get(self.task.target)
+        self.launches, self.choices = autotune.resolve(
+            header.get("launches", []),
+            self.kernels,
+            TARGET_LIMITS[self.task.target],
+            GPUS.get(model) if model else None,
+            self.task.dtype,
+            self.task.allow_tf32,
+        )
+        if self.choices:
+            self.provenance["autotune"] = [
+                {"shape": list(shape), "layout": layout, "kind": kind, "kernel": c.kernel, "config": c.config}
+                for (shape, layout, kind), chosen in self.choices.items()
+                for c in chosen
+            ]
+
+    def used_keys(self, kinds: tuple[str, ...] = ("train", "held_out")) -> set[str]:
+        """Specialisations the resolved launches of these kinds use (compiled ones only)."""
+        return {
+            call["key"]
+            for entry in self.launches
+            if entry.get("kind", "train") in kinds
+            for call in entry["calls"]
+            if call.get("key") in self.kernels
+        }
+
+    def judge_compiled(self) -> None:
+        """What the compile says about the launches the candidate makes (CPU)."""
+        train = [entry for entry in self.launches if entry.get("kind", "train") == "train"]
+        if not any(entry["calls"] for entry in train):
+            raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
+        self.compare_launches([entry for entry in self.launches if entry.get("kind") == "check"])
+        used = self.used_keys(("train", "held_out", "check"))
+        self.judge_kernels(used)
+        stop = failures.spin_wait_stop(self.kernels, used)
+        if stop is not None:
+            raise stop
+
+    def model(self) -> Evaluation:
+        """Modelled fitness: geometric mean over training shapes and layouts of the modelled
+        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement.
+        Held-out shapes are modelled the same way and reported beside it, never in it."""
+        from .perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
+
+        start = time.perf_counter()
+        gpu = GPUS[self.model_gpu]
+        estimates: dict[str, list] = {"train": [], "held_out": []}
+        for entry in self.launches:
+            kind = entry.get("kind", "train")
+            if kind not in estimates:
+                continue
+            launches = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
+            estimate = estimate_shape(
+                launches, tuple(entry["shape"]), self.task.dtype, gpu, self.task.allow_tf32
+            )
+            estimates[kind].append(estimate)
+            self.shapes.append(
+                ShapeResult(
+                    shape=tuple(entry["shape"]),
+                    layout=entry["layout"],
+                    kind=kind,
+                    tflops=round(estimate.tflops, 2),
+                    fraction_of_peak=round(estimate.fraction_of_peak, 4),
+                    bound=estimate.bound,
+                )
+            )
+        fitness = modelled_fitness(estimates["train"])
+        held_out = modelled_fitness(estimates["held_out"]) if estimates["held_out"] else None
+        self.seconds["model"] = time.perf_counter() - start
+        worst = min(estimates["train"], key=lambda e: e.fraction_of_peak)
+        reason = worst.breakdown.get("reason", "")
+        text = (
+            f"correct on every check shape; MODELLED (not measured) on {gpu.name}: geometric mean "
+            f"{fitness:.3f} of dense peak over {len(estimates['train'])} training shape/layouts; weakest "
+            f"{worst.shape} at {worst.tflops:.1f} TFLOP/s ({worst.bound}{': ' + reason if reason else ''})"
+        )
+        if held_out is not None:
+            text += f"; held-out shapes (not in the fitness): {held_out:.3f}"
+        tuned = autotune.summary(self.choices)
+        if tuned:
+            text += f". {tuned}"
+        evaluation = self.result("ok", text, fitness=fitness, kind="modelled")
+        evaluation.held_out = held_out
+        return evaluation
+
+    def compare_launches(self, compiled: list) -> None:
+        """The code that was compiled must be the code that was checked: on the check shapes the
+        entry point must launch the same kernels, grids and arguments on `meta` tensors (compile
+        run) as on real ones (interpreter run). A kernel module that looks at the device to
+        behave differently is caught here."""
+        for entry in compiled:
+            key = (tuple(entry["shape"]), entry["layout"])
+            signatures = [call.get("signature") for call in entry["calls"]]
+            if key in self.run_signatures and self.run_signatures[key] != signatures:
+                raise Stop(
+                    "rejected",
+                    f"shape {key[0]} layout {key[1]}: the entry point launches different kernels, grids or "
+                    "arguments when compiled (meta tensors) than when checked; it must not depend on the device",
+                )
