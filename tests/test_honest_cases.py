@@ -102,3 +102,24 @@ def test_compile_time_is_budgeted_per_specialisation_and_paid_once(tmp_path):
     assert second["from_cache"] == first["compiled"] and second["compiled"] == (
         second["specialisations"] - first["compiled"]
     )
+
+
+# On a GPU, what the CPU backend cannot run is judged for real: inline asm, flag spin-waits, and
+# in-kernel TMA (the scratch allocator the contract installs), plus the real autotuner in the warm-up.
+GPU_CASES = ["autotune_full", "inline_asm_epilogue", "splitk_fixup_flags", "tma_in_kernel"]
+
+
+@pytest.mark.gpu
+def test_honest_cases_on_a_gpu():  # pragma: no cover - needs a GPU
+    task = dataclasses.replace(
+        DEMO, train=((256, 256, 512),), held_out=((384, 256, 512),), layouts=("nn",), trials=1
+    )
+    said = {}
+    for name in GPU_CASES:
+        ev = evaluate((HONEST / f"{name}.py").read_text(), task, device="cuda", memo=False, timeout_s=60.0)
+        said[name] = (ev.status, ev.feedback[:300])
+        if ev.status == "ok":
+            assert ev.fitness_kind == "measured" and ev.held_out is not None, said[name]
+            if name == "autotune_full":
+                assert {row["kind"] for row in ev.provenance["autotune"]} == {"train", "held_out"}
+    assert all(status == "ok" for status, _ in said.values()), said
