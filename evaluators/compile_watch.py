@@ -31,9 +31,10 @@ class CompileWatch:
         target: str,
         base_s: float,
         per_spec_s: float,
+        max_specs: int = 256,
     ) -> None:
         self.box, self.cache, self.source_hash, self.target = box, cache, source_hash, target
-        self.base_s, self.per_spec_s = base_s, per_spec_s
+        self.base_s, self.per_spec_s, self.max_specs = base_s, per_spec_s, max_specs
         self.started = time.monotonic()
         self.deadline = self.started + base_s
         self.specs: int | None = None  # specialisations to build (None until captured)
@@ -53,6 +54,13 @@ class CompileWatch:
         if event == "captured":
             self.specs, self.total = int(header.get("new", 0)), int(header.get("specs", 0))
             self.deadline += self.per_spec_s * self.specs
+            if self.total > self.max_specs:
+                self.stop = Stop(
+                    "rejected",
+                    f"the launches need {self.total} specialisations compiled for {self.target}, more than the "
+                    f"{self.max_specs} the judge compiles for one candidate: fewer autotune configs, or fewer "
+                    "constexpr values that change with the shape",
+                )
         elif event == "compiled":
             self.built += 1
             self.cache.put(self.source_hash, self.target, {str(header["key"]): header["facts"]})

@@ -44,6 +44,7 @@ class CpuStages:
             self.task.target,
             self.options.timeout_s,
             self.options.compile_s_per_kernel,
+            self.options.max_specialisations,
         )
         check_failure: Exception | None = None
         try:

@@ -46,6 +46,8 @@ class EvalOptions:
     # compile's loading and capture, which then gets compile_s_per_kernel more per specialisation to build
     compile_s_per_kernel: float = 15.0  # CPU: compile budget per specialisation (one measured at ~1 s on
     # 2 busy cores; 63 of a stream-K kernel took ~100 s): many specialisations never eat the checks' time
+    max_specialisations: int = 256  # CPU: more than this many to compile is `rejected` (autotune lists x
+    # shape-dependent constexprs can explode; 256 at ~1 s each is minutes of one core)
     memory_bytes: int | None = sandbox.DEFAULT_MEMORY_LIMIT  # child address space (CPU only)
     prestart: bool = True  # CPU: start the fork servers now; GPU: keep one spare child started ahead
     check_children: int = 1  # CPU: interpreter children the check shapes are split across, beside the
@@ -142,7 +144,15 @@ def _judge_error(e: BaseException) -> str:
 def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> str:
     task_dict = {k: v for k, v in task.to_dict().items() if k != "source"}
     text = json.dumps(
-        [source, task_dict, backend, options.parent_source, comp.judge_fingerprint()], sort_keys=True
+        [
+            source,
+            task_dict,
+            backend,
+            options.parent_source,
+            options.max_specialisations,
+            comp.judge_fingerprint(),
+        ],
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -104,6 +104,13 @@ def test_compile_time_is_budgeted_per_specialisation_and_paid_once(tmp_path):
     )
 
 
+def test_too_many_specialisations_is_a_clear_rejection():
+    source = (HONEST / "many_specialisations.py").read_text()
+    task = dataclasses.replace(DEMO, train=tuple((256, 256, 64 * i) for i in range(1, 9)), held_out=())
+    ev = evaluate(source, task, device="cpu", memo=False, max_specialisations=4)
+    assert ev.status == "rejected" and "more than the 4 the judge compiles" in ev.feedback, ev.feedback
+
+
 # On a GPU, what the CPU backend cannot run is judged for real: inline asm, flag spin-waits, and
 # in-kernel TMA (the scratch allocator the contract installs), plus the real autotuner in the warm-up.
 GPU_CASES = ["autotune_full", "inline_asm_epilogue", "splitk_fixup_flags", "tma_in_kernel"]
