@@ -8,8 +8,10 @@ subprocess, since CUDA cannot be forked, and one spare is started ahead of time.
 
 Every child runs in a fresh temporary directory, with an environment stripped of
 secrets, its own session and process group (a hang is killed with everything it
-started), a death signal tied to its parent, an address-space limit (CPU only: CUDA
-reserves huge virtual ranges) and a wall-clock deadline on every read. Each child
+started), a death signal tied to its parent (the chain judge -> fork server -> child, or
+judge -> GPU child; each process is started from a thread that lives as long as the judge),
+an address-space limit (CPU only: CUDA reserves huge virtual ranges), a wall-clock deadline
+on every read and, as a backstop, a CPU-time limit (`cpu_limit_s`). Each child
 serves one candidate only. Triton's own cache is kept per evaluator process across
 candidates (safe: Triton keys it by the kernel's source, specialisation and compiler),
 so a kernel the search has compiled before is not compiled again.
@@ -29,7 +31,15 @@ import tempfile
 import time
 
 from . import wire
-from .zygote import ForkServer, ForkServerDied, file_tail, set_death_signal
+from .zygote import (
+    ForkServer,
+    ForkServerDied,
+    file_tail,
+    on_lasting_thread,
+    process_cpu_s,
+    raise_cpu_limit,
+    set_death_signal,
+)
 
 SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 KEEP = (
@@ -55,6 +65,10 @@ KEEP_PATTERN = re.compile(r"^TRITON_\w+_PATH$")  # TRITON_LIBCUDA_PATH, TRITON_P
 DEFAULT_MEMORY_LIMIT = 12 << 30  # bytes of address space on CPU
 FORK_MODES = ("compile", "check")
 SERVER_START_S = 300.0  # a fork server imports torch and triton and warms up: seconds, minutes under load
+# RLIMIT_CPU of a candidate's child, from the wall-clock time its judge gives it (cpu_limit_s).
+CPU_LIMIT_FACTOR = 4
+CPU_LIMIT_FLOOR_S = 30
+CPU_LIMIT_STEP_S = 1.0  # a later deadline raises the limit only when it is this much later
 
 
 class ChildTimeout(Exception):
@@ -83,6 +97,21 @@ def scrubbed_env(extra: dict | None = None) -> dict:
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra or {})
     return env
+
+
+def cpu_limit_s(wall_left_s: float) -> int:
+    """CPU seconds a child may use when its judge gives it `wall_left_s` seconds of wall clock.
+
+    A backstop, not the limit: the judge kills the child at its deadline, so this one acts only
+    when the judge cannot (it was killed and the child escaped its death signal, or it hangs
+    itself); then a hung child stops burning CPU instead of spinning forever. It must never
+    fire first on a child the judge is still waiting for, and a process's CPU time outruns the
+    wall clock when its threads run side by side (torch's pool is pinned to one thread, but
+    Triton's compiler and the CUDA runtime start their own; a GPU child spins while it waits on
+    the device): hence a generous multiple of the wall time plus a floor for start-up. When the
+    judge later waits with a later deadline (a compile's budget grows with its specialisations),
+    `Sandbox.read` raises the limit to match."""
+    return int(CPU_LIMIT_FACTOR * max(wall_left_s, 0.0) + CPU_LIMIT_FLOOR_S)
 
 
 def _limits(memory_bytes: int | None):
@@ -115,22 +144,31 @@ class _Spawned:
     """A child started with subprocess (GPU mode)."""
 
     def __init__(self, workdir: str, stderr_path: str, env: dict, memory_bytes: int | None) -> None:
-        with open(stderr_path, "wb") as stderr:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "evaluators.child"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                cwd=workdir,
-                env=env,
-                preexec_fn=_limits(memory_bytes),
-            )
+        def spawn() -> subprocess.Popen:
+            with open(stderr_path, "wb") as stderr:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "evaluators.child"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    cwd=workdir,
+                    env=env,
+                    preexec_fn=_limits(memory_bytes),
+                )
+
+        self.popen = on_lasting_thread(spawn)  # its death signal follows the creating thread
         self.pid = self.popen.pid
         self.to_child, self.from_child = self.popen.stdin.fileno(), self.popen.stdout.fileno()
         self.cpu_s: float | None = None  # Popen reaps without rusage
 
     def poll(self) -> int | None:
         return self.popen.poll()
+
+    def limit_cpu(self, soft: int) -> None:
+        """Its CPU-time limit: `soft` CPU seconds in all. Set from the judge: a spare is spawned
+        before its deadline is known. The pid is ours while the child is unreaped."""
+        if self.popen.returncode is None:
+            raise_cpu_limit(self.pid, soft)
 
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout=timeout)
@@ -176,6 +214,9 @@ class _Forked:
         self.server.kill(self.pid)
         self.server.exit_of(self.pid, 5.0)
 
+    def limit_cpu(self, soft: int) -> None:
+        self.server.limit_cpu(self.pid, soft)
+
     def close_pipes(self) -> None:
         for fd in (self.to_child, self.from_child):
             try:
@@ -199,6 +240,10 @@ class Sandbox:
         self.stderr_path = os.path.join(self.workdir, "stderr.log")
         self.started = time.perf_counter()
         self.ready = False
+        # The child's RLIMIT_CPU (its CPU seconds in all): from wait_ready's deadline, raised by
+        # later ones (read); or set before wait_ready, and then left as it is.
+        self.cpu_limit: int | None = None
+        self.limit_deadline: float | None = None  # the deadline cpu_limit was derived from
         self.proc: _Spawned | _Forked | None = None
         if mode == "cuda":
             env = scrubbed_env({"TRITON_CACHE_DIR": worker_triton_cache(), "TRITON_INTERPRET": "0"})
@@ -210,9 +255,19 @@ class Sandbox:
         return self.proc.cpu_s if self.proc is not None else None
 
     def wait_ready(self, deadline: float) -> float:
-        """Seconds from construction until the child said it is ready."""
+        """Seconds from construction until the child said it is ready.
+
+        The child's CPU-time limit is derived from `deadline` here (`cpu_limit_s`; or `cpu_limit`
+        as set before), before any candidate code is sent."""
+        if self.cpu_limit is None:
+            self.limit_deadline = deadline
+            self.cpu_limit = cpu_limit_s(deadline - time.monotonic())
+            if isinstance(self.proc, _Spawned):  # it has run since it was spawned; forked: from 0
+                self.cpu_limit += int(process_cpu_s(self.proc.pid)) + 1
         if self.proc is None:
             self.proc = self._fork(deadline)
+        elif isinstance(self.proc, _Spawned) and not self.ready:
+            self.proc.limit_cpu(self.cpu_limit)
         if not self.ready:
             header, _ = self.read(deadline)
             if header.get("event") != "ready":
@@ -225,7 +280,9 @@ class Sandbox:
         stderr = os.open(self.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             env = {"TRITON_CACHE_DIR": worker_triton_cache()}
-            pid, to_child, from_child = server.fork(self.workdir, stderr, self.memory_bytes, env, deadline)
+            pid, to_child, from_child = server.fork(
+                self.workdir, stderr, self.memory_bytes, env, deadline, cpu_seconds=self.cpu_limit
+            )
         except TimeoutError:
             raise ChildTimeout() from None
         except ForkServerDied as e:
@@ -241,6 +298,7 @@ class Sandbox:
             raise ChildDied(self.death_message()) from None
 
     def read(self, deadline: float):
+        self.follow_deadline(deadline)
         fd = self.proc.from_child
         left = deadline - time.monotonic()
         if left <= 0:
@@ -256,6 +314,18 @@ class Sandbox:
         except EOFError:
             raise ChildDied(self.death_message()) from None
 
+    def follow_deadline(self, deadline: float) -> None:
+        """Raise the child's CPU-time limit when the judge now waits for it past the deadline the
+        limit was derived from (never lower it): the backstop must not fire before the judge.
+        `read` and `first_ready` call this with the deadline they wait for."""
+        if self.limit_deadline is None or deadline <= self.limit_deadline + CPU_LIMIT_STEP_S:
+            return
+        self.limit_deadline = deadline
+        soft = int(process_cpu_s(self.proc.pid)) + 1 + cpu_limit_s(deadline - time.monotonic())
+        if soft > self.cpu_limit:
+            self.cpu_limit = soft
+            self.proc.limit_cpu(soft)
+
     def request(self, header: dict, deadline: float):
         self.send(header)
         return self.read(deadline)
@@ -269,6 +339,8 @@ class Sandbox:
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS) else ""
+            if -code == signal.SIGXCPU:
+                hint = f" (it used up its CPU-time limit of {self.cpu_limit} s)"
             text = f"the candidate's process was killed by {name}{hint} before it reported a result"
         else:
             text = f"the candidate's process exited with code {code} before it reported a result"
@@ -298,6 +370,8 @@ class Sandbox:
 def first_ready(boxes: dict, deadline: float):
     """The key of the first of `boxes` (key -> Sandbox) with a reply waiting; ChildTimeout past
     `deadline`. The reply itself is read with `Sandbox.read`."""
+    for box in boxes.values():
+        box.follow_deadline(deadline)
     fds = {box.proc.from_child: key for key, box in boxes.items()}
     left = deadline - time.monotonic()
     if left <= 0:

@@ -10,8 +10,12 @@ child forked from it in milliseconds, which before running anything:
 
 - starts its own session and process group (a hang is killed with all it started);
 - asks the kernel for SIGKILL when the zygote dies (PR_SET_PDEATHSIG), and the zygote
-  asked the same of the evaluator, so killing the evaluator leaves no orphan;
-- takes its own working directory, address-space limit and protocol pipes;
+  asked the same of the evaluator, so killing the evaluator leaves no orphan; each link
+  checks afterwards that its parent is still the one it expected (the parent may have died
+  before the request), and the zygote is spawned from a thread that lives as long as the
+  evaluator (`on_lasting_thread`: the signal fires when the creating *thread* ends);
+- takes its own working directory, address-space limit, CPU-time limit (a backstop for a
+  child that outlived its judge anyway; see sandbox.cpu_limit_s) and protocol pipes;
 - closes the zygote's control socket, resets signal handlers and reseeds torch.
 
 CUDA cannot be forked, so GPU children are still spawned (evaluators/sandbox.py).
@@ -19,10 +23,12 @@ CUDA cannot be forked, so GPU children are still spawned (evaluators/sandbox.py)
 Control protocol (AF_UNIX SOCK_SEQPACKET, one JSON object per message):
 
     zygote -> {"event": "ready", "pid", "warm_s"}
-    parent -> {"cmd": "fork", "workdir", "memory_bytes", "env"} + fds [proto_in, proto_out, stderr]
+    parent -> {"cmd": "fork", "workdir", "memory_bytes", "cpu_seconds", "env"}
+              + fds [proto_in, proto_out, stderr]
     zygote -> {"event": "forked", "pid"}
     zygote -> {"event": "exit", "pid", "code", "cpu_s"}   (whenever a child ends; code as Popen's)
     parent -> {"cmd": "kill", "pid"}     (only children not yet reaped: no pid reuse race)
+    parent -> {"cmd": "limit_cpu", "pid", "soft"}   (raise a live child's CPU-time limit; same rule)
     parent -> {"cmd": "stop"} or EOF     (the zygote kills its children and exits)
 """
 
@@ -31,24 +37,126 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 MAX_MESSAGE = 1 << 16
 
+# Resolved once here, in the parent: dlopen() between fork and exec (in a preexec_fn) could
+# wait forever on a loader lock held by another thread at the time of the fork.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
 
 def set_death_signal(expected_parent: int) -> None:
-    """SIGKILL this process when its parent dies (Linux); exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    """SIGKILL this process when its parent dies (Linux); exit now if it already has.
+
+    Call it in the new process before anything untrusted runs. The parent may die between
+    the fork and the prctl, and then the request is too late (the process was re-parented and
+    no signal comes): hence the check of getppid() against `expected_parent`, which the
+    caller must take *before* forking (os.getpid() in the parent), never from getppid() in
+    the child. The kernel sends the signal when the parent *thread* that forked this process
+    ends, not its process: create children from a thread that lives as long as the process
+    (`on_lasting_thread`)."""
+    if _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed: no death signal, so no start")
     if os.getppid() != expected_parent:
         os._exit(1)
+
+
+def set_cpu_limit(seconds: int) -> None:
+    """RLIMIT_CPU for this process: SIGXCPU, whose default action ends it, after `seconds` of CPU.
+
+    Only the soft limit: the judge raises it when it grants the child more time (a compile of
+    many specialisations), and raising a hard limit needs privilege. The signal's default
+    action is restored here; candidate code cannot change it (the static rules allow no
+    `signal` import)."""
+    import resource
+
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (_capped(int(seconds), hard), hard))
+
+
+def raise_cpu_limit(pid: int, soft: int) -> None:
+    """Set the soft RLIMIT_CPU of our unreaped child `pid` to `soft` CPU seconds (its total)."""
+    import resource
+
+    try:
+        _, hard = resource.prlimit(pid, resource.RLIMIT_CPU)
+        resource.prlimit(pid, resource.RLIMIT_CPU, (_capped(int(soft), hard), hard))
+    except (ProcessLookupError, PermissionError):
+        pass  # it has ended: its exit is reported on its own
+
+
+def _capped(soft: int, hard: int) -> int:
+    import resource
+
+    return soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) `pid` has used so far; 0.0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class _LastingThread:
+    """One daemon thread that runs what it is handed, for as long as the process lives."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="triton-evolve-spawner", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args, done = self.jobs.get()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                    done.set_exception(e)
+
+    def run(self, fn, args: tuple):
+        done: Future = Future()
+        self.jobs.put((fn, args, done))
+        return done.result()
+
+
+_lasting: _LastingThread | None = None
+_lasting_lock = threading.Lock()
+
+
+def on_lasting_thread(fn, *args):
+    """fn(*args), called on a thread that ends only with this process; its result or exception.
+
+    Start every process that carries a death signal through this. PR_SET_PDEATHSIG fires when
+    the *thread* that forked the child exits: a fork server or GPU child started from a
+    short-lived thread (an executor's, a threaded Ray actor's) would be SIGKILLed when that
+    thread ends, while its judge still runs. The main thread is such a thread already; any
+    other caller is handed to one daemon thread kept for the purpose (it never exits: daemon
+    threads end with the process)."""
+    global _lasting
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args)
+    with _lasting_lock:
+        if _lasting is None or _lasting.pid != os.getpid() or not _lasting.thread.is_alive():
+            _lasting = _LastingThread()  # first use, or a forked copy of this process
+        lasting = _lasting
+    return lasting.run(fn, args)
 
 
 def file_tail(path: str, limit: int) -> str:
@@ -121,7 +229,7 @@ def _become_child(control: socket.socket, fds: list[int], command: dict) -> None
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        set_death_signal(int(command["zygote"]))
+        set_death_signal(int(command["zygote"]))  # the zygote's pid, taken before the fork
         proto_in, proto_out, stderr = fds
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(stderr, 2)
@@ -136,6 +244,8 @@ def _become_child(control: socket.socket, fds: list[int], command: dict) -> None
 
         if memory:
             resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+        if command.get("cpu_seconds"):
+            set_cpu_limit(int(command["cpu_seconds"]))  # this child's clock only: it starts at 0
         import torch
 
         torch.seed()  # the zygote's generator state is shared by every fork; give each its own
@@ -161,7 +271,8 @@ def serve(mode: str, control: socket.socket) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through wake_w
-    _send(control, {"event": "ready", "pid": os.getpid(), "warm_s": round(time.perf_counter() - started, 3)})
+    zygote = os.getpid()
+    _send(control, {"event": "ready", "pid": zygote, "warm_s": round(time.perf_counter() - started, 3)})
     live: set[int] = set()
     try:
         while True:
@@ -180,7 +291,9 @@ def serve(mode: str, control: socket.socket) -> None:
                 if pid == 0:
                     os.close(wake_r)
                     os.close(wake_w)
-                    _become_child(control, fds, {**command, "zygote": os.getppid()})
+                    # Our pid, not the child's getppid(): that would name whoever adopted the
+                    # child if the zygote died first, and the race check would always pass.
+                    _become_child(control, fds, {**command, "zygote": zygote})
                 for fd in fds:
                     os.close(fd)
                 live.add(pid)
@@ -189,6 +302,10 @@ def serve(mode: str, control: socket.socket) -> None:
                 pid = int(command["pid"])
                 if pid in live:  # not reaped yet, so the pid is still ours
                     _kill_group(pid)
+            elif command.get("cmd") == "limit_cpu":
+                pid = int(command["pid"])
+                if pid in live:
+                    raise_cpu_limit(pid, int(command["soft"]))
             else:
                 return
     finally:
@@ -254,18 +371,24 @@ class ForkServer:
         self.mode = mode
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "evaluators.zygote", mode, str(theirs.fileno()), str(os.getpid())],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=cwd,
-                env=env,
-                pass_fds=(theirs.fileno(),),
-                preexec_fn=preexec_fn,
-            )
-        theirs.close()
+
+        def spawn() -> subprocess.Popen:
+            with open(log_path, "wb") as log:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "evaluators.zygote", mode, str(theirs.fileno()), str(os.getpid())],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=cwd,
+                    env=env,
+                    pass_fds=(theirs.fileno(),),
+                    preexec_fn=preexec_fn,
+                )
+
+        try:
+            self.proc = on_lasting_thread(spawn)  # its death signal follows the creating thread
+        finally:
+            theirs.close()
         self.log_path = log_path
         self.exits: dict[int, tuple[int, float]] = {}  # pid -> (Popen-style code, CPU seconds)
         self.ready = False
@@ -281,12 +404,29 @@ class ForkServer:
                 raise ForkServerDied(f"the {self.mode} fork server failed to start: {message.get('message')}")
             self.ready, self.warm_s = True, message.get("warm_s")
 
-    def fork(self, workdir: str, stderr_fd: int, memory_bytes: int | None, env: dict, deadline: float):
-        """A new child serving one candidate: (pid, fd to write to it, fd to read from it)."""
+    def fork(
+        self,
+        workdir: str,
+        stderr_fd: int,
+        memory_bytes: int | None,
+        env: dict,
+        deadline: float,
+        cpu_seconds: int | None = None,
+    ):
+        """A new child serving one candidate: (pid, fd to write to it, fd to read from it).
+
+        The child sets its address-space limit `memory_bytes` and CPU-time limit `cpu_seconds`
+        (None: none) itself, before it reads the candidate."""
         self.wait_ready(deadline)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        command = {"cmd": "fork", "workdir": workdir, "memory_bytes": memory_bytes, "env": env}
+        command = {
+            "cmd": "fork",
+            "workdir": workdir,
+            "memory_bytes": memory_bytes,
+            "cpu_seconds": cpu_seconds,
+            "env": env,
+        }
         try:
             _send(self.sock, command, [to_child_r, from_child_w, stderr_fd])
         except OSError as e:
@@ -314,6 +454,16 @@ class ForkServer:
             return
         try:
             _send(self.sock, {"cmd": "kill", "pid": pid})
+        except OSError:
+            pass  # zygote gone: its children died with it
+
+    def limit_cpu(self, pid: int, soft: int) -> None:
+        """Set child `pid`'s CPU-time limit to `soft` seconds in all (the zygote does it while the
+        child is unreaped, so the pid cannot have been reused)."""
+        if pid in self.exits:
+            return
+        try:
+            _send(self.sock, {"cmd": "limit_cpu", "pid": pid, "soft": int(soft)})
         except OSError:
             pass  # zygote gone: its children died with it
 
