@@ -35,9 +35,8 @@ class CheckStage:
         groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
         results = {}
         for shape, layout in groups:
-            results[(shape, layout)] = ShapeResult(
-                shape=shape, layout=layout, max_abs_err=0.0, max_scaled_err=0.0
-            )
+            # Errors stay None until a trial of the shape is judged: an unchecked shape never shows 0.
+            results[(shape, layout)] = ShapeResult(shape=shape, layout=layout)
             self.shapes.append(results[(shape, layout)])
         queues = [
             [group for group in share for _ in range(self.task.trials)]
@@ -99,8 +98,8 @@ class CheckStage:
                     "two calls with the same shape; launches must depend on shapes only",
                 )
             result = results[(shape, layout)]
-            result.max_abs_err = max(result.max_abs_err, verdict.max_abs_err)
-            result.max_scaled_err = max(result.max_scaled_err, verdict.max_scaled_err)
+            result.max_abs_err = max(result.max_abs_err or 0.0, verdict.max_abs_err)
+            result.max_scaled_err = max(result.max_scaled_err or 0.0, verdict.max_scaled_err)
             result.tolerance = verdict.tolerance
             del ref, tensors
             if device == "cuda" and (shape, layout) not in queues[i]:

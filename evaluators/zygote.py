@@ -193,9 +193,9 @@ def _warm(mode: str) -> None:
     with guards.OpRecorder(guards.LaunchDepth()):
         torch.ones(2) + torch.ones(2)
     if mode == "check":
-        from .interp_fix import ensure_bf16_dot
+        from .interp_fix import ensure_interpreter_fixes
 
-        ensure_bf16_dot()  # runs one interpreted bf16 dot; children inherit the verdict
+        ensure_interpreter_fixes()  # a tiny interpreted bf16 dot and atomic add; children inherit the verdicts
     else:
         _compile_tiny_kernel()
 

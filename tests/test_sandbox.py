@@ -40,7 +40,10 @@ def fresh_servers():
 def _load(box, source: str, deadline: float):
     box.wait_ready(deadline)
     task = {"target": "sm_90", "dtype": "bf16", "train": [], "check": [], "layouts": []}
-    return box.request({"cmd": "job", "mode": box.mode, "source": source, "task": task}, deadline)
+    header, tensors = box.request({"cmd": "job", "mode": box.mode, "source": source, "task": task}, deadline)
+    while header.get("event") in ("captured", "compiled"):  # the compile child's progress frames
+        header, tensors = box.read(deadline)
+    return header, tensors
 
 
 def _probe(box) -> dict:
@@ -158,7 +161,7 @@ EVALUATOR = textwrap.dedent(
     from evaluators import sandbox
     box = sandbox.Sandbox("check")
     box.wait_ready(time.monotonic() + 120)
-    box.send({"cmd": "job", "mode": "check", "source": "while True:\\n    pass\\n", "task": {}})
+    box.send({"cmd": "job", "mode": "check", "source": "while True:\\n    pass\\n", "task": {"target": "sm_90"}})
     print(box.proc.pid, sandbox.fork_server("check").proc.pid, flush=True)
     time.sleep(600)
     """
@@ -201,7 +204,9 @@ def test_children_die_with_their_fork_server(fresh_servers):
     box = sandbox.Sandbox("check")
     try:
         box.wait_ready(time.monotonic() + 120)
-        box.send({"cmd": "job", "mode": "check", "source": "while True:\n    pass\n", "task": {}})
+        box.send(
+            {"cmd": "job", "mode": "check", "source": "while True:\n    pass\n", "task": {"target": "sm_90"}}
+        )
         time.sleep(0.3)
         pid = box.proc.pid
         assert _alive(pid)
