@@ -186,7 +186,7 @@ class _Run(CpuStages, CheckStage):
         self.budget = gpu_budget(task, self.protocol) if options.device == "cuda" else None
         self.work_s = self.budget.total_s if self.budget and options.work_budget else 0.0
         self.deadline = 0.0
-        self.waiting = "starting the child"  # what the parent waits for, named when a deadline fires
+        self.waiting = "the start of the child"  # what the parent waits for, named when a deadline fires
         self.timeout_text: str | None = None  # what ran out, said by whoever knew (compile or a check)
         self.launches: list[dict] = []  # resolved launches per shape (kind: train, held_out, check)
         self.choices: dict = {}  # CPU: autotune configs chosen per (shape, layout, kind)
@@ -275,8 +275,8 @@ class _Run(CpuStages, CheckStage):
         if self.budget is None:
             limit = self.options.timeout_s
             return (
-                f"timeout while waiting for {self.waiting}: no answer within the {limit:g} s limit (a hang, an "
-                f"endless loop, or far too slow); {failures.machine_load()}"
+                f"timeout in {self.waiting}: no answer within the {limit:g} s limit (a hang, an endless loop, "
+                f"or far too slow; compile time is budgeted apart); {failures.machine_load()}"
             )
         text = (
             f"no answer in time while waiting for {self.waiting} (a hang, an endless loop, or far too slow)"
