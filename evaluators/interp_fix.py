@@ -114,7 +114,8 @@ def _atomic_selfcheck() -> str | None:
 
 
 def ensure_bf16_atomic_add() -> str:
-    """Make the interpreter's bf16 atomic add work; returns 'ok' or 'patched' (said in provenance)."""
+    """Make the interpreter's bf16 atomic add work; returns 'ok', 'patched' or 'unavailable: why'
+    (said in provenance). Never raises: without it only bf16 atomics are out of the CPU's reach."""
     if "atomic" in _state:
         return _state["atomic"]
     if _atomic_selfcheck() is None:
@@ -131,7 +132,7 @@ def ensure_bf16_atomic_add() -> str:
         ptrs = np.asarray(ptr.data)
         mask_data = np.broadcast_to(np.asarray(mask.data, dtype=bool), ptrs.shape)
         values = np.broadcast_to(np.asarray(val.data, dtype=np.uint16), ptrs.shape)
-        old = load(ptrs, mask_data, np.zeros(ptrs.shape, np.uint16), np.uint16)
+        old = load(ptrs, mask_data, np.zeros(ptrs.shape, np.uint16), np.dtype(np.uint16))
         if np.unique(ptrs[mask_data]).size == int(mask_data.sum()):
             new = _fp32_to_bf16_storage(_bf16_storage_to_fp32(old) + _bf16_storage_to_fp32(values))
             store(ptrs, new, mask_data)
@@ -141,7 +142,7 @@ def ensure_bf16_atomic_add() -> str:
                 if not mask_data[index]:
                     continue
                 one = (np.asarray([ptrs[index]]), np.asarray([True]))
-                current = load(one[0], one[1], np.zeros(1, np.uint16), np.uint16)
+                current = load(one[0], one[1], np.zeros(1, np.uint16), np.dtype(np.uint16))
                 old[index] = current[0]
                 total = _bf16_storage_to_fp32(current) + _bf16_storage_to_fp32(np.asarray([values[index]]))
                 store(one[0], _fp32_to_bf16_storage(total), one[1])
@@ -150,8 +151,11 @@ def ensure_bf16_atomic_add() -> str:
     builder.create_atomic_rmw = create_atomic_rmw
     problem = _atomic_selfcheck()
     if problem is not None:
+        # Left as the interpreter has it: a kernel that needs it is then `unsupported` on CPU
+        # (the interpreter raises), never judged on a wrong sum; the reason is in provenance.
         builder.create_atomic_rmw = original
-        raise RuntimeError(f"interpreter bf16 atomic add still wrong after the fix ({problem})")
+        _state["atomic"] = f"unavailable: the fix did not self-check ({problem[:200]})"
+        return _state["atomic"]
     _state["atomic"] = "patched"
     return "patched"
 

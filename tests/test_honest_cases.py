@@ -80,28 +80,23 @@ def test_one_failure_has_one_status_in_every_stage(stage: str):
     assert "AssertionError: M = 300 refused" in ev.feedback
 
 
-def test_compile_time_is_budgeted_per_specialisation_and_paid_once(tmp_path):
-    """Many constexpr specialisations: the compile stage's budget grows with them (timeout_s +
-    compile_s_per_kernel each), its timeout says how many were built, and what was built is kept:
-    the next evaluation builds only the rest."""
+def test_each_specialisation_is_compiled_once(tmp_path):
+    """Many constexpr specialisations (one per K): what one evaluation built is kept in the compile
+    cache, so judging the same source again builds none of them."""
     source = (HONEST / "many_specialisations.py").read_text()
     shapes = tuple((256, 256, 64 * i) for i in range(1, 9))  # 8 K values x 2 layouts
     task = dataclasses.replace(DEMO, train=shapes, held_out=(), check=((64, 64, 64),))
     cache = CompileCache(tmp_path)
-    short = evaluate(
-        source, task, device="cpu", memo=False, cache=cache, timeout_s=4.0, compile_s_per_kernel=0.01
-    )
-    assert short.status == "timeout", short.feedback
-    assert re.search(r"timeout in the compile stage: compiling (\d+) specialisation", short.feedback)
-    assert "machine load" in short.feedback
-    first = short.provenance["compile_specialisations"]
-    assert first["specialisations"] >= 8 and first["compiled"] < first["specialisations"]
-    full = evaluate(source, task, device="cpu", memo=False, cache=cache, timeout_s=120.0)
-    assert full.status == "ok", full.feedback
-    second = full.provenance["compile_specialisations"]
-    assert second["from_cache"] == first["compiled"] and second["compiled"] == (
-        second["specialisations"] - first["compiled"]
-    )
+    first = evaluate(source, task, device="cpu", memo=False, cache=cache)
+    assert first.status == "ok", first.feedback
+    built = first.provenance["compile_specialisations"]
+    assert built["specialisations"] >= 8 and built["compiled"] == built["specialisations"]
+    again = evaluate(source, task, device="cpu", memo=False, cache=cache)
+    assert again.provenance["compile_specialisations"] == {
+        "specialisations": built["specialisations"],
+        "compiled": 0,
+        "from_cache": built["specialisations"],
+    }
 
 
 def test_too_many_specialisations_is_a_clear_rejection():
