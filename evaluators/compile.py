@@ -95,6 +95,7 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
         "uses_wgmma": "wgmma" in ptx,
         "uses_tma": "cp.async.bulk.tensor" in ptx,
         "dots": dot_facts(ttir),
+        "narrowed_to": narrowing_facts(ttir),
         "atomics": "tt.atomic_rmw" in ttir or "tt.atomic_cas" in ttir,
     }
 
@@ -136,8 +137,11 @@ def spin_wait(ttir: str) -> bool:
 
 
 _DOT = re.compile(
-    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?\s*:\s*tensor<((?:\d+x)+)(\w+)>\s*\*\s*tensor<((?:\d+x)+)(\w+)>"
+    r"tt\.dot\s.*?(?:inputPrecision\s*=\s*(\w+))?(?:\s*\{[^}]*\})?\s*:\s*tensor<((?:\d+x)+)(\w+)>\s*\*\s*"
+    r"tensor<((?:\d+x)+)(\w+)>(?:\s*->\s*tensor<(?:\d+x)+(\w+)>)?"
 )
+# A float value rounded to another float type: arith.truncf (f32 -> bf16) or tt.fp_to_fp (-> fp8).
+_NARROWING = re.compile(r"(arith\.truncf|tt\.fp_to_fp)\b.*?(?:to|->)\s*tensor<(?:\d+x)*(\w+)>")
 
 
 def dot_facts(ttir: str) -> list[dict]:
@@ -155,7 +159,9 @@ def dot_facts(ttir: str) -> list[dict]:
             # inputPrecision only matters for fp32 operands (tf32 or ieee); others multiply at their own type.
             f32 = m.group(3) == "f32" and m.group(5) == "f32"
             precision = (m.group(1) or "ieee") if f32 else m.group(3)
-            out.append({"precision": precision, "a": m.group(3), "b": m.group(5), "tile": tile})
+            out.append(
+                {"precision": precision, "a": m.group(3), "b": m.group(5), "acc": m.group(6), "tile": tile}
+            )
     return out
 
 
@@ -257,17 +263,50 @@ def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
+def narrowing_facts(ttir: str) -> list[str]:
+    """The float types values are rounded to in the kernel (truncf, fp_to_fp), each once, sorted."""
+    return sorted({m.group(2) for m in _NARROWING.finditer(ttir)})
+
+
+# Float types a task's values may be held in: the task's own dtype and anything wider. Narrower in
+# range (fp16 for bf16 data), in mantissa (bf16 for fp16 data) or both (fp8) loses what the task
+# promises; TTIR element-type names.
+_KEEPS_PRECISION = {
+    "fp16": {"f16", "f32", "f64"},
+    "bf16": {"bf16", "f32", "f64"},
+    "fp32": {"f32", "f64"},
+}
+
+
 def precision_problems(facts: dict, dtype: str, allow_tf32: bool) -> list[str]:
-    """On a strict fp32 task every dot must take fp32 operands at IEEE precision."""
-    if dtype != "fp32" or allow_tf32:
+    """What the compiled kernel does below the task's precision, one message per fault:
+    a tl.dot on operands narrower than the task's dtype (fp8 or fp16 on a bf16 task), a tl.dot
+    accumulating below fp32 on a 16-bit task (out_dtype=tl.float16), a value rounded to a
+    narrower float type anywhere in the kernel, and on a strict fp32 task (allow_tf32 false)
+    a dot at TF32 (3xTF32, `tf32x3`, is fp32-accurate and allowed)."""
+    keeps = _KEEPS_PRECISION.get(dtype)
+    if keeps is None:
         return []
     problems = []
     for dot in facts.get("dots", []):
-        if dot["a"] != "f32" or dot["b"] != "f32":
-            problems.append(f"tl.dot on {dot['a']} x {dot['b']} operands: the task is strict fp32")
-        elif dot["precision"] != "ieee":
+        narrow = [t for t in (dot["a"], dot["b"]) if t not in keeps]
+        if narrow:
+            problems.append(
+                f"tl.dot on {dot['a']} x {dot['b']} operands: narrower than the task's {dtype} "
+                f"({', '.join(sorted(set(narrow)))} loses range or mantissa); multiply the task's dtype"
+            )
+        elif dtype != "fp32" and dot.get("acc") and dot["acc"] not in ("f32", "f64"):
+            problems.append(
+                f"tl.dot accumulating in {dot['acc']} (out_dtype): a {dtype} task accumulates in fp32"
+            )
+        elif dtype == "fp32" and not allow_tf32 and dot["precision"] not in ("ieee", "tf32x3"):
             problems.append(
                 f"tl.dot with input_precision={dot['precision']}: the task is strict fp32 (no TF32); "
-                'pass input_precision="ieee"'
+                'pass input_precision="ieee" (or "tf32x3", fp32-accurate)'
             )
+    narrowed = [t for t in facts.get("narrowed_to", []) if t.startswith(("f", "bf")) and t not in keeps]
+    if narrowed:
+        problems.append(
+            f"values rounded to {', '.join(narrowed)} inside the kernel: narrower than the task's {dtype}"
+        )
     return problems

@@ -84,3 +84,53 @@ def test_spin_wait_is_a_while_loop_that_polls(body, spins):
     assert spin_wait(_while(body)) is spins
     # The same op outside a while loop is no wait.
     assert spin_wait("%c0_i32 = arith.constant 0 : i32\n" + body) is False
+
+
+TTIR_F8 = (
+    "%a8 = tt.fp_to_fp %a, rounding = rtne : tensor<64x64xbf16> -> tensor<64x64xf8E4M3FN>\n"
+    "%acc = tt.dot %a8, %b8, %c, inputPrecision = tf32 {maxNumImpreciseAcc = 1073741824 : i32} : "
+    "tensor<64x64xf8E4M3FN> * tensor<64x64xf8E4M3FN> -> tensor<64x64xf32>"
+)
+TTIR_F16_ACC = "%acc = tt.dot %a, %b, %c : tensor<64x32xf16> * tensor<32x64xf16> -> tensor<64x64xf16>"
+TTIR_TF32X3 = "%acc = tt.dot %a, %b, %c, inputPrecision = tf32x3 : tensor<64x32xf32> * tensor<32x64xf32> -> tensor<64x64xf32>"
+TTIR_EPILOGUE = "%c = arith.truncf %acc : tensor<64x64xf32> to tensor<64x64xbf16>"
+
+
+def _facts(ttir: str) -> dict:
+    from evaluators.compile import narrowing_facts
+
+    return {"dots": dot_facts(ttir), "narrowed_to": narrowing_facts(ttir)}
+
+
+@pytest.mark.parametrize(
+    "ttir,dtype,phrases",
+    [
+        (
+            TTIR_F8,
+            "bf16",
+            ["f8E4M3FN x f8E4M3FN operands: narrower than the task's bf16", "rounded to f8E4M3FN"],
+        ),
+        (TTIR_F16, "bf16", ["f16 x f16 operands: narrower than the task's bf16"]),
+        (TTIR_F16_ACC, "fp16", ["accumulating in f16"]),
+        (TTIR_EPILOGUE.replace("bf16>", "f16>"), "bf16", ["rounded to f16"]),
+        (TTIR_EPILOGUE, "fp16", ["rounded to bf16"]),  # bf16 keeps fp16's range, not its mantissa
+    ],
+)
+def test_precision_below_the_task_is_named(ttir, dtype, phrases):
+    problems = " | ".join(precision_problems(_facts(ttir), dtype, False))
+    for phrase in phrases:
+        assert phrase in problems, problems
+
+
+@pytest.mark.parametrize(
+    "ttir,dtype,allow_tf32",
+    [
+        (TTIR_F16 + "\n" + TTIR_EPILOGUE.replace("bf16>", "f16>"), "fp16", False),  # the seed on fp16
+        (TTIR_EPILOGUE + "\n" + "%d = tt.dot %a, %b, %c : tensor<64x32xbf16> * tensor<32x64xbf16> -> tensor<64x64xf32>",
+         "bf16", False),
+        (TTIR_TF32X3, "fp32", False),  # 3xTF32 is fp32-accurate
+        (TTIR_TF32, "fp32", True),
+    ],
+)  # fmt: skip
+def test_the_tasks_own_precision_passes(ttir, dtype, allow_tf32):
+    assert precision_problems(_facts(ttir), dtype, allow_tf32) == []
