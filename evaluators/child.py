@@ -133,9 +133,9 @@ class Child:
 
         Streams {"event": "captured"} (specialisations to build) and one {"event": "compiled"} per
         specialisation as it is built, so the parent budgets the compile by its size and keeps
-        what was built even when the stage runs out of time. Check shapes are compiled only where
-        an autotuned launch needs its configs modelled to choose one; their launches are otherwise
-        recorded to hold the interpreter run to them."""
+        what was built even when the stage runs out of time. Every launch of every shape is
+        compiled, check shapes included: what the interpreter checks is what compiles for the
+        target (a tile that only small shapes use and the target cannot build is a compile_error)."""
         from . import compile as comp
         from .correctness import layout_views
 
@@ -164,15 +164,12 @@ class Child:
         dtype = self.wire.torch_dtype(task["dtype"])
         todo: dict = {}
 
-        def describe(call: dict, build: bool) -> dict:
+        def describe(call: dict) -> dict:
             if "alternatives" in call:  # an autotuned launch: every pruned config, to be modelled
-                options = [
-                    {"config": alt.config, **describe(alt.calls[0], True)} for alt in call["alternatives"]
-                ]
+                options = [{"config": alt.config, **describe(alt.calls[0])} for alt in call["alternatives"]]
                 return {"kernel": call["kernel"], "autotune": options}
             key = comp.spec_key(call["fn"].__name__, call["spec"])
-            if build:
-                todo.setdefault(key, (call["fn"], call["spec"]))
+            todo.setdefault(key, (call["fn"], call["spec"]))
             return {
                 "kernel": call["fn"].__name__,
                 "key": key,
@@ -190,7 +187,7 @@ class Child:
                         tuner.sink = []
                         self.phase, self.where = "entry", {"shape": list(shape), "layout": layout}
                         module.matmul(a, b)
-                        calls = [describe(call, kind != "check") for call in tuner.sink]
+                        calls = [describe(call) for call in tuner.sink]
                         launches.append(
                             {"shape": list(shape), "layout": layout, "kind": kind, "calls": calls}
                         )

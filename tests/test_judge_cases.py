@@ -34,7 +34,6 @@ KNOWN_GAPS: dict[str, str] = {
     "hardcoded_a_stride.py": "ok",
     "skip_big_1024.py": "ok",
     "splitk_race.py": "ok",
-    "tiny_dot_small_shapes.py": "timeout",
     "big_offsets_task.toml": "ok",
 }
 TIMEOUT_S = 90.0  # per case; the honest ones take 10-50 s on 2 busy cores
