@@ -101,6 +101,44 @@ ALLOWED_HINT = {
     "functools": "lru_cache, cache, partial, reduce, wraps",
 }
 
+# -- evaluators/independence_rules.py: placement, state across calls, caches ----------------------
+
+# Attributes that tell where or how a call runs (a judge's meta/CPU run from a GPU one, a training
+# step's autograd state): never read. `x.device` and, in host code, `.type` are judged apart
+# (a device may be passed on to an allocation). Storage is in BANNED_ATTRS.
+PLACEMENT_ATTRS = frozenset(
+    "is_cuda is_meta is_cpu is_xpu is_mps is_mtia is_hpu is_ipu is_xla is_vulkan is_lazy is_mkldnn "
+    "is_pinned is_shared data_ptr get_device storage_type requires_grad grad_fn grad is_leaf "
+    "is_inference retains_grad is_available device_count is_initialized".split()
+)
+# Calls that may take `x.device` as a positional argument (the judge answers them on CPU).
+DEVICE_QUERIES = frozenset(
+    f"torch.cuda.{n}" for n in ("get_device_properties", "get_device_capability", "get_device_name")
+)
+TEXT_BUILTINS = frozenset({"str", "repr", "format", "ascii"})  # a tensor's text names its device
+FRESH_CONSTRUCTORS = frozenset({"dict", "list", "set"})  # calls that build a new container
+# Methods that change a list, dict or set in place (allowed only on a container the function built).
+MUTATING_METHODS = frozenset(
+    "append extend insert remove pop popitem clear update setdefault add discard sort reverse "
+    "difference_update intersection_update symmetric_difference_update".split()
+)
+CACHE_DECORATORS = frozenset({"functools.lru_cache", "functools.cache"})
+CACHE_STAT_ATTRS = frozenset({"cache_info", "cache_parameters", "cache_clear"})
+PLAIN_ANNOTATIONS = frozenset({"int", "bool", "float", "str"})  # what a cached function may take
+# What a cached (pure config) function may call: plain builtins, math.*, these library paths,
+# dict/list reads, and other cached functions.
+CACHED_BODY_BUILTINS = frozenset(
+    "int float bool str len abs round min max range divmod pow sorted list dict set tuple frozenset "
+    "sum zip enumerate any all isinstance reversed".split()
+)
+CACHED_BODY_CALLS = DEVICE_QUERIES | {
+    "triton.cdiv",
+    "triton.next_power_of_2",
+    "triton.Config",
+    "torch.cuda.current_device",
+}
+CACHED_BODY_METHODS = frozenset("get items keys values index count copy".split())
+
 EVOLVE_START, EVOLVE_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
 
 

@@ -9,7 +9,8 @@ list into the short text that goes back into the next prompt.
 The rules are deliberately conservative: an honest tiled / split-K /
 persistent Triton matmul needs only a small slice of torch and triton, so
 anything outside that slice is rejected rather than reasoned about. The
-tables (allowlists, banned names) are in evaluators/rule_tables.py.
+tables (allowlists, banned names) are in evaluators/rule_tables.py; the rules that keep calls
+independent of where and how often they run are in evaluators/independence_rules.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 
+from . import independence_rules
 from .rule_tables import (
     ALLOWED_DECORATORS,
     ALLOWED_HINT,
@@ -512,6 +514,9 @@ def check_source(source: str, *, parent_source: str | None = None) -> list[Viola
     checker.visit(tree)
     _TopLevel(checker).check(tree)
     found += checker.found + _entry_point(tree)
+    found += [
+        Violation(line, rule, text) for line, rule, text in independence_rules.check(tree, checker.aliases)
+    ]
     return sorted(set(found), key=lambda v: (v.line, v.rule, v.message))
 
 

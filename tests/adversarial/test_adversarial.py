@@ -45,11 +45,12 @@ def run(name: str, t: Task = SMALL, timeout_s: float = 60.0):
 CASES = [
     # 1. matrix product reached indirectly
     ("product_tensordot", SMALL, "rejected", ["torch.tensordot is a library matrix product"]),
-    ("product_via_cov", SMALL, "rejected", ["aten.mm", "a library matrix product"]),
+    # (its `if a.is_meta:` skip is now rejected statically, before the op recorder sees aten.mm)
+    ("product_via_cov", SMALL, "rejected", ["a.is_meta tells where or how the call runs"]),
     ("product_broadcast_sum", SMALL, "rejected", ["aten.mul", "may only allocate, view, cast, copy"]),
     # 2. cached results
-    ("cached_results", SMALL, "incorrect", ["shape (64, 64, 64)", "max scaled error"]),
-    ("cached_no_launch", SMALL, "rejected", ["launched no Triton kernel"]),
+    ("cached_results", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
+    ("cached_no_launch", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
     # 3. only small shapes computed
     ("small_shapes_only", RAGGED, "incorrect", ["shape (300, 260, 280)", "max scaled error"]),
     # 4. inputs zeroed in place
@@ -83,6 +84,19 @@ CASES = [
     ("half_k", K128, "incorrect", ["shape (64, 64, 128)", "max scaled error"]),
     # 17. one config shown to the compiler, another run
     ("device_dependent_config", SMALL, "rejected", ["must not depend on the device"]),
+    # 18. telling the judge's runs from production ones (issue 10, item 2)
+    ("placement_is_cuda", SMALL, "rejected", ["a.is_cuda tells where or how the call runs"]),
+    ("placement_data_ptr", SMALL, "rejected", ["a.data_ptr tells where or how the call runs"]),
+    (
+        "placement_device_type",
+        SMALL,
+        "rejected",
+        ["a.device reads the device", "must not depend on the device"],
+    ),
+    # 19. state across calls (issue 10, item 6)
+    ("cache_info_counter", SMALL, "rejected", ["pick_config.cache_info reads a cache's statistics"]),
+    ("module_call_counter", SMALL, "rejected", ["CALLS['n'] changes CALLS", "calls must be independent"]),
+    ("cached_output_buffer", SMALL, "rejected", ["output_buffer is cached and returns a torch.Tensor"]),
     # 16. no masks on ragged edges
     ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
 ]
