@@ -32,6 +32,7 @@ from .rule_tables import (
     CACHED_BODY_METHODS,
     DEVICE_QUERIES,
     FRESH_CONSTRUCTORS,
+    KERNEL_STATE_ATTRS,
     MUTATING_METHODS,
     PLACEMENT_ATTRS,
     PLAIN_ANNOTATIONS,
@@ -153,7 +154,34 @@ class _Rules:
                 quoted |= {id(n) for n in ast.walk(node.msg)}
             elif isinstance(node, ast.Raise):
                 quoted |= {id(n) for part in (node.exc, node.cause) if part for n in ast.walk(part)}
+        discarded = {id(n.value) for n in own if isinstance(n, ast.Expr)}
         for node in own:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Subscript)
+                and id(node) not in discarded
+            ):
+                self.add(
+                    node,
+                    "placement",
+                    f"the result of the launch {_short(node.func)}(...) tells the interpreter from a GPU (None "
+                    f"under the interpreter, a compiled kernel on a GPU); {ONLY_SHAPES}: launch as a "
+                    "statement of its own and ignore what it returns",
+                )
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in KERNEL_STATE_ATTRS
+                and not jit
+                and self.resolve(node) is None  # `functools.cache` is a library path, judged elsewhere
+            ):
+                self.add(
+                    node,
+                    "state",
+                    f"{_short(node)} reads a kernel's or autotuner's runtime state (compile caches, tuned "
+                    f"configs, hooks), which differs between the judge's runs and production and grows "
+                    f"with calls; {INDEPENDENT} and {ONLY_SHAPES}: remove it",
+                )
+                continue
             if isinstance(node, ast.Attribute):
                 if node.attr not in PLACEMENT_ATTRS and node.attr not in ("device", "type"):
                     continue

@@ -111,6 +111,13 @@ PLACEMENT_ATTRS = frozenset(
     "is_pinned is_shared data_ptr get_device storage_type requires_grad grad_fn grad is_leaf "
     "is_inference retains_grad is_available device_count is_initialized".split()
 )
+# A jit kernel's or autotuner's runtime state (compile caches, tuned configs, hooks, compiled
+# binaries): it differs between the judge's runs and production, and grows from call to call.
+KERNEL_STATE_ATTRS = frozenset(
+    "device_caches run warmup preload add_pre_run_hook pre_run_hooks launch_metadata used_global_vals "
+    "kernel cache_key create_binder get_capture_scope cache best_config configs_timings bench "
+    "prune_configs do_bench nargs pre_hook post_hook".split()
+)
 # Calls that may take `x.device` as a positional argument (the judge answers them on CPU).
 DEVICE_QUERIES = frozenset(
     f"torch.cuda.{n}" for n in ("get_device_properties", "get_device_capability", "get_device_name")

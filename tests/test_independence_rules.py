@@ -279,3 +279,25 @@ def test_cache_decorators_only_as_decorators():
     src = module("def f(a):\n    g = functools.lru_cache(maxsize=2)(len)\n    return g")
     v = one(src, "cache", "functools.lru_cache")
     assert "only as a decorator" in v.message
+
+
+@pytest.mark.parametrize(
+    "stmt, needle, phrase",
+    [
+        ("r = k[(1,)](a)\n    return r is None", "r = k", "result of the launch"),
+        ("return len(k.device_caches[0][0])", "device_caches", "runtime state"),
+        ("return k.cache", "k.cache", "runtime state"),
+        ("return k.best_config", "best_config", "runtime state"),
+        ("k.add_pre_run_hook(len)", "add_pre_run_hook", "runtime state"),
+    ],
+)
+def test_launch_results_and_kernel_runtime_state_are_rejected(stmt, needle, phrase):
+    src = module(f"@triton.jit\ndef k(x):\n    pass\n\n\ndef f(a):\n    {stmt}")
+    found = check_source(src)
+    assert len(found) == 1 and found[0].line == line_of(src, needle), found
+    assert phrase in found[0].message
+
+
+def test_launch_as_a_statement_is_allowed():
+    src = module("@triton.jit\ndef k(x):\n    pass\n\n\ndef f(a):\n    k[(1,)](a)\n    return a")
+    assert check_source(src) == []
