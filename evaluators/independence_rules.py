@@ -44,7 +44,15 @@ INDEPENDENT = "calls must be independent (no state kept from one call to the nex
 
 Found = tuple[int, str, str]
 _IN_PLACE_OPS = (ast.Add, ast.Mult, ast.BitOr, ast.BitAnd, ast.Sub, ast.BitXor)  # list/dict/set ops
-_SKIP = (ast.expr_context, ast.operator, ast.cmpop, ast.boolop, ast.unaryop)
+# Node kinds the rules never look at (contexts, operators), and plain field values.
+_LEAVES = frozenset(
+    [type(None), str, int, float, bool, bytes, ast.Constant]
+    + [
+        c
+        for base in (ast.expr_context, ast.operator, ast.cmpop, ast.boolop, ast.unaryop)
+        for c in base.__subclasses__()
+    ]
+)
 
 
 def _chain_root(node: ast.expr) -> ast.expr:
@@ -56,6 +64,19 @@ def _chain_root(node: ast.expr) -> ast.expr:
 def _short(node: ast.AST, limit: int = 60) -> str:
     text = ast.unparse(node)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Nodes(list):
+    """A scope's nodes, also grouped by kind so that each rule visits only the kinds it judges."""
+
+    def __init__(self, nodes: list[ast.AST]) -> None:
+        super().__init__(nodes)
+        self.kinds: dict[type, list[ast.AST]] = {}
+        for node in nodes:
+            self.kinds.setdefault(type(node), []).append(node)
+
+    def of(self, *kinds: type) -> list[ast.AST]:
+        return [n for kind in kinds for n in self.kinds.get(kind, ())]
 
 
 class _Rules:
@@ -120,12 +141,13 @@ class _Rules:
                 else:
                     for field in node._fields:  # ast.iter_child_nodes, minus the many ctx nodes
                         value = getattr(node, field, None)
-                        if isinstance(value, list):
+                        kind = type(value)
+                        if kind is list:
                             stack += [v for v in value if isinstance(v, ast.AST)]
-                        elif isinstance(value, ast.AST) and not isinstance(value, _SKIP):
+                        elif kind not in _LEAVES and isinstance(value, ast.AST):
                             stack.append(value)
             self.nodes += own
-            yield scope, own, jit
+            yield scope, _Nodes(own), jit
 
     # -- placement ------------------------------------------------------------------------------
     def allowed_device_reads(self) -> set[int]:
@@ -147,15 +169,15 @@ class _Rules:
                     ok |= {id(s) for s in sides}  # `assert a.device == b.device` can only fail
         return ok
 
-    def placement(self, own: list[ast.AST], jit: bool, passing: set[int]) -> None:
+    def placement(self, own: _Nodes, jit: bool, passing: set[int]) -> None:
         quoted: set[int] = set()  # nodes inside assert/raise messages, where text is allowed
-        for node in own:
+        for node in own.of(ast.Assert, ast.Raise):
             if isinstance(node, ast.Assert) and node.msg is not None:
                 quoted |= {id(n) for n in ast.walk(node.msg)}
             elif isinstance(node, ast.Raise):
                 quoted |= {id(n) for part in (node.exc, node.cause) if part for n in ast.walk(part)}
-        discarded = {id(n.value) for n in own if isinstance(n, ast.Expr)}
-        for node in own:
+        discarded = {id(n.value) for n in own.of(ast.Expr)}
+        for node in own.of(ast.Call, ast.Attribute, ast.JoinedStr, ast.BinOp):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Subscript)
@@ -230,7 +252,9 @@ class _Rules:
         if isinstance(node, ast.Call):
             func = node.func
             if self.builtin(func, TEXT_BUILTINS) and (node.args or node.keywords):
-                return True
+                # `str(a.dtype)` and `str(a.shape)` show no device
+                shown = [*node.args, *(k.value for k in node.keywords)]
+                return not all(isinstance(x, ast.Attribute) and x.attr in ("dtype", "shape") for x in shown)
             return (
                 isinstance(func, ast.Attribute)
                 and func.attr == "format"
@@ -240,7 +264,7 @@ class _Rules:
         return False
 
     # -- state ----------------------------------------------------------------------------------
-    def fresh_names(self, scope: ast.AST, own: list[ast.AST]) -> set[str]:
+    def fresh_names(self, scope: ast.AST, own: _Nodes) -> set[str]:
         """Local names of a function bound only to containers it built itself (`[]`, `dict(...)`)."""
         if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return set()  # module and class names live as long as the module: never fresh
@@ -250,7 +274,7 @@ class _Rules:
             if a is not None:
                 fresh[a.arg] = False  # a parameter is the caller's object
         judged: set[int] = set()  # Name targets of plain assignments (and `x op= y`, judged apart)
-        for node in own:
+        for node in own.of(ast.Assign, ast.AnnAssign, ast.AugAssign):
             if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for t in targets:
@@ -259,7 +283,16 @@ class _Rules:
                         fresh[t.id] = fresh.get(t.id, True) and self.is_fresh(node.value)
             elif isinstance(node, ast.AugAssign):
                 judged.add(id(node.target))
-        for node in own:
+        kinds = (
+            ast.Name,
+            ast.FunctionDef,
+            ast.ClassDef,
+            ast.Import,
+            ast.ImportFrom,
+            ast.Global,
+            ast.Nonlocal,
+        )
+        for node in own.of(*kinds):
             if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) and id(node) not in judged:
                 fresh[node.id] = False  # for/with/walrus/comprehension targets, unpacking, del
             elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -280,10 +313,18 @@ class _Rules:
         path = self.resolve(value.func) or ""
         return path.startswith("torch.") or self.builtin(value.func, FRESH_CONSTRUCTORS) is not None
 
-    def state(self, scope: ast.AST, own: list[ast.AST], jit: bool) -> None:
+    def state(self, scope: ast.AST, own: _Nodes, jit: bool) -> None:
         # `tuple(x for x in ...)` at import consumes its generator there; a bare one lives on.
-        consumed = {id(n.args[0]) for n in own if isinstance(n, ast.Call) and len(n.args) == 1}
-        for node in own:
+        consumed = {id(n.args[0]) for n in own.of(ast.Call) if len(n.args) == 1}
+        kinds = (
+            ast.Global,
+            ast.Nonlocal,
+            ast.FunctionDef,
+            ast.AsyncFunctionDef,
+            ast.Lambda,
+            ast.GeneratorExp,
+        )
+        for node in own.of(*kinds):
             if isinstance(node, (ast.Global, ast.Nonlocal)):
                 kind = type(node).__name__.lower()
                 self.add(
@@ -309,7 +350,8 @@ class _Rules:
             return  # Triton code has no Python containers; its `x += y` are values, not objects
         fresh = self.fresh_names(scope, own)
         local = isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))  # else: toplevel rule
-        for node in own:
+        kinds = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.comprehension, ast.Delete)
+        for node in own.of(*kinds, ast.withitem, ast.NamedExpr, ast.Attribute):
             targets: list[ast.expr] = []
             if isinstance(node, ast.Assign):
                 targets = node.targets
@@ -352,8 +394,8 @@ class _Rules:
             node,
             "state",
             f"{_short(node)} changes{whose} an object this function did not create (a module table, "
-            f"an argument, a call's result); {INDEPENDENT}: copy it first, e.g. `d = dict(d)`, and "
-            "change the copy",
+            f"an argument, a call's result); {INDEPENDENT}: copy it into a new local first, "
+            "e.g. `cfg = dict(table)`, and change the copy",
         )
 
     def aug_name(self, node: ast.AugAssign, scope: ast.AST, own: list[ast.AST], fresh: set[str]) -> None:
@@ -465,7 +507,10 @@ class _Rules:
                     f"{_short(node)} reads a cache's statistics or clears it, which counts calls; "
                     f"{INDEPENDENT}: remove it",
                 )
-            elif isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in decorating:
+            elif (
+                (isinstance(node, ast.Attribute) and node.attr in ("lru_cache", "cache"))
+                or (isinstance(node, ast.Name) and self.aliases.get(node.id) in CACHE_DECORATORS)
+            ) and id(node) not in decorating:
                 path = self.resolve(node)
                 if path in CACHE_DECORATORS:
                     self.add(node, "cache", f"{path} may be used only as a decorator (`@{path}`)")

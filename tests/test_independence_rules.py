@@ -106,6 +106,8 @@ def test_text_in_assert_and_raise_messages_and_jit_type_are_allowed():
     src = module("""
     def f(a, b):
         assert a.shape[1] == b.shape[0], f"inner dimensions differ: {a.shape} {b}"
+        if str(a.dtype) != "torch.float16" or repr(a.shape) == "":
+            return b
         if a.dim() != 2:
             raise ValueError(f"expected a matrix, got {a}")
         return a
