@@ -12,9 +12,8 @@ kernel module must not be able to tell those runs apart, nor one call from the n
 - *state*: nothing outlives a call: no `global`/`nonlocal`, no changes to a container the
   function did not create itself (module tables stay read-only), no defaults or top-level
   generators evaluated once and shared;
-- *cache*: `functools.lru_cache`/`cache` only as decorators of pure config functions of
-  plain values (every parameter annotated int, bool, float or str; no tensor returned or
-  allocated), and nobody reads a cache's statistics or clears it.
+- *cache* (evaluators/cache_rules.py): `functools.lru_cache`/`cache` only on pure config
+  functions of plain values, and nobody reads a cache's statistics or clears it.
 
 `check` returns (line, rule, message) triples; static_rules turns them into Violations.
 """
@@ -24,18 +23,14 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
+from . import cache_rules
 from .rule_tables import (
-    CACHE_DECORATORS,
-    CACHE_STAT_ATTRS,
     CACHED_BODY_BUILTINS,
-    CACHED_BODY_CALLS,
-    CACHED_BODY_METHODS,
     DEVICE_QUERIES,
     FRESH_CONSTRUCTORS,
     KERNEL_STATE_ATTRS,
     MUTATING_METHODS,
     PLACEMENT_ATTRS,
-    PLAIN_ANNOTATIONS,
     TEXT_BUILTINS,
 )
 
@@ -85,7 +80,6 @@ class _Rules:
         self.aliases = aliases
         self.found: list[Found] = []
         self.user_defs = {s.name for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))}
-        self.cached: set[str] = set()
         self.nodes: list[ast.AST] = []  # every node but contexts and operators, once scopes() ran
 
     def add(self, node: ast.AST, rule: str, text: str) -> None:
@@ -489,83 +483,13 @@ class _Rules:
                     f"by every call; {INDEPENDENT}: use a constant default such as None",
                 )
 
-    # -- caches -----------------------------------------------------------------------------------
-    def caches(self) -> None:
-        decorating: set[int] = set()
-        functions = [n for n in self.nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        for fn in functions:
-            for dec in fn.decorator_list:
-                target = dec.func if isinstance(dec, ast.Call) else dec
-                if self.resolve(target) in CACHE_DECORATORS:
-                    decorating.add(id(target))
-                    self.cached.add(fn.name)
-        for node in self.nodes:
-            if isinstance(node, ast.Attribute) and node.attr in CACHE_STAT_ATTRS:
-                self.add(
-                    node,
-                    "cache",
-                    f"{_short(node)} reads a cache's statistics or clears it, which counts calls; "
-                    f"{INDEPENDENT}: remove it",
-                )
-            elif (
-                (isinstance(node, ast.Attribute) and node.attr in ("lru_cache", "cache"))
-                or (isinstance(node, ast.Name) and self.aliases.get(node.id) in CACHE_DECORATORS)
-            ) and id(node) not in decorating:
-                path = self.resolve(node)
-                if path in CACHE_DECORATORS:
-                    self.add(node, "cache", f"{path} may be used only as a decorator (`@{path}`)")
-        for fn in functions:
-            if fn.name in self.cached:
-                self.cached_function(fn)
-
-    def cached_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        args = fn.args
-        for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-            if a is None:
-                continue
-            ann = a.annotation
-            if not (isinstance(ann, ast.Name) and ann.id in PLAIN_ANNOTATIONS):
-                self.add(
-                    a,
-                    "cache",
-                    f"{fn.name} is cached, so its parameter {a.arg} must be annotated int, bool, float "
-                    "or str; caching is allowed only for pure config functions of plain values, never "
-                    "of tensors",
-                )
-        if fn.returns is not None and any(
-            self.resolve(n) == "torch.Tensor" for n in ast.walk(fn.returns) if isinstance(n, ast.expr)
-        ):
-            self.add(
-                fn.returns,
-                "cache",
-                f"{fn.name} is cached and returns a torch.Tensor: every call would share that tensor "
-                "(an output buffer overwritten by the next call); allocate tensors in the entry point",
-            )
-        for node in (n for stmt in fn.body for n in ast.walk(stmt)):
-            if isinstance(node, ast.Call) and not self.pure_call(node.func):
-                self.add(
-                    node,
-                    "cache",
-                    f"{fn.name} is cached but calls {_short(node.func)}(...); a cached function may "
-                    "call only builtins, math, triton.cdiv/next_power_of_2/Config, torch.cuda device "
-                    "queries and other cached functions (no tensors, no launches)",
-                )
-
-    def pure_call(self, func: ast.expr) -> bool:
-        path = self.resolve(func)
-        if path is not None:
-            return path.startswith("math.") or path in CACHED_BODY_CALLS
-        if isinstance(func, ast.Name):
-            return func.id in self.cached or self.builtin(func, CACHED_BODY_BUILTINS) is not None
-        return isinstance(func, ast.Attribute) and func.attr in CACHED_BODY_METHODS
-
     def run(self) -> list[Found]:
         scopes = list(self.scopes())
         passing = self.allowed_device_reads()
         for scope, own, jit in scopes:
             self.placement(own, jit, passing)
             self.state(scope, own, jit)
-        self.caches()
+        self.found += cache_rules.check(self.tree, self.aliases, self.nodes)
         return self.found
 
 

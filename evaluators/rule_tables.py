@@ -145,6 +145,14 @@ CACHED_BODY_CALLS = DEVICE_QUERIES | {
     "torch.cuda.current_device",
 }
 CACHED_BODY_METHODS = frozenset("get items keys values index count copy".split())
+# What an argument of a cached function may read (evaluators/cache_rules.py): attributes and
+# methods whose value is never a tensor (shapes, strides, dtypes, device properties).
+PLAIN_ATTRS = frozenset(
+    "shape ndim dtype itemsize multi_processor_count major minor name total_memory L2_cache_size "
+    "shared_memory_per_block shared_memory_per_block_optin shared_memory_per_multiprocessor "
+    "regs_per_multiprocessor warp_size max_threads_per_multi_processor".split()
+)
+PLAIN_METHODS = frozenset("stride size numel dim storage_offset element_size is_contiguous".split())
 
 EVOLVE_START, EVOLVE_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
 

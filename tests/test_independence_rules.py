@@ -303,3 +303,43 @@ def test_launch_results_and_kernel_runtime_state_are_rejected(stmt, needle, phra
 def test_launch_as_a_statement_is_allowed():
     src = module("@triton.jit\ndef k(x):\n    pass\n\n\ndef f(a):\n    k[(1,)](a)\n    return a")
     assert check_source(src) == []
+
+
+def test_cached_functions_are_passed_plain_values():
+    src = module("""
+    BLOCK = 64
+
+
+    @functools.cache
+    def pick(M: int, N: int, K: int, dtype: str = "fp16") -> int:
+        return M * N
+
+
+    def launch(a, b, M: int):
+        K, N = b.shape
+        rows = a.size(0)
+        tiles = 0
+        for i in range(4):
+            tiles = tiles + pick(i, N, K)
+        return pick(M, N, K + BLOCK, str(a.dtype)) + pick(rows, a.stride(0), b.shape[1] // 2) + tiles
+    """)
+    assert check_source(src) == []
+
+
+@pytest.mark.parametrize("arg", ["b", "b * 0", "a[0, 0]", "x", "max(b, b)", "args['M']"])
+def test_cached_function_passed_a_possible_tensor_is_rejected(arg):
+    src = module(f"""
+    @functools.cache
+    def keep(M: int, like: int) -> int:
+        return like * 0
+
+
+    def f(a, b, args):
+        x = a + b
+        return keep(1, {arg})
+    """)
+    found = check_source(src)
+    assert len(found) == 1 and found[0].rule == "cache" and found[0].line == line_of(src, "return keep"), (
+        found
+    )
+    assert "may be a tensor" in found[0].message
