@@ -33,6 +33,8 @@ from .rule_tables import (
 
 INDEPENDENT = "calls must be independent (no state kept from one call to the next)"
 Found = tuple[int, str, str]
+# What a cached body may not make: objects with state of their own, shared by every call.
+_LIVE_KINDS = (ast.GeneratorExp, ast.Yield, ast.YieldFrom, ast.Lambda, ast.FunctionDef, ast.ClassDef)
 _ANY_ARGS = frozenset({"int", "float", "bool", "str", "len"})  # return a plain value whatever they get
 
 
@@ -147,7 +149,14 @@ class _CacheRules:
                 "(an output buffer overwritten by the next call); allocate tensors in the entry point",
             )
         for node in (n for stmt in fn.body for n in ast.walk(stmt)):
-            if isinstance(node, ast.Call) and not self.pure_call(node.func):
+            if isinstance(node, _LIVE_KINDS):
+                self.add(
+                    node,
+                    f"{fn.name} is cached but makes a generator or function ({_short(node)}): the cache "
+                    f"would hand the same one to every call, which can count calls; {INDEPENDENT}: "
+                    "return plain values (numbers, strings, tuples, dicts of them)",
+                )
+            elif isinstance(node, ast.Call) and not self.pure_call(node.func):
                 self.add(
                     node,
                     f"{fn.name} is cached but calls {_short(node.func)}(...); a cached function may "

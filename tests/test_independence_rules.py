@@ -256,6 +256,9 @@ def test_cached_config_function_of_plain_values_is_allowed():
         ),
         ("@functools.cache", "(M: int) -> dict", "return torch.empty(M)", "torch.empty", "calls torch.empty"),
         ("@functools.cache", "(M: int) -> dict", "return helper(M)", "return helper", "calls helper"),
+        ("@functools.cache", "(M: int) -> int", "return (i for i in range(M))", "return (i", "a generator"),
+        ("@functools.cache", "(M: int) -> int", "yield M", "yield M", "a generator"),
+        ("@functools.cache", "(M: int) -> int", "return zip(range(M))", "return zip", "calls zip"),
     ],
 )
 def test_caching_anything_but_a_pure_config_function_is_rejected(deco, sig, body, needle, phrase):
