@@ -40,6 +40,7 @@ INDEPENDENT = "calls must be independent (no state kept from one call to the nex
 Found = tuple[int, str, str]
 _IN_PLACE_OPS = (ast.Add, ast.Mult, ast.BitOr, ast.BitAnd, ast.Sub, ast.BitXor)  # list/dict/set ops
 # Node kinds the rules never look at (contexts, operators), and plain field values.
+_KERNEL_DECORATORS = frozenset({"triton.jit", "triton.autotune", "triton.heuristics"})
 _LEAVES = frozenset(
     [type(None), str, int, float, bool, bytes, ast.Constant]
     + [
@@ -80,6 +81,15 @@ class _Rules:
         self.aliases = aliases
         self.found: list[Found] = []
         self.user_defs = {s.name for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))}
+        self.kernels = {  # names of the module's Triton kernels (jit, autotuned or with heuristics)
+            s.name
+            for s in tree.body
+            if isinstance(s, ast.FunctionDef)
+            and any(
+                self.resolve(d.func if isinstance(d, ast.Call) else d) in _KERNEL_DECORATORS
+                for d in s.decorator_list
+            )
+        }
         self.nodes: list[ast.AST] = []  # every node but contexts and operators, once scopes() ran
 
     def add(self, node: ast.AST, rule: str, text: str) -> None:
@@ -171,6 +181,15 @@ class _Rules:
             elif isinstance(node, ast.Raise):
                 quoted |= {id(n) for part in (node.exc, node.cause) if part for n in ast.walk(part)}
         discarded = {id(n.value) for n in own.of(ast.Expr)}
+        called = {id(n.func) for n in own.of(ast.Call)}
+        for node in own.of(ast.Subscript):
+            if isinstance(node.value, ast.Name) and node.value.id in self.kernels and id(node) not in called:
+                self.add(
+                    node,
+                    "placement",
+                    f"{_short(node)} keeps a kernel's launcher instead of launching it; {ONLY_SHAPES}: "
+                    "launch it where it is made, `kernel[grid](...)`, as a statement of its own",
+                )
         for node in own.of(ast.Call, ast.Attribute, ast.JoinedStr, ast.BinOp):
             if (
                 isinstance(node, ast.Call)

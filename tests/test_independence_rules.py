@@ -290,6 +290,7 @@ def test_cache_decorators_only_as_decorators():
     "stmt, needle, phrase",
     [
         ("r = k[(1,)](a)\n    return r is None", "r = k", "result of the launch"),
+        ("run = k[(1,)]\n    return run(a) is None", "run = k", "keeps a kernel's launcher"),
         ("return len(k.device_caches[0][0])", "device_caches", "runtime state"),
         ("return k.cache", "k.cache", "runtime state"),
         ("return k.best_config", "best_config", "runtime state"),
