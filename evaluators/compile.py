@@ -292,7 +292,8 @@ def precision_problems(facts: dict, dtype: str, allow_tf32: bool) -> list[str]:
         narrow = [t for t in (dot["a"], dot["b"]) if t not in keeps]
         if narrow:
             problems.append(
-                f"tl.dot on {dot['a']} x {dot['b']} operands: narrower than the task's {dtype} "
+                f"tl.dot on {dot['a']} x {dot['b']} operands: narrower than the task's {dtype}"
+                f"{' (the task is strict fp32)' if dtype == 'fp32' and not allow_tf32 else ''} "
                 f"({', '.join(sorted(set(narrow)))} loses range or mantissa); multiply the task's dtype"
             )
         elif dtype != "fp32" and dot.get("acc") and dot["acc"] not in ("f32", "f64"):

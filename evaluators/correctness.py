@@ -20,6 +20,18 @@ sqrt(K) for random-signed terms; the factor 2 leaves room for a different but
 honest summation order. Dropping one product term of randn inputs costs about
 1/(0.64 K) in these units, and rounding fp32 inputs to fp16 about 2^-11 / sqrt(K):
 both far above tol for fp32 tasks (tests/test_correctness.py checks these cases).
+
+Non-finite values. Where torch.matmul's own output is NaN or +-Inf (an overflow in the task's
+dtype, a NaN in the inputs) the candidate's must be the same NaN / same-signed Inf; everywhere
+else it must be finite. e() and e_torch are taken over the elements where torch's output is
+finite, so an overflowing reference never widens the tolerance to inf.
+
+Bias. Rounding toward zero (or any one-sided rounding) stays under one ulp per element, inside
+the tolerance, yet shifts every result the same way and compounds over layers. With
+d_ij = sign(R_ij) (X_ij - R_ij) / ulp(R_ij) in the output dtype, honest round-to-nearest gives
+mean(d) ~ 0 with a spread of ~0.29; one-sided rounding gives ~ -0.5. A result is biased when
+|mean(d)| exceeds torch's own |mean(d)| by more than BIAS_ULPS and is more than BIAS_Z standard
+errors from zero (so the check never fires on a few elements by chance).
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ import torch
 from .wire import torch_dtype
 
 UNIT_ROUNDOFF = {"fp16": 2.0**-11, "bf16": 2.0**-8, "fp32": 2.0**-24}
+MANTISSA_BITS = {"fp16": 10, "bf16": 7, "fp32": 23}
+BIAS_ULPS = 0.1  # mean signed error beyond torch's own, in ulps of the output dtype
+BIAS_Z = 6.0  # standard errors from zero before a mean counts as a bias
 FP32_ACC = 2.0**-24
 TF32_INPUT = 2.0**-11
 
@@ -81,7 +96,11 @@ def make_inputs(
 class Reference:
     exact: torch.Tensor  # float64 A @ B
     scale: torch.Tensor  # float64 |A| @ |B|
-    torch_scaled_err: float  # e(torch.matmul in the task dtype)
+    torch_scaled_err: float  # e(torch.matmul in the task dtype), over its finite elements
+    torch_bias: float = 0.0  # torch.matmul's own mean signed error in ulps (see the module doc)
+    # torch.matmul's output where it is NaN or +-Inf (finite elsewhere, values irrelevant there);
+    # None when every element is finite (the usual case: nothing extra is kept)
+    special: torch.Tensor | None = None
 
 
 def reference(a: torch.Tensor, b: torch.Tensor) -> Reference:
@@ -90,14 +109,39 @@ def reference(a: torch.Tensor, b: torch.Tensor) -> Reference:
     exact = a64 @ b64
     scale = a64.abs() @ b64.abs()
     torch_out = torch.matmul(a, b)
-    return Reference(exact, scale, scaled_error(torch_out, exact, scale))
+    finite = torch.isfinite(torch_out)
+    special = None if bool(finite.all()) else torch.where(finite, torch.zeros_like(torch_out), torch_out)
+    dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(torch_out.dtype)
+    bias = signed_ulp_error(torch_out, exact, dtype, finite)[0] if dtype else 0.0
+    return Reference(exact, scale, scaled_error(torch_out, exact, scale, finite), bias, special)
 
 
-def scaled_error(x: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor) -> float:
+def scaled_error(
+    x: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor, where: torch.Tensor | None = None
+) -> float:
+    """max |x - exact| / scale over `where` (all elements when None); inf if x is not finite there."""
     diff = (x.double() - exact).abs()
+    if where is not None:
+        diff, scale = diff[where], scale[where]
     if not torch.isfinite(diff).all():
         return math.inf
     return float((diff / scale.clamp_min(1e-300)).max()) if diff.numel() else 0.0
+
+
+def signed_ulp_error(
+    x: torch.Tensor, exact: torch.Tensor, dtype: str, where: torch.Tensor
+) -> tuple[float, float]:
+    """(mean, standard error) of sign(exact) (x - exact) / ulp(exact) in `dtype`, over the elements
+    of `where` whose exact value is a normal number of that dtype (0 and subnormals are skipped)."""
+    finfo = torch.finfo(torch_dtype(dtype))
+    keep = where & (exact.abs() >= finfo.tiny) & (exact.abs() <= finfo.max)
+    ref = exact[keep]
+    if ref.numel() < 2:
+        return 0.0, math.inf
+    _, exponent = torch.frexp(ref)  # |ref| = m 2^e, m in [0.5, 1): ulp = 2^(e - 1 - mantissa bits)
+    ulp = torch.ldexp(torch.ones_like(ref), exponent - 1 - MANTISSA_BITS[dtype])
+    d = torch.sign(ref) * (x.double()[keep] - ref) / ulp
+    return float(d.mean()), float(d.std() / math.sqrt(d.numel()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +155,26 @@ class Verdict:
 
 def compare(out: torch.Tensor, ref: Reference, dtype: str, K: int, allow_tf32: bool = False) -> Verdict:
     tol = tolerance(dtype, K, ref.torch_scaled_err, allow_tf32)
-    err = scaled_error(out, ref.exact, ref.scale)
-    diff = (out.double() - ref.exact).abs()
+    finite = torch.ones_like(out, dtype=torch.bool) if ref.special is None else torch.isfinite(ref.special)
+    wrong_special = _special_mismatch(out, ref.special, finite)
+    if wrong_special:
+        return Verdict(False, math.inf, math.inf, tol, wrong_special)
+    err = scaled_error(out, ref.exact, ref.scale, finite)
+    diff = torch.where(finite, (out.double() - ref.exact).abs(), torch.zeros_like(ref.exact))
     max_abs = float(diff.max()) if diff.numel() else 0.0
     if err <= tol:
+        mean, stderr = signed_ulp_error(out, ref.exact, dtype, finite)
+        if abs(mean) > abs(ref.torch_bias) + BIAS_ULPS and abs(mean) > BIAS_Z * stderr:
+            return Verdict(
+                False,
+                max_abs,
+                err,
+                tol,
+                f"results are biased: mean signed error {mean:+.3f} ulp of {dtype} toward "
+                f"{'zero' if mean < 0 else 'larger magnitudes'} (torch.matmul: {ref.torch_bias:+.3f}); round to "
+                "nearest (a one-sided rounding stays under 1 ulp per element but compounds over layers)",
+            )
         return Verdict(True, max_abs, err, tol, "")
-    if not math.isfinite(err):
-        return Verdict(False, math.inf, math.inf, tol, "output has NaN or Inf")
     flat = int((diff / ref.scale.clamp_min(1e-300)).argmax())
     i, j = divmod(flat, out.shape[1])
     message = (
@@ -125,6 +182,22 @@ def compare(out: torch.Tensor, ref: Reference, dtype: str, K: int, allow_tf32: b
         f"{float(out[i, j]):.6g}, expected {float(ref.exact[i, j]):.6g})"
     )
     return Verdict(False, max_abs, err, tol, message)
+
+
+def _special_mismatch(out: torch.Tensor, special: torch.Tensor | None, finite: torch.Tensor) -> str:
+    """'' when `out` is finite where torch's output is and the same NaN / signed Inf elsewhere."""
+    bad = finite & ~torch.isfinite(out)
+    if special is not None:
+        nan = torch.isnan(special)
+        bad |= ~finite & ~((nan & torch.isnan(out)) | (~nan & (out == special)))
+    if not bool(bad.any()):
+        return ""
+    i, j = (int(x) for x in bad.nonzero()[0])
+    expected = "finite" if bool(finite[i, j]) else f"{float(special[i, j])}"
+    return (
+        f"NaN/Inf where torch.matmul's differ: {int(bad.sum())} element(s), first C[{i},{j}] = "
+        f"{float(out[i, j])}, torch.matmul gives {expected} there"
+    )
 
 
 def layout_views(shape: tuple[int, int, int], layout: str, dtype: torch.dtype, device: str = "meta"):

@@ -160,6 +160,73 @@ def ensure_bf16_atomic_add() -> str:
     return "patched"
 
 
+def _rounding_selfcheck() -> str | None:
+    """None when fp32 -> bf16 casts round to nearest even under the interpreter (as `cvt.rn.bf16.f32`
+    on a GPU and torch's `.to(torch.bfloat16)` do); else what came out."""
+    import torch
+    import triton.language as tl
+
+    def cast_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs).to(tl.bfloat16))
+
+    kernel = compat.interpreted(cast_kernel)
+    # Above, at and below half an ulp, both signs, a tie to even each way, and an overflow to inf.
+    x = torch.tensor(
+        [
+            1.0 + 2**-8 + 2**-20,
+            1.0 + 3 * 2**-9,
+            -1.01171875,
+            -(1.0 + 2**-9),
+            1.0 + 2**-9,
+            3.0000002,
+            3.4e38,
+            0.0,
+        ],
+        dtype=torch.float32,
+    )
+    y = torch.empty(8, dtype=torch.bfloat16)
+    kernel[(1,)](x, y, BLOCK=8)
+    expected = x.to(torch.bfloat16)
+    if torch.equal(y.view(torch.int16), expected.view(torch.int16)):
+        return None
+    return f"got {y.float().tolist()}, expected {expected.float().tolist()}"
+
+
+def ensure_bf16_rounding() -> str:
+    """Make the interpreter's fp32 -> bf16 casts round to nearest even, as a GPU does (Triton 3.9's
+    truncates, a bias toward zero an honest kernel does not have on a GPU, and which the judge's bias
+    check would blame on it); 'ok', 'patched' or 'unavailable: why'. Never raises."""
+    if "rounding" in _state:
+        return _state["rounding"]
+    if _rounding_selfcheck() is None:
+        _state["rounding"] = "ok"
+        return "ok"
+    import triton.language as tl
+
+    builder, handle = compat.interpreter_dot()
+    original = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            data = np.asarray(src.data, dtype=np.float32)
+            return handle(_fp32_to_bf16_storage(data).reshape(data.shape), dst_type.scalar)
+        return original(self, src, dst_type)
+
+    builder.cast_impl = cast_impl
+    problem = _rounding_selfcheck()
+    if problem is not None:
+        builder.cast_impl = original
+        _state["rounding"] = f"unavailable: the fix did not self-check ({problem[:200]})"
+        return _state["rounding"]
+    _state["rounding"] = "patched"
+    return "patched"
+
+
 def ensure_interpreter_fixes() -> dict:
-    """Every fix above, self-checked; {'bf16_dot': 'ok'|'patched', 'bf16_atomic_add': ...}."""
-    return {"bf16_dot": ensure_bf16_dot(), "bf16_atomic_add": ensure_bf16_atomic_add()}
+    """Every fix above, self-checked; {'bf16_dot': 'ok'|'patched', 'bf16_atomic_add': ..., 'bf16_rounding': ...}."""
+    return {
+        "bf16_dot": ensure_bf16_dot(),
+        "bf16_atomic_add": ensure_bf16_atomic_add(),
+        "bf16_rounding": ensure_bf16_rounding(),
+    }

@@ -42,7 +42,9 @@ def test_seed_is_ok_and_reports_compile_facts(cache):
     )
     assert check.max_scaled_err <= check.tolerance
     assert train.tflops > 0 and train.fraction_of_peak == pytest.approx(train.tflops / 989.4, rel=1e-3)
-    (kernel,) = ev.compile
+    # every launch is compiled for the target: the training shape's and the check shape's
+    assert len(ev.compile) == 2
+    kernel = max(ev.compile, key=lambda k: k["shared"])  # the training shape's 128x128 tile
     assert kernel["shared"] > 0 and kernel["regs"] > 0 and kernel["spill_bytes"] == 0
     assert kernel["uses_wgmma"] is True  # sm_90 and a 128x128 tile at 512^3
     assert ev.provenance["interp_bf16_dot"] in ("ok", "patched")
