@@ -81,6 +81,7 @@ class _Rules:
         self.aliases = aliases
         self.found: list[Found] = []
         self.user_defs = {s.name for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))}
+        self.called: set[int] = set()  # ids of the current scope's called functions (placement)
         self.kernels = {  # names of the module's Triton kernels (jit, autotuned or with heuristics)
             s.name
             for s in tree.body
@@ -174,14 +175,17 @@ class _Rules:
         return ok
 
     def placement(self, own: _Nodes, jit: bool, passing: set[int]) -> None:
-        quoted: set[int] = set()  # nodes inside assert/raise messages, where text is allowed
+        quoted: set[int] = set()  # in assert/raise messages and annotations, where text is allowed
         for node in own.of(ast.Assert, ast.Raise):
             if isinstance(node, ast.Assert) and node.msg is not None:
                 quoted |= {id(n) for n in ast.walk(node.msg)}
             elif isinstance(node, ast.Raise):
                 quoted |= {id(n) for part in (node.exc, node.cause) if part for n in ast.walk(part)}
         discarded = {id(n.value) for n in own.of(ast.Expr)}
-        called = {id(n.func) for n in own.of(ast.Call)}
+        hints = [n.annotation for n in own.of(ast.arg, ast.AnnAssign)]
+        hints += [n.returns for n in own.of(ast.FunctionDef, ast.AsyncFunctionDef)]
+        quoted |= {id(n) for hint in hints if hint is not None for n in ast.walk(hint)}  # `dtype: str`
+        called = self.called = {id(n.func) for n in own.of(ast.Call)}
         for node in own.of(ast.Subscript):
             if isinstance(node.value, ast.Name) and node.value.id in self.kernels and id(node) not in called:
                 self.add(
@@ -190,7 +194,7 @@ class _Rules:
                     f"{_short(node)} keeps a kernel's launcher instead of launching it; {ONLY_SHAPES}: "
                     "launch it where it is made, `kernel[grid](...)`, as a statement of its own",
                 )
-        for node in own.of(ast.Call, ast.Attribute, ast.JoinedStr, ast.BinOp):
+        for node in own.of(ast.Call, ast.Attribute, ast.JoinedStr, ast.BinOp, ast.Name):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Subscript)
@@ -258,6 +262,8 @@ class _Rules:
                 )
 
     def is_text(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):  # `map(str, xs)`, `str.format(...)`: str passed on, not called
+            return id(node) not in self.called and self.builtin(node, TEXT_BUILTINS) is not None
         if isinstance(node, ast.JoinedStr):
             return any(isinstance(v, ast.FormattedValue) for v in node.values)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
@@ -270,7 +276,7 @@ class _Rules:
                 return not all(isinstance(x, ast.Attribute) and x.attr in ("dtype", "shape") for x in shown)
             return (
                 isinstance(func, ast.Attribute)
-                and func.attr == "format"
+                and func.attr in ("format", "format_map")
                 and isinstance(func.value, ast.Constant)
                 and isinstance(func.value.value, str)
             )

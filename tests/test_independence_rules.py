@@ -95,7 +95,10 @@ def test_device_passed_to_allocations_and_queries_is_allowed():
     assert check_source(src) == []
 
 
-@pytest.mark.parametrize("expr", ["str(a)", "repr(a)", "f'{a}'", "'%s' % (a,)", "'{}'.format(a)", "a.type()"])
+@pytest.mark.parametrize(
+    "expr",
+    ["str(a)", "repr(a)", "f'{a}'", "'%s' % (a,)", "'{}'.format(a)", "a.type()", "''.join(map(str, [a]))"],
+)
 def test_text_of_a_value_is_rejected_outside_messages(expr):
     src = module(f"def f(a):\n    s = {expr}\n    return 'meta' in s")
     v = one(src, "placement", expr)
