@@ -131,6 +131,13 @@ class CheckStage:
     def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
         if header.get("event") == "error":
             raise failures.from_child(header, interpreter=self.options.device == "cpu")
+        writes = header.get("input_writes") or []
+        if writes:
+            raise Stop(
+                "rejected",
+                f"{where}: {writes[0]}: the inputs are read-only, inside the kernels too (even written and "
+                "restored); write into C or a workspace the entry point allocates",
+            )
         forbidden = guards.describe_forbidden(
             [str(o) for o in header.get("ops", [])], [str(o) for o in header.get("launch_ops", [])]
         )

@@ -57,6 +57,8 @@ class Child:
         self.capture = None  # set while the compile run captures launches instead of running them
         self.phase, self.where = "start", None  # what the child is doing, said with an error
         self.failed_launch: str | None = None  # the kernel whose launch raised, in this call
+        self.current_kernel = "?"  # the kernel being launched (named by the input-write guard)
+        self.write_guard = None  # check mode: evaluators/write_guard.py
         from .standins import AutotuneStandIn
 
         self.autotune = AutotuneStandIn()
@@ -80,6 +82,7 @@ class Child:
                 )
                 launch.launches += 1
                 launch.depth += 1
+                self.current_kernel = fn_self.__name__
                 try:
                     result = _original(fn_self, *args, **kwargs)
                 except BaseException:
@@ -272,13 +275,21 @@ class Child:
         )
         # CPU: the config each autotuned launch takes, as the parent chose it from the model.
         self.autotune.choices, self.autotune.chosen = list(cmd.get("autotune", [])), []
-        with recorder:
-            out = module.matmul(a, b)
+        if self.write_guard is not None:
+            self.write_guard.hits.clear()
+            self.write_guard.protect({"A": a, "B": b})
+        try:
+            with recorder:
+                out = module.matmul(a, b)
+        finally:
+            if self.write_guard is not None:
+                self.write_guard.protect({})
         if device == "cuda":
             torch.cuda.synchronize()
         facts = {
             "event": "result",
             "autotune_chosen": list(self.autotune.chosen),
+            "input_writes": list(self.write_guard.hits) if self.write_guard is not None else [],
             "ops": recorder.ops,
             "launch_ops": recorder.launch_ops,
             "launch_signatures": list(self.launch_signatures),
@@ -411,7 +422,11 @@ class Child:
             elif mode == "check":
                 from . import compat
                 from .interp_fix import ensure_interpreter_fixes
+                from .write_guard import InputWriteGuard
 
+                self.write_guard = InputWriteGuard()
+                self.write_guard.install()
+                self.write_guard.kernel = lambda: self.current_kernel
                 self.phase = "load"
                 module = self.load(path, "candidate", interpret=True)
                 report = {"interp_fixes": ensure_interpreter_fixes()}

@@ -322,6 +322,25 @@ def interpreter_atomics():
     )
 
 
+def interpreter_writers():
+    """(InterpreterBuilder, {method: (index of its pointer argument, index of its mask or None)})
+    for every way the interpreter writes memory, Triton 3.6-3.9 (evaluators/write_guard.py wraps
+    them; indices count after `self`, a method a version lacks is skipped)."""
+    from triton.runtime import interpreter
+
+    writers = {
+        "create_store": (0, None),
+        "create_masked_store": (0, 2),
+        "create_atomic_store": (0, 2),
+        "create_atomic_rmw": (1, 3),
+        "create_atomic_cas": (0, None),
+        "create_tensor_pointer_store": (0, None),
+        "create_descriptor_store": (0, None),
+        "create_descriptor_scatter": (0, None),
+    }
+    return interpreter.InterpreterBuilder, writers
+
+
 # Parameters of each internal the door calls, as 3.6 and 3.9 declare them.
 _EXPECTED_PARAMS = {
     "triton.runtime.jit:create_function_from_signature": "sig kparams backend",
