@@ -75,20 +75,60 @@ def input_generator(seed: int, device: str = "cpu") -> torch.Generator:
 
 
 def make_inputs(
-    shape: tuple[int, int, int], layout: str, dtype: str, generator: torch.Generator
+    shape: tuple[int, int, int], layout: str, dtype: str, generator: torch.Generator, kind: str = "normal"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh normal inputs with the layout's strides, on ``generator.device``; never an exact zero."""
+    """Fresh inputs with the layout's strides, on ``generator.device``, of one of INPUT_KINDS
+    (evaluators/task.py): what a real training step passes. The same (shape, layout, dtype, seed,
+    kind) gives the same tensors in the parent and the child.
+
+    normal: N(0,1), never an exact zero. sliced: normal values in column slices of wider tensors
+    at a nonzero storage offset, the padding around them NaN (a kernel that reads past its view,
+    or computes strides from the shape, is wrong). relu: A with about half exact zeros. positive:
+    |N(0,1)| (then |A||B| = |C| and the scaled error is the relative error). small: magnitudes
+    1e-5..1e-3 (gradient-like). mixed: A's rows and B's 16-row K-blocks scaled by 1e-3..1e3.
+    large: |C| around the dtype's max / 64. nonfinite: a NaN and a +Inf in A, a -Inf in B."""
     M, N, K = shape
     dt = torch_dtype(dtype)
     device = generator.device
 
-    def randn(rows: int, cols: int) -> torch.Tensor:
-        x = torch.randn(rows, cols, generator=generator, dtype=torch.float32, device=device)
-        x = torch.where(x == 0, torch.ones_like(x), x).to(dt)
-        return torch.where(x == 0, torch.ones_like(x), x)  # values that underflowed the dtype
+    def uniform(*size: int) -> torch.Tensor:
+        return torch.rand(*size, generator=generator, dtype=torch.float32, device=device)
 
-    a = randn(K, M).t() if layout == "tn" else randn(M, K)
-    b = randn(N, K).t() if layout == "nt" else randn(K, N)
+    def values(rows: int, cols: int, operand: str) -> torch.Tensor:
+        x = torch.randn(rows, cols, generator=generator, dtype=torch.float32, device=device)
+        if kind == "relu" and operand == "a":
+            return x.clamp_min(0.0)
+        if kind == "positive":
+            x = x.abs()
+        elif kind == "small":
+            x = x * 10.0 ** (-5.0 + 2.0 * uniform(rows, 1))
+        elif kind == "mixed":
+            block = 16 if operand == "b" else 1  # B's rows are K: scale it by K-blocks
+            scales = 10.0 ** (-3.0 + 6.0 * uniform(-(-rows // block), 1))
+            x = x * scales.repeat_interleave(block, dim=0)[:rows]
+        elif kind == "large":
+            x = x * math.sqrt(torch.finfo(dt).max / (64.0 * math.sqrt(K)))
+        return torch.where(x == 0, torch.ones_like(x), x)
+
+    def operand(rows: int, cols: int, name: str) -> torch.Tensor:
+        x = values(rows, cols, name).to(dt)
+        if kind != "relu" or name != "a":
+            x = torch.where(x == 0, torch.ones_like(x), x)  # values that underflowed the dtype
+        if kind == "nonfinite":
+            i, j = int(uniform(1) * rows) % rows, int(uniform(1) * cols) % cols
+            x[i, j] = float("nan") if name == "a" else float("-inf")
+            if name == "a":
+                x[(i + 1) % rows, (j + 1) % cols] = float("inf")
+        if kind != "sliced":
+            return x
+        # A view into wider storage: 1..8 columns of NaN on each side, a row of NaN above.
+        left, right = 1 + int(uniform(1) * 8), 1 + int(uniform(1) * 8)
+        wide = torch.full((rows + 1, cols + left + right), float("nan"), dtype=dt, device=device)
+        wide[1:, left : left + cols] = x
+        return wide[1:, left : left + cols]
+
+    a = operand(K, M, "a").t() if layout == "tn" else operand(M, K, "a")
+    b = operand(N, K, "b").t() if layout == "nt" else operand(K, N, "b")
     return a, b
 
 

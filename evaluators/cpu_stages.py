@@ -198,7 +198,7 @@ class CpuStages:
         run) as on real ones (interpreter run). A kernel module that looks at the device to
         behave differently is caught here."""
         for entry in compiled:
-            key = (tuple(entry["shape"]), entry["layout"])
+            key = (tuple(entry["shape"]), entry["layout"], False)  # packed inputs, as on meta tensors
             signatures = [call.get("signature") for call in entry["calls"]]
             if key in self.run_signatures and self.run_signatures[key] != signatures:
                 raise Stop(

@@ -10,6 +10,8 @@ A task file looks like::
     layouts = ["nn", "nt"]    # nn: A[M,K] @ B[K,N]; nt: B stored [N,K]; tn: A stored [K,M]
     target = "sm_90"          # offline compile target without a GPU
     trials = 3                # correctness trials (fresh inputs) per shape and layout
+    inputs = ["normal", "sliced"]  # input kinds the trials cycle through (default: all of
+                                   # INPUT_KINDS: normal sliced relu positive small mixed large nonfinite)
 
     [shapes]
     train = [[4096, 4096, 4096]]   # (M, N, K) the fitness is computed on
@@ -33,6 +35,12 @@ DTYPES = ("fp16", "bf16", "fp32")
 LAYOUTS = ("nn", "nt", "tn")
 OPS = ("matmul",)
 TARGETS = ("sm_80", "sm_89", "sm_90")
+# Inputs a real training step passes (evaluators/correctness.py make_inputs): the checks cycle
+# through these, a different one each trial. normal: N(0,1), no zeros; sliced: column slices of
+# wider tensors at a storage offset, NaN in the padding; relu: A with ~half exact zeros; positive:
+# |N(0,1)| (scaled error = relative error); small: 1e-5..1e-3; mixed: row and K-block scales
+# 1e-3..1e3; large: outputs near the dtype's range; nonfinite: a NaN and Infs in A and B.
+INPUT_KINDS = ("normal", "sliced", "relu", "positive", "small", "mixed", "large", "nonfinite")
 
 Shape = tuple[int, int, int]
 
@@ -55,11 +63,12 @@ class Task:
     allow_tf32: bool = False  # fp32 only; False means full-fp32 products like torch's default
     target: str = "sm_90"  # compile target when no GPU is present
     trials: int = 3  # fresh-input trials per (shape, layout)
+    inputs: tuple[str, ...] = INPUT_KINDS  # input kinds the check trials cycle through
     source: str = "<memory>"  # where the task came from, for messages
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in ("layouts", "train", "held_out", "check"):
+        for key in ("layouts", "train", "held_out", "check", "inputs"):
             d[key] = [list(x) if isinstance(x, tuple) else x for x in d[key]]
         return d
 
@@ -152,6 +161,11 @@ def _build(d: dict, source: str) -> Task:
     trials = d.get("trials", 3)
     if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 20:
         raise TaskError(f"{source}: field 'trials' must be an integer from 1 to 20")
+    inputs = d.get("inputs", list(INPUT_KINDS))
+    if not isinstance(inputs, list | tuple) or not inputs:
+        raise TaskError(f"{source}: field 'inputs' must be a non-empty list drawn from {list(INPUT_KINDS)}")
+    for kind in inputs:
+        _check_choice(source, "inputs", kind, INPUT_KINDS)
     train = _shapes(source, "train", d["train"])
     check = _shapes(source, "check", d["check"])
     if not train or not check:
@@ -164,6 +178,7 @@ def _build(d: dict, source: str) -> Task:
         layouts=tuple(layouts),
         target=d.get("target", "sm_90"),
         trials=trials,
+        inputs=tuple(inputs),
         train=tuple(train),
         held_out=tuple(_shapes(source, "held_out", d.get("held_out", []))),
         check=tuple(check),

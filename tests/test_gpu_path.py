@@ -86,7 +86,8 @@ class FakeCudaChild:
 
     # -- answers
     def inputs(self, header: dict, seed: int):
-        return make_inputs(tuple(header["shape"]), header["layout"], self.job["dtype"], input_generator(seed))
+        shape, kind = tuple(header["shape"]), header.get("inputs", "normal")  # the check trials' kinds
+        return make_inputs(shape, header["layout"], self.job["dtype"], input_generator(seed), kind)
 
     def run(self, header: dict):
         a, b = self.inputs(header, header["seed"])
@@ -297,6 +298,7 @@ def _bare_child() -> tuple[Child, list]:
     child.torch, child.guards, child.previous = torch, guards, ()
     child.launch, child.launch_signatures = guards.LaunchDepth(), []
     child.autotune = AutotuneStandIn()
+    child.write_guard, child.current_kernel = None, "?"
     child.send = lambda header, tensors=None: sent.append((header, tensors))
     return child, sent
 

@@ -31,7 +31,6 @@ FOUND_WRONG = ("incorrect", "rejected")
 # xfail; any change of verdict fails it, so a fix shows up and the entry goes.
 KNOWN_GAPS: dict[str, str] = {
     "decoy_dot.py": "ok",  # ok, but its modelled fitness is not far below the seed's
-    "hardcoded_a_stride.py": "ok",
     "skip_big_1024.py": "ok",
     "splitk_race.py": "ok",
     "big_offsets_task.toml": "ok",
