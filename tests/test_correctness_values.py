@@ -66,3 +66,39 @@ def test_a_kernel_rounding_toward_zero_is_incorrect():
     source = (ROOT / "tests" / "adversarial" / "kernels" / "round_toward_zero.py").read_text()
     ev = evaluate(source, load_task(str(ROOT / "runs" / "demo_cpu.toml")), device="cpu", memo=False)
     assert ev.status == "incorrect" and "biased" in ev.feedback, ev.feedback
+
+
+def test_input_kinds_are_reproducible_and_what_they_say():
+    from evaluators.correctness import input_generator, make_inputs
+    from evaluators.task import INPUT_KINDS
+
+    for kind in INPUT_KINDS:
+        for layout in ("nn", "nt", "tn"):
+            a, b = make_inputs((37, 29, 53), layout, "bf16", input_generator(3), kind)
+            a2, b2 = make_inputs((37, 29, 53), layout, "bf16", input_generator(3), kind)
+            assert a.shape == (37, 53) and b.shape == (53, 29) and a.stride() == a2.stride()
+            assert torch.equal(a.view(torch.int16), a2.view(torch.int16))  # bit for bit, NaN included
+    a, b = make_inputs((37, 29, 53), "nn", "bf16", input_generator(1), "sliced")
+    assert a.storage_offset() > 0 and a.stride(0) > 53 and torch.isfinite(a).all()
+    assert torch.isnan(torch.as_strided(a, (37, 1), (a.stride(0), 1), a.storage_offset() - 1)).all()
+    a, _ = make_inputs((64, 64, 64), "nn", "bf16", input_generator(1), "relu")
+    assert 0.3 < float((a == 0).float().mean()) < 0.7
+    a, b = make_inputs((64, 64, 64), "nn", "fp16", input_generator(1), "large")
+    assert float(torch.matmul(a.float(), b.float()).abs().max()) > 65504 / 256
+    a, b = make_inputs((64, 64, 64), "nn", "bf16", input_generator(1), "nonfinite")
+    assert torch.isnan(a).sum() == 1 and torch.isinf(a).sum() == 1 and torch.isinf(b).sum() == 1
+
+
+def test_task_inputs_field_is_validated(tmp_path):
+    import pytest
+
+    from evaluators.task import INPUT_KINDS, TaskError
+
+    text = (ROOT / "runs" / "demo_cpu.toml").read_text()
+    assert load_task(str(ROOT / "runs" / "demo_cpu.toml")).inputs == INPUT_KINDS  # on by default
+    path = tmp_path / "t.toml"
+    path.write_text(text.replace("trials = 2", 'trials = 2\ninputs = ["normal", "sliced"]'))
+    assert load_task(str(path)).inputs == ("normal", "sliced")
+    path.write_text(text.replace("trials = 2", 'trials = 2\ninputs = ["gaussian"]'))
+    with pytest.raises(TaskError, match="inputs"):
+        load_task(str(path))
