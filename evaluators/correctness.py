@@ -85,7 +85,8 @@ def make_inputs(
     at a nonzero storage offset, the padding around them NaN (a kernel that reads past its view,
     or computes strides from the shape, is wrong). relu: A with about half exact zeros. positive:
     |N(0,1)| (then |A||B| = |C| and the scaled error is the relative error). small: magnitudes
-    1e-5..1e-3 (gradient-like). mixed: A's rows and B's 16-row K-blocks scaled by 1e-3..1e3.
+    1e-5..1e-3 (gradient-like). mixed: A's rows and B's 16-row K-blocks scaled by 1e-3..1e3
+    (fp16: narrower, so that outputs stay in its range).
     large: |C| around the dtype's max / 64. nonfinite: a NaN and a +Inf in A, a -Inf in B."""
     M, N, K = shape
     dt = torch_dtype(dtype)
@@ -104,7 +105,9 @@ def make_inputs(
             x = x * 10.0 ** (-5.0 + 2.0 * uniform(rows, 1))
         elif kind == "mixed":
             block = 16 if operand == "b" else 1  # B's rows are K: scale it by K-blocks
-            scales = 10.0 ** (-3.0 + 6.0 * uniform(-(-rows // block), 1))
+            # 1e-3..1e3 each, narrowed so a product of the two largest scales stays in range (fp16)
+            spread = min(3.0, 0.25 * math.log10(torch.finfo(dt).max / (64.0 * math.sqrt(K))))
+            scales = 10.0 ** (-spread + 2.0 * spread * uniform(-(-rows // block), 1))
             x = x * scales.repeat_interleave(block, dim=0)[:rows]
         elif kind == "large":
             x = x * math.sqrt(torch.finfo(dt).max / (64.0 * math.sqrt(K)))

@@ -8,6 +8,7 @@ the tests skip (visibly) on a developer's machine, and fail when TRITON_EVOLVE_R
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -35,6 +36,11 @@ KNOWN_GAPS: dict[str, str] = {
     "splitk_race.py": "ok",
     "big_offsets_task.toml": "ok",
 }
+# decoy_dot's case is about the fitness layer. Its decoy multiplies a masked-off zero tile by B,
+# so an Inf in B (the nonfinite inputs) gives NaN where torch.matmul gives Inf: incorrect, and
+# rightly (an overflowed value in a training step would turn into NaN). Judged on normal inputs,
+# the README's verdict (ok, modelled far below the seed) is what the case tests.
+NORMAL_INPUTS_ONLY = {"decoy_dot.py"}
 TIMEOUT_S = 90.0  # per case; the honest ones take 10-50 s on 2 busy cores
 
 
@@ -84,6 +90,8 @@ def test_judge_case(name: str, dtype: str, expected: str):
         source, task = SEED.read_text(), load_task(str(CASES / name))
     else:
         source, task = (CASES / name).read_text(), load_task(str(DEMO_TASK))
+    if name in NORMAL_INPUTS_ONLY:
+        task = dataclasses.replace(task, inputs=("normal",))
     ev = evaluate(source, task.with_dtype(dtype), device="cpu", memo=False, timeout_s=TIMEOUT_S)
     said = f"{name}: status {ev.status}, fitness {ev.fitness}; feedback: {ev.feedback[:1500]}"
     met = _meets(ev, expected, dtype)
