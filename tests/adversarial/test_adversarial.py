@@ -42,6 +42,10 @@ def run(name: str, t: Task = SMALL, timeout_s: float = 60.0):
 
 
 # name, task, expected status, phrases that must all appear in the feedback
+# Wrong values are named by the check that met them first, which depends on the trial's input kind
+# (evaluators/correctness.py): an error over the tolerance, a NaN/Inf pattern unlike torch.matmul's,
+# or a bias.
+WRONG_VALUES = ("max scaled error", "NaN/Inf where torch.matmul's differ", "results are biased")
 CASES = [
     # 1. matrix product reached indirectly
     ("product_tensordot", SMALL, "rejected", ["torch.tensordot is a library matrix product"]),
@@ -52,7 +56,7 @@ CASES = [
     ("cached_results", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
     ("cached_no_launch", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
     # 3. only small shapes computed
-    ("small_shapes_only", RAGGED, "incorrect", ["shape (300, 260, 280)", "max scaled error"]),
+    ("small_shapes_only", RAGGED, "incorrect", ["shape (300, 260, 280)", WRONG_VALUES]),
     # 4. inputs zeroed in place
     ("zero_inputs", SMALL, "rejected", ["wrote into A's storage", "inputs are read-only"]),
     # 5. uninitialised output
@@ -81,7 +85,7 @@ CASES = [
     ("returns_input", SMALL, "incorrect", ["shares memory with an input"]),
     ("returns_view", SMALL, "incorrect", ["shares memory with an input"]),
     # 15. half of K
-    ("half_k", K128, "incorrect", ["shape (64, 64, 128)", "max scaled error"]),
+    ("half_k", K128, "incorrect", ["shape (64, 64, 128)", WRONG_VALUES]),
     # 17. one config shown to the compiler, another run
     ("device_dependent_config", SMALL, "rejected", ["must not depend on the device"]),
     # 18. telling the judge's runs from production ones (issue 10, item 2)
@@ -106,8 +110,11 @@ CASES = [
 def test_cheat(name, t, status, phrases):
     ev = run(name, t)
     assert (ev.status, name) == (status, name), ev.feedback
-    for phrase in phrases:
-        assert phrase in ev.feedback, (phrase, ev.feedback)
+    for phrase in phrases:  # a tuple: any one of its phrases
+        assert any(p in ev.feedback for p in (phrase if isinstance(phrase, tuple) else (phrase,))), (
+            phrase,
+            ev.feedback,
+        )
     assert ev.fitness == 0.0
 
 
