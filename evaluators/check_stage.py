@@ -128,17 +128,11 @@ class CheckStage:
         except sandbox.ChildTimeout:
             if watch is not None and not watch.done and watch.deadline <= deadline:
                 self.timeout_text = watch.timeout_feedback()
-            else:
+            else:  # the check that timed out, not the last one sent: timeout_feedback() names it
                 shape, layout = next((s, lay) for s, lay, _, d in in_flight.values() if d <= deadline)
-                self.timeout_text = self.check_timeout_text(shape, layout)
+                cpu = self.options.device == "cpu"
+                self.waiting = f"the {'interpreter ' if cpu else ''}check of shape {shape} layout {layout}"
             raise
-
-    def check_timeout_text(self, shape, layout) -> str:
-        return (
-            f"timeout in the {'interpreter ' if self.options.device == 'cpu' else ''}check of shape {shape} "
-            f"layout {layout}: no answer within the checks' {self.options.timeout_s:g} s (a hang, an endless "
-            f"loop, or far too slow; compile time is budgeted apart); {failures.machine_load()}"
-        )
 
     def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
         if header.get("event") == "error":
