@@ -37,7 +37,7 @@ KNOWN_GAPS: dict[str, str] = {
     "big_offsets_task.toml": "ok",
 }
 # decoy_dot's case is about the fitness layer. Its decoy multiplies a masked-off zero tile by B,
-# so an Inf in B (the nonfinite inputs) gives NaN where torch.matmul gives Inf: incorrect, and
+# so an Inf in B (the nonfinite inputs) gives NaN where the exact product is Inf: incorrect, and
 # rightly (an overflowed value in a training step would turn into NaN). Judged on normal inputs,
 # the README's verdict (ok, modelled far below the seed) is what the case tests.
 NORMAL_INPUTS_ONLY = {"decoy_dot.py"}

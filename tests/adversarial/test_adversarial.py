@@ -43,9 +43,9 @@ def run(name: str, t: Task = SMALL, timeout_s: float = 60.0):
 
 # name, task, expected status, phrases that must all appear in the feedback
 # Wrong values are named by the check that met them first, which depends on the trial's input kind
-# (evaluators/correctness.py): an error over the tolerance, a NaN/Inf pattern unlike torch.matmul's,
+# (evaluators/correctness.py): an error over the tolerance, a NaN/Inf pattern unlike the exact product's,
 # or a bias.
-WRONG_VALUES = ("max scaled error", "NaN/Inf where torch.matmul's differ", "results are biased")
+WRONG_VALUES = ("max scaled error", "NaN/Inf where the exact product's differ", "results are biased")
 CASES = [
     # 1. matrix product reached indirectly
     ("product_tensordot", SMALL, "rejected", ["torch.tensordot is a library matrix product"]),
