@@ -25,6 +25,7 @@ from .check_stage import CheckStage
 from .compile_watch import CompileWatch
 from .cpu_stages import MODEL_FOR_TARGET, CpuStages
 from .evaluation import Evaluation, ShapeResult
+from .fingerprint import judge_fingerprint
 from .gpu_timing import gpu_budget, time_task
 from .provenance import provenance
 from .targets import TARGET_LIMITS, limit_violations
@@ -96,6 +97,7 @@ def evaluate(
             evaluation = Evaluation.from_dict(stored)
             evaluation.seconds = {"memo": round(time.perf_counter() - start, 4)}
             evaluation.provenance["memo_hit"] = True
+            evaluation.judge = judge_fingerprint()  # the same judge: the memo key holds its fingerprint
             return evaluation
     try:
         with _parent_threads(1):
@@ -103,6 +105,7 @@ def evaluate(
     except Exception as e:  # noqa: BLE001 - the judge's own bug: a verdict, never an escape
         run.memo = False
         evaluation = run.result("judge_error", _judge_error(e))
+    evaluation.judge = judge_fingerprint()  # every verdict says which judge gave it (evaluators/fingerprint.py)
     if evaluation.status in MEMO_STATUSES and run.memo:
         cache.put_evaluation(key, evaluation.to_dict())
     return evaluation
@@ -150,7 +153,7 @@ def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> st
             backend,
             options.parent_source,
             options.max_specialisations,
-            comp.judge_fingerprint(),
+            judge_fingerprint(),
         ],
         sort_keys=True,
     )

@@ -61,6 +61,10 @@ class Evaluation:
     # Held-out shapes, in the fitness's unit and kind (modelled fraction of peak, or measured speedup):
     # their geometric mean, shown beside the fitness and never part of it; None when not judged.
     held_out: float | None = None
+    # The judge that gave this verdict: evaluators/fingerprint.py's judge_fingerprint(), set by
+    # evaluate(). "" for records written before judges were fingerprinted (and for verdicts the
+    # engine makes itself); a verdict whose judge is not today's is stale (evolve/controller.py).
+    judge: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
