@@ -8,6 +8,10 @@ re-queuing one that every segment died on). Schema and migrations: evolve/store_
 `synchronous=NORMAL`: a commit is durable against a process kill (not against power loss
 since the last checkpoint), which is the failure this store is built for.
 
+Each evaluation names the judge that gave it (`judge`, evaluators/fingerprint.py; "" before schema
+3): a verdict of another judge than today's is stale, and `replace_stale_evaluation` puts today's
+verdict in its place when a resumed run re-judges it (evolve/controller.py).
+
 Times (`created`) are Unix seconds (float). JSON columns come back decoded.
 """
 
@@ -22,14 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from evolve.candidate import Proposal, normalised_hash
-from evolve.store_schema import PACKAGE, SCHEMA, SCHEMA_VERSION, StoreError, check_schema, migrate
+from evolve.store_schema import (
+    PACKAGE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    StoreError,
+    check_schema,
+    has_judge_column,
+    migrate,
+)
 
 __all__ = ["PACKAGE", "RETRYABLE", "SCHEMA_VERSION", "Store", "StoreError"]
 
 _CANDIDATE_COLS = "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
 _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
     c.created, e.status, e.fitness, e.backend, e.fitness_kind, e.feedback, e.seconds, e.created,
-    e.metrics FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
+    e.metrics, {judge} FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
 
 
 # Verdicts that may be the machine's or the judge's fault, so a later measurement may replace them.
@@ -45,6 +57,9 @@ class Store:
         self.readonly = readonly
         self._depth = 0  # transaction nesting: only the outermost level commits
         self.run_name: str = conn.execute("SELECT name FROM runs LIMIT 1").fetchone()[0]
+        # A store of schema 2 opened read-only has no judge column: all its verdicts read as judge "".
+        self._judge = "e.judge" if has_judge_column(conn) else "''"
+        self._rows = _ROW_SQL.format(judge=self._judge)
 
     # ----------------------------------------------------------------- opening
 
@@ -262,11 +277,11 @@ class Store:
             with self.transaction():
                 cur = self._conn.execute(
                     "INSERT INTO evaluations (candidate_id, backend, status, ok, fitness, fitness_kind,"
-                    " metrics, feedback, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " metrics, feedback, seconds, created, judge) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT (candidate_id, backend) DO NOTHING",
                     (candidate_id, ev["backend"], status, ok, float(ev.get("fitness") or 0.0),
                      ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
-                     ev.get("feedback", ""), total, time.time()),
+                     ev.get("feedback", ""), total, time.time(), ev.get("judge") or ""),
                 )  # fmt: skip
                 self._conn.execute("DELETE FROM pending WHERE candidate_id = ?", (candidate_id,))
                 if cur.rowcount:
@@ -279,6 +294,38 @@ class Store:
             raise StoreError(f"{self.path}: cannot store evaluation of candidate {candidate_id} ({e})") from e
         return bool(cur.rowcount)
 
+    def replace_stale_evaluation(self, candidate_id: int, evaluation: dict | Any, judge: str) -> bool:
+        """Store today's verdict over a stale one: when the stored verdict of this (candidate,
+        backend) was given by another judge than `judge` and the new one by `judge`, the row is
+        updated in place (still one evaluation per candidate and backend) and the candidate's
+        pending mark cleared. False, and nothing changed, otherwise (no stored verdict: use
+        add_evaluation; a verdict of the same judge stands)."""
+        ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
+        if not judge or (ev.get("judge") or "") != judge:
+            return False
+        seconds = ev.get("seconds") or {}
+        total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
+        ok = int(ev["status"] == "ok")
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT ok, judge FROM evaluations WHERE candidate_id = ? AND backend = ?",
+                (candidate_id, ev["backend"]),
+            ).fetchone()
+            if row is None or row[1] == judge:
+                return False
+            self._conn.execute(
+                "UPDATE evaluations SET status = ?, ok = ?, fitness = ?, fitness_kind = ?, metrics = ?,"
+                " feedback = ?, seconds = ?, created = ?, judge = ? WHERE candidate_id = ? AND backend = ?",
+                (ev["status"], ok, float(ev.get("fitness") or 0.0), ev.get("fitness_kind", "none"),
+                 json.dumps(ev, sort_keys=True, default=str), ev.get("feedback", ""), total, time.time(),
+                 judge, candidate_id, ev["backend"]),
+            )  # fmt: skip
+            self._conn.execute(
+                "UPDATE backend_counts SET ok = ok + ? WHERE backend = ?", (ok - row[0], ev["backend"])
+            )
+            self._conn.execute("DELETE FROM pending WHERE candidate_id = ?", (candidate_id,))
+        return True
+
     def set_niche(self, candidate_id: int, niche: Any) -> None:
         """Record the niche derived from the candidate's evaluation (compile facts and source)."""
         with self.transaction():
@@ -288,13 +335,14 @@ class Store:
 
     def population_rows(self, backend: str) -> list[dict]:
         """What a resumed run rebuilds its population from: every candidate evaluated on `backend`
-        with {id, island, generation, niche, source_hash, status, fitness}, in id order."""
+        with {id, island, generation, niche, source_hash, status, fitness, judge}, in id order."""
         cur = self._conn.execute(
-            "SELECT c.id, c.island, c.generation, c.niche, c.source_hash, e.status, e.fitness FROM candidates c"
-            " JOIN evaluations e ON e.candidate_id = c.id WHERE e.backend = ? ORDER BY c.id",
+            "SELECT c.id, c.island, c.generation, c.niche, c.source_hash, e.status, e.fitness,"
+            f" {self._judge} FROM candidates c JOIN evaluations e ON e.candidate_id = c.id"
+            " WHERE e.backend = ? ORDER BY c.id",
             (backend,),
         )
-        names = ("id", "island", "generation", "niche", "source_hash", "status", "fitness")
+        names = ("id", "island", "generation", "niche", "source_hash", "status", "fitness", "judge")
         return [{**dict(zip(names, r, strict=True)), "niche": json.loads(r[3])} for r in cur]
 
     def all_hashes(self) -> list[str]:
@@ -351,7 +399,7 @@ class Store:
 
     def candidates(self, ids: Iterable[int]) -> list[dict]:
         """Candidates in the order of `ids` (unknown ids skipped). Each dict holds the candidate
-        columns plus `evaluations`: [{backend, status, fitness, fitness_kind, feedback}]."""
+        columns plus `evaluations`: [{backend, status, fitness, fitness_kind, feedback, judge}]."""
         ids = [int(i) for i in ids]
         out: dict[int, dict] = {}
         for start in range(0, len(ids), 500):
@@ -366,13 +414,13 @@ class Store:
                 c["evaluations"] = []
                 out[c["id"]] = c
             q = (
-                "SELECT candidate_id, backend, status, fitness, fitness_kind, feedback FROM evaluations"
-                f" WHERE candidate_id IN ({marks}) ORDER BY id"
+                f"SELECT e.candidate_id, e.backend, e.status, e.fitness, e.fitness_kind, e.feedback, {self._judge}"
+                f" FROM evaluations e WHERE e.candidate_id IN ({marks}) ORDER BY e.id"
             )
-            for cid, backend, status, fitness, kind, feedback in self._conn.execute(q, chunk):
+            for cid, backend, status, fitness, kind, feedback, judge in self._conn.execute(q, chunk):
                 out[cid]["evaluations"].append(
                     {"backend": backend, "status": status, "fitness": fitness, "fitness_kind": kind,
-                     "feedback": feedback}
+                     "feedback": feedback, "judge": judge}
                 )  # fmt: skip
         return [out[i] for i in ids if i in out]
 
@@ -383,24 +431,38 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def top(self, k: int, backend: str | None = None) -> list[dict]:
+    def top(self, k: int, backend: str | None = None, judge: str | None = None) -> list[dict]:
         """The k best evaluations on one backend (default: `default_backend()`), fitness descending
-        (ties: ok first, then lower id). Backends are never mixed. Rows: see `_row`."""
+        (ties: ok first, then lower id). Backends are never mixed. Rows: see `_row`.
+
+        With `judge` (today's fingerprint, evaluators/fingerprint.py): the ok verdicts of that judge
+        come first, by fitness; every other row (a stale verdict of another judge, whatever its
+        fitness, or a failure) after them, and each row says `stale` (judged by another judge)."""
         backend = backend if backend is not None else self.default_backend()
         if backend is None:
             return []
-        q = f"{_ROW_SQL} WHERE e.backend = ? ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
-        return [self._row(r) for r in self._conn.execute(q, (backend, int(k)))]
+        if judge is None:
+            q = f"{self._rows} WHERE e.backend = ? ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
+            return [self._row(r) for r in self._conn.execute(q, (backend, int(k)))]
+        q = (
+            f"{self._rows} WHERE e.backend = ? ORDER BY (e.ok = 1 AND {self._judge} = ?) DESC, e.fitness DESC,"
+            " e.ok DESC, e.candidate_id LIMIT ?"
+        )
+        rows = [self._row(r) for r in self._conn.execute(q, (backend, judge, int(k)))]
+        for row in rows:
+            row["stale"] = row["judge"] != judge
+        return rows
 
-    def best(self, backend: str | None = None) -> dict | None:
-        """The best ok evaluation on `backend` (default: `default_backend()`), or None."""
-        rows = self.top(1, backend)
-        return rows[0] if rows and rows[0]["status"] == "ok" else None
+    def best(self, backend: str | None = None, judge: str | None = None) -> dict | None:
+        """The best ok evaluation on `backend` (default: `default_backend()`), or None; with
+        `judge`, the best of that judge's (a stale verdict is never the best)."""
+        rows = self.top(1, backend, judge)
+        return rows[0] if rows and rows[0]["status"] == "ok" and not rows[0].get("stale") else None
 
     def all_evaluated(self) -> list[dict]:
         """Every evaluation of every candidate (by candidate id, then backend), for `--json` output.
         Rows as in `top`, plus `metrics` (the full Evaluation dict)."""
-        q = f"{_ROW_SQL} ORDER BY e.candidate_id, e.backend"
+        q = f"{self._rows} ORDER BY e.candidate_id, e.backend"
         return [self._row(r, full=True) for r in self._conn.execute(q)]
 
     def counts_by_status(self, backend: str | None = None) -> dict[str, int]:
@@ -442,6 +504,7 @@ class Store:
             "model": r[5], "note": r[6], "parent_ids": json.loads(r[7]), "created": r[8], "status": r[9],
             "fitness": r[10], "backend": r[11], "fitness_kind": r[12], "feedback": r[13], "seconds": r[14],
             "evaluated": r[15], "shapes": metrics.get("shapes", []), "held_out": metrics.get("held_out"),
+            "judge": r[17],
         }  # fmt: skip
         if full:
             row["metrics"] = metrics

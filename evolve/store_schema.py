@@ -13,7 +13,10 @@ class StoreError(Exception):
     """The file is missing, not a run store, of another schema version, or misused."""
 
 
-SCHEMA_VERSION = 2  # 2: pending.attempts (how many times a candidate was queued; see requeue)
+# 2: pending.attempts (how many times a candidate was queued; see requeue).
+# 3: evaluations.judge (the fingerprint of the judge that gave the verdict, evaluators/fingerprint.py;
+#    "" for verdicts stored before: stale, re-judged on resume when they matter).
+SCHEMA_VERSION = 3
 PACKAGE = "triton-evolve"
 
 SCHEMA = """
@@ -32,7 +35,8 @@ CREATE TABLE evaluations (
     id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL REFERENCES candidates(id),
     backend TEXT NOT NULL, status TEXT NOT NULL, ok INTEGER NOT NULL, fitness REAL NOT NULL,
     fitness_kind TEXT NOT NULL, metrics TEXT NOT NULL, feedback TEXT NOT NULL DEFAULT '',
-    seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, UNIQUE (candidate_id, backend));
+    seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, judge TEXT NOT NULL DEFAULT '',
+    UNIQUE (candidate_id, backend));
 CREATE INDEX evaluations_top ON evaluations (backend, fitness DESC, ok DESC, candidate_id);
 CREATE TABLE backend_counts (backend TEXT PRIMARY KEY, ok INTEGER NOT NULL, total INTEGER NOT NULL);
 CREATE TABLE pending (candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id), created REAL NOT NULL,
@@ -54,12 +58,20 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     try:
         if version < 2:  # every pending candidate so far was queued once
             conn.execute("ALTER TABLE pending ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+        if version < 3:  # no verdict so far names its judge: all are stale to any judge of today
+            conn.execute("ALTER TABLE evaluations ADD COLUMN judge TEXT NOT NULL DEFAULT ''")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def has_judge_column(conn: sqlite3.Connection) -> bool:
+    """Whether the store's evaluations name their judge (schema 3; an older store opened
+    read-only is read as is, its verdicts all judge "")."""
+    return any(r[1] == "judge" for r in conn.execute("PRAGMA table_info(evaluations)"))
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> int:

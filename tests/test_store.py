@@ -272,14 +272,21 @@ def test_requeue_counts_each_queueing(store):
     assert store.requeue(cid) == 0  # no longer pending
 
 
-def _as_schema_1(path: Path) -> None:
-    """Turn a store into one written by schema 1 (no pending.attempts)."""
+def _as_schema(path: Path, version: int) -> None:
+    """Turn a store into one written by an older schema: 2 has no evaluations.judge, 1 no
+    pending.attempts either."""
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE pending DROP COLUMN attempts")
-    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    conn.execute("PRAGMA user_version=1")
+    conn.execute("ALTER TABLE evaluations DROP COLUMN judge")
+    if version < 2:
+        conn.execute("ALTER TABLE pending DROP COLUMN attempts")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+    conn.execute(f"PRAGMA user_version={version}")
     conn.commit()
     conn.close()
+
+
+def _as_schema_1(path: Path) -> None:
+    _as_schema(path, 1)
 
 
 def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
@@ -293,9 +300,66 @@ def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
         assert reader.pending_ids() == [pending] and reader.top(1)[0]["id"] == done
         assert reader.run_info()["schema_version"] == 1
     with Store.open(path, readonly=False) as writer:  # resume: migrated in place
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 2
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 3
         assert writer.pending_ids() == [pending] and writer.requeue(pending) == 2
         assert writer.top(1)[0]["fitness"] == 2.0
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def judged(fitness: float, judge: str, status: str = "ok") -> dict:
+    return {**ev(fitness, backend=MODEL, status=status), "judge": judge}
+
+
+def test_schema_2_store_migrates_to_3_with_every_verdict_stale(store):
+    old = add(store, 1)
+    store.add_evaluation(old, ev(2.0, backend=MODEL))
+    pending = add(store, 2, pending=True)
+    path = store.path
+    store.close()
+    _as_schema(path, 2)
+    with Store.open(path) as reader:  # read as is: no judge column yet, every verdict judge ""
+        assert reader.run_info()["schema_version"] == 2
+        assert reader.top(1, MODEL)[0]["judge"] == "" and reader.best(MODEL, judge="J1") is None
+    with Store.open(path, readonly=False) as writer:
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 3
+        (row,) = writer.population_rows(MODEL)
+        assert row["id"] == old and row["judge"] == "" and row["fitness"] == 2.0
+        assert writer.pending_ids() == [pending]
+        writer.add_evaluation(pending, judged(1.0, "J1"))  # a new verdict names its judge
+        assert {r["id"]: r["judge"] for r in writer.all_evaluated()} == {old: "", pending: "J1"}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    conn.close()
+
+
+def test_a_stale_verdict_is_replaced_in_place_by_todays(store):
+    cid = add(store, 1, pending=True)
+    assert store.add_evaluation(cid, judged(3.0, "OLD"))
+    row_id = "SELECT id FROM evaluations WHERE candidate_id = ?"
+    before = store._conn.execute(row_id, (cid,)).fetchone()[0]
+    assert not store.replace_stale_evaluation(cid, judged(1.0, "OLD"), "NEW")  # not today's verdict
+    assert not store.add_evaluation(cid, judged(1.0, "NEW"))  # still one verdict per candidate and backend
+    store.mark_pending(cid)  # queued for its re-judgement
+    assert store.replace_stale_evaluation(cid, judged(0.0, "NEW", status="incorrect"), "NEW")
+    (after,) = store.all_evaluated()
+    assert after["judge"] == "NEW" and after["status"] == "incorrect" and after["fitness"] == 0.0
+    assert store.pending_ids() == []
+    assert store.counts_by_status(MODEL) == {"incorrect": 1, "pending": 0}
+    assert store.default_backend() == MODEL and store.best(MODEL) is None  # backend_counts follows
+    assert store._conn.execute(row_id, (cid,)).fetchone()[0] == before  # the same row, updated
+    assert not store.replace_stale_evaluation(cid, judged(5.0, "NEW"), "NEW")  # today's verdict stands
+
+
+def test_top_ranks_todays_verdicts_first_and_marks_stale_ones(store):
+    fresh, stale, failed = add(store, 1), add(store, 2), add(store, 3)
+    store.add_evaluation(fresh, judged(1.0, "NEW"))
+    store.add_evaluation(stale, judged(9.0, "OLD"))
+    store.add_evaluation(failed, judged(0.0, "NEW", status="incorrect"))
+    rows = store.top(10, MODEL, judge="NEW")
+    assert [(r["id"], r["stale"]) for r in rows] == [(fresh, False), (stale, True), (failed, False)]
+    assert store.best(MODEL, judge="NEW")["id"] == fresh
+    assert store.best(MODEL)["id"] == stale  # without a judge: fitness alone (as before schema 3)
+    assert store.best(MODEL, judge="OTHER") is None
