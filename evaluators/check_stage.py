@@ -153,6 +153,11 @@ class CheckStage:
             raise Stop(
                 "rejected", f"{where}: the call launched no Triton kernel; the work must happen in Triton"
             )
+        if header.get("race_check_errors"):  # the check's own failure: a judge_error, never the kernel's
+            raise RuntimeError(f"{where}: {header['race_check_errors'][0]}")
+        races = header.get("races") or []
+        if races:
+            raise Stop("rejected", f"{where}: {races[0]}. {RACE_ADVICE}")
         if header.get("output_type") != "torch.Tensor":
             raise Stop(
                 "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
@@ -176,6 +181,13 @@ class CheckStage:
         if not verdict.ok:
             raise Stop("incorrect", f"{where}: {verdict.message}")
         return verdict
+
+
+RACE_ADVICE = (
+    "On a GPU the programs of a launch run at once (the interpreter runs them one after another, so the "
+    "result looked right here): use tl.atomic_add, or order the reads after the writer's atomic (store, "
+    "then an atomic with sem acq_rel or release; read only after an atomic on the same address that sees it)"
+)
 
 
 def split_work(groups: list[tuple], parts: int) -> list[list[tuple]]:

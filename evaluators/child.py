@@ -59,6 +59,7 @@ class Child:
         self.failed_launch: str | None = None  # the kernel whose launch raised, in this call
         self.current_kernel = "?"  # the kernel being launched (named by the input-write guard)
         self.write_guard = None  # check mode: evaluators/write_guard.py
+        self.race_check = None  # check mode: evaluators/race_check.py
         from .standins import AutotuneStandIn
 
         self.autotune = AutotuneStandIn()
@@ -83,6 +84,8 @@ class Child:
                 launch.launches += 1
                 launch.depth += 1
                 self.current_kernel = fn_self.__name__
+                if self.race_check is not None:  # its bookkeeping starts afresh with each launch
+                    self.race_check.begin(fn_self.__name__, fn_self.arg_names, args, kwargs)
                 try:
                     result = _original(fn_self, *args, **kwargs)
                 except BaseException:
@@ -280,6 +283,8 @@ class Child:
         if self.write_guard is not None:
             self.write_guard.hits.clear()
             self.write_guard.protect({"A": a, "B": b})
+        if self.race_check is not None:
+            self.race_check.clear()
         try:
             with recorder:
                 out = module.matmul(a, b)
@@ -288,7 +293,10 @@ class Child:
                 self.write_guard.protect({})
         if device == "cuda":
             torch.cuda.synchronize()
+        race = self.race_check
         facts = {
+            "races": race.messages(out if type(out) is torch.Tensor else None) if race is not None else [],
+            "race_check_errors": list(race.errors) if race is not None else [],
             "event": "result",
             "autotune_chosen": list(self.autotune.chosen),
             "input_writes": list(self.write_guard.hits) if self.write_guard is not None else [],
@@ -432,6 +440,12 @@ class Child:
                 self.phase = "load"
                 module = self.load(path, "candidate", interpret=True)
                 report = {"interp_fixes": ensure_interpreter_fixes()}
+                # After the fixes, so its wrappers are outermost and see the bf16 atomic fix's adds too.
+                from .race_check import DESCRIPTION, RaceCheck
+
+                self.race_check = RaceCheck()
+                self.race_check.install()
+                report["race_check"] = DESCRIPTION
                 report["autotuned"] = sorted(compat.autotuners(module))
             else:
                 from . import compat

@@ -341,6 +341,48 @@ def interpreter_writers():
     return interpreter.InterpreterBuilder, writers
 
 
+def interpreter_accesses():
+    """What evaluators/race_check.py wraps to see every memory access of the interpreter, Triton 3.6-3.9:
+    (InterpreterBuilder, plain, atomics, launch).
+
+    plain: {method: ("load" | "store", pointer index, mask index)}. Every plain load and store goes
+    through create_masked_load / create_masked_store (create_load, create_store, block pointers and
+    descriptors call them on `self`). atomics: {method: (pointer index, mask index or None, sem index)}
+    (3.9's create_atomic_load/store/poll call the plain ones inside). launch: the method each launch
+    calls once with its grid, before its first program (`set_grid_dim(nx, ny, nz)`); the program
+    running is the builder's `grid_idx` (x, y, z), programs run x-major, z fastest. Indices count
+    after `self`; a method a version lacks is skipped."""
+    from triton.runtime import interpreter
+
+    plain = {"create_masked_load": ("load", 0, 1), "create_masked_store": ("store", 0, 2)}
+    atomics = {
+        "create_atomic_rmw": (1, 3, 4),
+        "create_atomic_cas": (0, None, 3),
+        "create_atomic_load": (0, 1, 2),
+        "create_atomic_store": (0, 2, 3),
+        "create_atomic_poll": (0, None, 3),
+    }
+    return interpreter.InterpreterBuilder, plain, atomics, "set_grid_dim"
+
+
+def memory_order(sem) -> tuple[bool, bool]:
+    """(acquires, releases) of an atomic's memory semantic as the interpreter receives it (an
+    `ir.MEM_SEMANTIC`, Triton 3.6-3.9): acq_rel (tl.atomic_*'s default) both, relaxed neither."""
+    return _memory_orders().get(sem, (True, True))
+
+
+@functools.cache
+def _memory_orders() -> dict:
+    from triton._C.libtriton import ir
+
+    return {
+        ir.MEM_SEMANTIC.ACQUIRE_RELEASE: (True, True),
+        ir.MEM_SEMANTIC.ACQUIRE: (True, False),
+        ir.MEM_SEMANTIC.RELEASE: (False, True),
+        ir.MEM_SEMANTIC.RELAXED: (False, False),
+    }
+
+
 # Parameters of each internal the door calls, as 3.6 and 3.9 declare them.
 _EXPECTED_PARAMS = {
     "triton.runtime.jit:create_function_from_signature": "sig kparams backend",

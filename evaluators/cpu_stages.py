@@ -94,6 +94,7 @@ class CpuStages:
             fixes = header.get("interp_fixes") or {}
             self.provenance["interp_fixes"] = fixes
             self.provenance["interp_bf16_dot"] = fixes.get("bf16_dot")
+            self.provenance["race_check"] = header.get("race_check")  # races between programs: checked
             autotuned = autotuned or bool(header.get("autotuned"))
         self.seconds["check_load"] = time.perf_counter() - start
         return autotuned
