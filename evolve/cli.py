@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def leaderboard(args) -> int:
+    from evaluators.fingerprint import judge_fingerprint
+
     from .store import Store
 
     folder = run_dir(args.run)
@@ -65,10 +67,12 @@ def leaderboard(args) -> int:
         if args.json:
             rows = store.all_evaluated()
             # held_out: the held-out shapes' figure in the fitness's unit and kind (fitness_kind),
-            # beside the fitness and never in it; None when not judged (or not ok)
+            # beside the fitness and never in it; None when not judged (or not ok). judge: the
+            # fingerprint of the judge that gave the verdict; stale: not today's judge (never ranked)
             keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
-                    "fitness_kind", "backend", "feedback", "shapes")  # fmt: skip
-            print(json.dumps([{k: r[k] for k in keys} for r in rows]))
+                    "fitness_kind", "backend", "feedback", "shapes", "judge")  # fmt: skip
+            judge = judge_fingerprint()
+            print(json.dumps([{**{k: r[k] for k in keys}, "stale": r["judge"] != judge} for r in rows]))
             return 0
         print(render_leaderboard(store, args.top))
     return 0

@@ -9,17 +9,28 @@ MAX_QUEUED times in all: one that was in flight every time a run died may be wha
 so it gets a judge_error verdict instead of a place in the queue. Every verdict, whatever its
 status, is recorded; `unsupported` (the CPU backend cannot run it) and `judge_error` (the
 judge's bug) are kept and shown, never ranked; judge errors are not charged to the proposer.
+
+Every verdict names its judge (evaluators/fingerprint.py). One given by another judge than this
+run's is stale: it is stored but never stands. On resume, a stale ok verdict is re-judged when,
+and only when, it would be an elite: at start, every stale member that would hold its niche (on
+its island; a seed on every island) is queued again before anything else, and as the new
+verdicts come back (each replacing the stale one in place), any stale member that would now take
+a niche whose elite came back lower is queued in turn. The others (stale non-elites) are never
+parents and are not re-judged: they could only be parents by beating an elite, which is exactly
+when they would be re-judged. The run waits for these re-judgements before it proposes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from evaluators import Evaluation, Task
+from evaluators.fingerprint import judge_fingerprint
 
 from .candidate import Parent, Proposal, ProposalContext, Proposer
 from .config import RunConfig
@@ -63,6 +74,7 @@ class Controller:
         eval_options: dict,
         backend: str,
         on_progress: Callable[[Progress], None] | None = None,
+        judge: str | None = None,
     ) -> None:
         self.config, self.task, self.store, self.population = config, task, store, population
         self.proposers, self.pool, self.eval_options = proposers, pool, eval_options
@@ -76,7 +88,12 @@ class Controller:
         self.progress = Progress(evaluated=store.evaluated_count(), backend=backend)
         self.progress.evaluated_at_start = self.progress.evaluated
         self.sequence = store.evaluated_count() + len(store.pending_ids())
-        best = store.best(backend)
+        self.judge = judge or judge_fingerprint()  # today's judge: only its verdicts stand
+        self.stale: dict[int, Member] = {}  # stale ok verdicts not re-judged (resume; see the docstring)
+        self.rejudging: dict[int, Member] = {}  # stale members queued or in flight for re-judgement
+        self.rejudged: dict[str, int] = {}  # their new verdicts, by status
+        self.foreign_judge = ""  # a fresh verdict's judge that was not ours (said once)
+        best = store.best(backend, self.judge)
         if best:
             self.progress.best_fitness, self.progress.best_id = best["fitness"], best["id"]
 
@@ -85,6 +102,7 @@ class Controller:
         start = time.monotonic()
         self.queue.extend(self._requeue_pending())  # left in flight by an earlier segment
         self._seed_population()
+        self._rejudge_stale()
         while True:
             if self._should_stop(start):
                 break
@@ -245,17 +263,26 @@ class Controller:
     def _record(self, cid: int, evaluation: dict) -> None:
         if evaluation.get("backend") is None:
             evaluation["backend"] = self.progress.backend
+        if not evaluation.get("judge") and evaluation["status"] != "ok":
+            evaluation["judge"] = self.judge  # the engine's own verdict (a dead worker, too many queueings)
         if not self.store.add_evaluation(cid, evaluation):
-            return  # already recorded (a re-queued duplicate of a finished job)
+            # already recorded: today's verdict of a stale one replaces it; else a re-queued duplicate
+            if self.store.replace_stale_evaluation(cid, evaluation, self.judge):
+                self._record_rejudged(cid, evaluation)
+            return
         row = self.store.candidate(cid)
         niche = niche_of(evaluation, row["source"])
         self.store.set_niche(cid, niche)
         status, fitness = evaluation["status"], float(evaluation.get("fitness") or 0.0)
+        current = evaluation.get("judge") == self.judge
+        if not current:  # stored and seen, but never an elite: not today's judge
+            self._foreign(evaluation.get("judge") or "")
+            fitness = 0.0
         self.progress.evaluated += 1
         if status != "ok":
             self.progress.failures[status] = self.progress.failures.get(status, 0) + 1
         island_best = self.population.island_best(row["island"])
-        improved = status == "ok" and (island_best is None or fitness > island_best.fitness)
+        improved = status == "ok" and current and (island_best is None or fitness > island_best.fitness)
         self.population.add(Member(cid, row["island"], fitness if status == "ok" else 0.0, niche,
                                    row["source_hash"], row["generation"]))  # fmt: skip
         if row["proposer"] != "seed" and status != "judge_error":  # the judge's bug: no one's score
@@ -264,3 +291,88 @@ class Controller:
             self.progress.best_fitness, self.progress.best_id = fitness, cid
         if self.population.due_migration():
             self.population.migrate()
+
+    # ------------------------------------------------------------- re-judging
+    def _rejudge_stale(self) -> None:
+        """On resume: re-judge the stale verdicts that would be elites, before anything stands on
+        them, and wait for them (see the module docstring). Says how many and why."""
+        pending = set(self.store.pending_ids())  # queued already (a re-judgement the last segment left)
+        rows = self.store.population_rows(self.progress.backend)
+        stale = [r for r in rows if r["judge"] != self.judge]
+        for r in stale:
+            if r["status"] == "ok":
+                member = Member(r["id"], r["island"], r["fitness"], tuple(r["niche"]), r["source_hash"],
+                                r["generation"])  # fmt: skip
+                (self.rejudging if r["id"] in pending else self.stale)[r["id"]] = member
+        self._queue_stale_elites()
+        if not stale:
+            return
+        print(
+            f"the judge changed since {len(stale)} of the {len(rows)} verdicts on {self.progress.backend} were "
+            f"given (judge {self.judge}; before: {', '.join(sorted({r['judge'] or 'unrecorded' for r in stale}))}): "
+            f"re-judging the {len(self.rejudging)} that would be elites before any can stand; the other stale "
+            "ones are never parents (re-judged only if one would become an elite)",
+            flush=True,
+        )
+        while self.rejudging and not self.stop_requested:
+            while self.pool.idle_slots() and self.queue:
+                self._submit_existing(self.queue.pop(0))
+            self._collect(timeout=0.5)
+            self._queue_stale_elites()
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(self.rejudged.items())) or "none finished"
+        print(
+            f"re-judged {sum(self.rejudged.values())} stale elites (the judge changed since they were judged): "
+            f"{verdicts}; {len(self.stale)} stale verdicts not re-judged (not elites, never parents)",
+            flush=True,
+        )
+
+    def _queue_stale_elites(self) -> None:
+        """Queue (first in line) each stale member that would now be an elite: fittest first, one
+        per niche at a time (a fitter one in flight for the same niche may keep the niche)."""
+        busy = {cell for m in self.rejudging.values() for cell in self._cells(m)}
+        for member in sorted(self.stale.values(), key=lambda m: (-m.fitness, m.id)):
+            cells = self._cells(member)
+            if any(cell in busy for cell in cells):
+                continue
+            if any(self.population.would_place(dataclasses.replace(member, island=i)) for i, _ in cells):
+                del self.stale[member.id]
+                self.rejudging[member.id] = member
+                self.store.mark_pending(member.id)  # a kill before its verdict re-queues it on resume
+                self.queue.insert(0, member.id)
+                busy.update(cells)
+
+    def _cells(self, member: Member) -> list[tuple[int, tuple]]:
+        """(island, niche) cells a member competes for: its island's, or every island's for a seed
+        (seeds are spread to every island)."""
+        islands = range(self.population.config.islands) if member.generation == 0 else [member.island]
+        return [(i, member.niche) for i in islands]
+
+    def _record_rejudged(self, cid: int, evaluation: dict) -> None:
+        """Today's verdict replaced a stale one: the member stands on it now (an elite where it
+        beats the niche's), counted apart from new candidates (no budget, no proposer statistics)."""
+        self.rejudging.pop(cid, None)
+        self.stale.pop(cid, None)
+        status = evaluation["status"]
+        self.rejudged[status] = self.rejudged.get(status, 0) + 1
+        row = self.store.candidate(cid)
+        niche = niche_of(evaluation, row["source"])
+        self.store.set_niche(cid, niche)
+        fitness = float(evaluation.get("fitness") or 0.0) if status == "ok" else 0.0
+        member = Member(cid, row["island"], fitness, niche, row["source_hash"], row["generation"])
+        self.population.readmit(member)
+        if member.generation == 0:  # a seed starts every island
+            self.population.spread([member])
+        if status == "ok" and fitness > self.progress.best_fitness:
+            self.progress.best_fitness, self.progress.best_id = fitness, cid
+
+    def _foreign(self, judge: str) -> None:
+        if judge == self.foreign_judge:
+            return
+        self.foreign_judge = judge
+        print(
+            f"warning: a verdict came back from judge {judge or 'unrecorded'}, not this run's ({self.judge}): "
+            "evaluators/ or torch/triton/numpy changed since the run started, or a worker runs other code; "
+            "such verdicts are stored as stale and never ranked (resume the run to re-judge them)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -196,6 +196,22 @@ class Population:
         grid[member.niche] = member
         return True
 
+    def would_place(self, member: Member) -> bool:
+        """Whether `member` would become the elite of its niche on its island now (viable and
+        strictly fitter than the elite there); changes nothing. A resumed run asks this of a
+        stale verdict to know whether it must be re-judged before it can stand."""
+        current = self._grids[member.island].get(member.niche)
+        return _is_viable(member) and (current is None or member.fitness > current.fitness)
+
+    def readmit(self, member: Member) -> bool:
+        """Place a member whose verdict was given again (a stale verdict re-judged): like `add`,
+        but its hash may have been seen (it was, as a stale member) and it is not counted as an
+        accepted candidate (no migration is due for it). True when it became an elite."""
+        if not 0 <= member.island < self.config.islands:
+            raise ValueError(f"island {member.island} out of range 0..{self.config.islands - 1}")
+        self._seen.add(member.source_hash)
+        return self._place(member)
+
     def seen(self, source_hash: str) -> bool:
         """Whether this hash was ever offered, elite or not (the controller skips it)."""
         return source_hash in self._seen

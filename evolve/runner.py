@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evaluators import EvalOptions, backend_label, load_task
 from evaluators.compat import UnsupportedEnvironment, require_tested_environment
+from evaluators.fingerprint import judge_fingerprint
 from evaluators.task import TaskError
 
 from .candidate import Proposer
@@ -46,10 +47,15 @@ def eval_options(config: RunConfig, device: str) -> EvalOptions:
     return EvalOptions(device=device, timeout_s=config.timeout_s, model_gpu=config.model_gpu)
 
 
-def rebuild_population(config: RunConfig, store: Store, backend: str) -> Population:
+def rebuild_population(config: RunConfig, store: Store, backend: str, judge: str | None = None) -> Population:
+    """The population a resumed run continues from: the store's verdicts on `backend`, each ok one
+    fit only when `judge` (default: this process's, evaluators/fingerprint.py) gave it. A verdict of
+    another judge is stale: its member is seen (never proposed again) but holds no niche until the
+    controller re-judges it (Controller.run)."""
+    judge = judge if judge is not None else judge_fingerprint()
     members = [
-        Member(r["id"], r["island"], r["fitness"] if r["status"] == "ok" else 0.0, tuple(r["niche"]),
-               r["source_hash"], r["generation"])
+        Member(r["id"], r["island"], r["fitness"] if r["status"] == "ok" and r["judge"] == judge else 0.0,
+               tuple(r["niche"]), r["source_hash"], r["generation"])
         for r in store.population_rows(backend)
     ]  # fmt: skip
     population = Population.rebuild(config.population, members, store.all_hashes())
@@ -111,7 +117,8 @@ def launch(args) -> int:
     backend = backend_label(task, options)
     if not args.resume:
         store = Store.create(folder / "run.sqlite", config.name, config.to_dict(), config.seed)
-    population = rebuild_population(config, store, backend)
+    judge = judge_fingerprint()
+    population = rebuild_population(config, store, backend, judge)
     proposers = make_proposers(config)
     names = ", ".join(f"{p.name} (weight {w:g})" for p, w in proposers)
     print(f"run {config.name}: task {task.name} ({task.dtype}, {len(task.train)} training shapes), "
@@ -123,7 +130,7 @@ def launch(args) -> int:
     pool = WorkerPool(workers, use_gpus=device == "cuda")
     display = LiveDisplay(config.max_evals)
     controller = Controller(config, task, store, population, proposers, pool,
-                            dataclasses.asdict(options), backend, display)  # fmt: skip
+                            dataclasses.asdict(options), backend, display, judge=judge)  # fmt: skip
     install_interrupt(controller)
     store.set_run_status("running")
     try:
@@ -132,6 +139,6 @@ def launch(args) -> int:
         display.close()
         pool.shutdown()
     print(f"stopped: {reason or 'done'}")
-    print(render_leaderboard(store, 5))
+    print(render_leaderboard(store, 5, judge))
     store.close()
     return 0

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from evaluators.fingerprint import judge_fingerprint
+
 from .config import UsageError
 
 RUNS_DIR = Path("runs")
@@ -45,9 +47,12 @@ def status_summary(counts: dict[str, int]) -> str:
     return main + (f"; {apart}" if apart else "")
 
 
-def render_leaderboard(store, top: int) -> str:
+def render_leaderboard(store, top: int, judge: str | None = None) -> str:
     """The run's status counts and its top rows on one backend: fitness, and beside it the
-    held-out figure (same unit and kind, never ranked); unranked rows (not ok) have no rank."""
+    held-out figure (same unit and kind, never ranked); unranked rows (not ok) have no rank.
+    Only verdicts of `judge` (default: today's, evaluators/fingerprint.py) are ranked; an ok
+    verdict of another judge is listed after them as "ok, stale", without a rank."""
+    judge = judge if judge is not None else judge_fingerprint()
     info = store.run_info()
     backend = store.default_backend()
     counts = store.counts_by_status()
@@ -68,8 +73,8 @@ def render_leaderboard(store, top: int) -> str:
         f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<13} {'fitness':>8} "
         f"{'held-out':>8}  niche / figures"
     )
-    rank = 0
-    for row in store.top(top, backend):
+    rank, stale = 0, 0
+    for row in store.top(top, backend, judge):
         train = [s for s in row["shapes"] if s.get("kind") == "train"]
         figures = " ".join(
             f"{tuple(s['shape'])}{s['layout']}:{s['tflops']:.0f}"
@@ -77,12 +82,20 @@ def render_leaderboard(store, top: int) -> str:
             if s.get("tflops") is not None
         )
         niche = "/".join(str(x) for x in row["niche"]) if row["niche"] else "-"
-        rank += row["status"] == "ok"
+        ranked = row["status"] == "ok" and not row["stale"]
+        rank += ranked
+        stale += row["status"] == "ok" and row["stale"]
+        status = f"{row['status']}, stale" if row["stale"] else row["status"]
         held_out = "-" if row.get("held_out") is None else f"{row['held_out']:.4f}"
         lines.append(
-            f"{rank if row['status'] == 'ok' else '-':>3} {row['id']:>5} {row['generation']:>4} "
-            f"{row['island']:>3} {row['proposer']:<9} {row['status']:<13} {row['fitness']:>8.4f} "
+            f"{rank if ranked else '-':>3} {row['id']:>5} {row['generation']:>4} "
+            f"{row['island']:>3} {row['proposer']:<9} {status:<13} {row['fitness']:>8.4f} "
             f"{held_out:>8}  {niche}  {figures}"
+        )
+    if stale:
+        lines.append(
+            f"stale: judged by another judge than today's ({judge}; the judge changed since), so never "
+            "ranked; `evolve run --resume` re-judges the ones that would be elites"
         )
     if kind == "MODELLED":
         lines.append(

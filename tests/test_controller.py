@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from evaluators import load_task
+from evaluators.fingerprint import judge_fingerprint
 from evolve.candidate import Proposal
 from evolve.config import RunConfig
 from evolve.controller import MAX_BARREN_PROPOSALS, Controller
@@ -19,6 +20,7 @@ class InlinePool:
 
     def __init__(self, workers: int) -> None:
         self.size, self.jobs, self.done = workers, [], []
+        self.judge = judge_fingerprint()  # today's judge, as evaluate() stamps every verdict
 
     def idle_slots(self) -> int:
         return self.size - len(self.jobs)
@@ -35,7 +37,8 @@ class InlinePool:
             fitness = (len(job.source) % 97) / 100 + 0.01
             out.append((job.candidate_id, {"status": "ok", "backend": "model:h100", "fitness": fitness,
                                            "fitness_kind": "modelled", "feedback": "", "shapes": [],
-                                           "compile": [], "seconds": {}, "provenance": {}}))  # fmt: skip
+                                           "compile": [], "seconds": {}, "provenance": {},
+                                           "judge": self.judge}))  # fmt: skip
             self.done.append(job.candidate_id)
         self.jobs = []
         return out
@@ -218,3 +221,87 @@ def test_a_candidate_in_flight_every_time_the_run_died_is_not_requeued_forever(t
     (row,) = [r for r in store.all_evaluated() if r["id"] == doomed]
     assert row["status"] == "judge_error" and "not queued again" in row["feedback"]
     assert store.pending_ids() == []
+
+
+class RejudgePool(InlinePool):
+    """InlinePool whose verdict on the candidates in `demoted` is incorrect (today's judge finds
+    them wrong); records every submitted id in order."""
+
+    def __init__(self, workers: int, demoted: set[int]) -> None:
+        super().__init__(workers)
+        self.demoted, self.submitted = demoted, []
+
+    def submit(self, job) -> None:
+        self.submitted.append(job.candidate_id)
+        super().submit(job)
+
+    def poll(self, timeout: float):
+        return [
+            (cid, {**ev, "status": "incorrect", "fitness": 0.0} if cid in self.demoted else ev)
+            for cid, ev in super().poll(timeout)
+        ]
+
+
+def test_a_resumed_run_rejudges_its_stale_elites_before_they_stand(tmp_path, capsys):
+    import sqlite3
+
+    from evolve.population import Member
+    from evolve.runner import rebuild_population
+    from evolve.ui import render_leaderboard
+
+    controller, store, _ = _controller(tmp_path, FixedProposer(variants=1000), max_evals=12)
+    controller.run()
+    config, task, judge = controller.config, controller.task, controller.pool.judge
+    rows = store.population_rows("model:h100")
+    assert len(rows) == 12 and {r["judge"] for r in rows} == {judge}
+    store.close()
+    conn = sqlite3.connect(tmp_path / "run.sqlite")  # an older judge gave every verdict
+    conn.execute("UPDATE evaluations SET judge = 'OLDJUDGE'")
+    conn.commit()
+    conn.close()
+    store = Store.open(tmp_path / "run.sqlite", readonly=False)
+    old = {r["id"]: r for r in store.population_rows("model:h100")}
+    # what the stale elites are: the elites of the population the old verdicts would make
+    full = Population.rebuild(config.population, [
+        Member(r["id"], r["island"], r["fitness"], tuple(r["niche"]), r["source_hash"], r["generation"])
+        for r in old.values()], [])  # fmt: skip
+    full.spread([m for m in full.elites() if m.generation == 0])
+    elites = {m.id for m in full.elites()}
+    top = max(old.values(), key=lambda r: (r["fitness"], -r["id"]))
+    assert top["id"] in elites and len(elites) < len(old)
+    store.mark_pending(top["id"])  # the last segment died while re-judging it
+    demoted = {m.island: m.id for m in full.elites() if m.id != 1}  # island elites today's judge fails
+    population = rebuild_population(config, store, "model:h100", judge)
+    assert len(population) == 0  # nothing stale stands, before it is re-judged
+    pool = RejudgePool(2, set(demoted.values()))
+    resumed = Controller(config.replace(max_evals=14), task, store, population,
+                         [(FixedProposer(variants=1000), 1.0)], pool, {}, "model:h100", judge=judge)  # fmt: skip
+    assert resumed.progress.best_id is None  # the run's "best" admits no stale verdict
+    assert resumed.run() == "max_evals 14 reached"
+    out = capsys.readouterr().out
+    assert "the judge changed since 12 of the 12 verdicts" in out and "OLDJUDGE" in out
+    assert "re-judged" in out and "stale elites (the judge changed since they were judged)" in out
+    after = {r["id"]: r for r in store.all_evaluated()}
+    rejudged = {i for i in old if after[i]["judge"] == judge}
+    assert elites <= rejudged  # every stale elite was re-judged before it could stand ...
+    assert set(pool.submitted[: len(rejudged)]) == rejudged  # ... first, before any new candidate
+    assert pool.submitted.count(top["id"]) == 1  # queued once: pending already, not again as stale
+    successors = set()
+    for island, cid in demoted.items():  # a demoted elite's niche goes to the next stale member in line
+        assert after[cid]["status"] == "incorrect"
+        successors.add(max((r for i, r in old.items() if r["island"] == island and i not in elites),
+                           key=lambda r: (r["fitness"], -r["id"]))["id"])  # fmt: skip
+    assert rejudged == elites | successors  # and no other: stale non-elites are not re-judged
+    assert len(after) == 14 and store.pending_ids() == []  # one verdict per candidate, updated in place
+    assert {after[i]["judge"] for i in old if i not in rejudged} == {"OLDJUDGE"}  # the rest stay stale
+    new = [i for i in after if i not in old]
+    assert all(set(store.candidate(i)["parent_ids"]) <= rejudged for i in new)  # no stale parent
+    # the leaderboard and the best admit today's verdicts only; stale ones are marked, never ranked
+    best = store.best("model:h100", judge)
+    assert best is not None and after[best["id"]]["judge"] == judge
+    board = render_leaderboard(store, 20, judge).splitlines()
+    ranked = [line.split() for line in board if line.split() and line.split()[0].isdigit()]
+    assert ranked and all(after[int(cells[1])]["judge"] == judge for cells in ranked)
+    stale_rows = [line for line in board if "ok, stale" in line]
+    assert stale_rows and all(line.split()[0] == "-" for line in stale_rows)
+    assert any("stale: judged by another judge than today's" in line for line in board)
