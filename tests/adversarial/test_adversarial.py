@@ -101,8 +101,31 @@ CASES = [
     ("cache_info_counter", SMALL, "rejected", ["pick_config.cache_info reads a cache's statistics"]),
     ("module_call_counter", SMALL, "rejected", ["CALLS['n'] changes CALLS", "calls must be independent"]),
     ("cached_output_buffer", SMALL, "rejected", ["output_buffer is cached and returns a torch.Tensor"]),
+    # 20. control flow from the data or from float arithmetic (issue 10, item 8: evaluators/dataflow.py)
+    ("data_skip_small_ktile", SMALL, "rejected", ["a branch (line", "depends on a value loaded from memory"]),
+    ("data_skip_zero_first", SMALL, "rejected", ["a branch (line", "depends on a value loaded from memory"]),
+    ("fma_probe_loop", SMALL, "rejected", ["a loop bound (line", "depends on a floating-point comparison"]),
+    ("float_to_int_bound", SMALL, "rejected", ["a loop bound (line", "depends on a float-to-int conversion"]),
+    ("nan_mask_store", SMALL, "rejected", ["a mask (line", "depends on a value loaded from memory"]),
     # 16. no masks on ragged edges
     ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
+    # 20. races between the programs of a launch, right only when they run one after another (issue 10, item 4)
+    (
+        "splitk_rmw_race",
+        FP32,
+        "rejected",
+        [
+            "kernel splitk_rmw_kernel: program (0, 1, 0) read C[0, 0]",
+            "program (0, 0, 0) stored",
+            "tl.atomic_add",
+        ],
+    ),
+    (
+        "splitk_counter_before_store",
+        SMALL,
+        "rejected",
+        ["kernel splitk_last_kernel: program (0, 1, 0) read ws_ptr[0, 0, 0]", "not ordered before the read"],
+    ),
 ]
 
 
