@@ -13,6 +13,7 @@ Functions prefixed `child_` run inside the sandboxed child; the rest in the pare
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import compat
+from . import compat, dataflow
 
 LOG_LIMIT = 1500  # characters of compiler output kept in feedback
 
@@ -83,12 +84,14 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
 
     `global_scratch`: bytes of global scratch memory the kernel asks the host's Triton allocator
     for at launch (in-kernel TMA descriptors); the contract provides that allocator
-    (compat.install_scratch_allocator)."""
+    (compat.install_scratch_allocator). `data_dependent`: branches, loop bounds, masks and addresses
+    that depend on loaded data or float arithmetic (evaluators/dataflow.py), as dicts."""
     ptx = asm.get("ptx", "")
     ttir = asm.get("ttir", "")
     return {
         "global_scratch": int(getattr(metadata, "global_scratch_size", 0) or 0),
         "spin_wait": spin_wait(ttir),
+        "data_dependent": [dataclasses.asdict(f) for f in dataflow.check(ttir)],
         "shared": int(shared),
         "num_warps": int(num_warps),
         "num_stages": int(num_stages),

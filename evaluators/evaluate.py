@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from . import compat, failures, sandbox, static_rules, wire
+from . import compat, dataflow, failures, sandbox, static_rules, wire
 from . import compile as comp
 from .check_stage import CheckStage
 from .compile_watch import CompileWatch
@@ -323,6 +323,9 @@ class _Run(CpuStages, CheckStage):
             precision = comp.precision_problems(facts, self.task.dtype, self.task.allow_tf32)
             if precision:
                 raise Stop("incorrect", f"kernel {facts.get('kernel')}: " + "; ".join(precision))
+            found = [dataflow.Finding(**f) for f in facts.get("data_dependent", [])]
+            if found:
+                raise Stop("rejected", dataflow.feedback(str(facts.get("kernel")), found))
 
     def finish_compile(self, box: sandbox.Sandbox, deadline: float) -> None:
         """The GPU child's JIT warm-up: every training and held-out shape called (autotuners run)."""
