@@ -328,13 +328,12 @@ class Controller:
 
     def _queue_stale_elites(self) -> None:
         """Queue (first in line) each stale member that would now be an elite: fittest first, one
-        per niche at a time (a fitter one in flight for the same niche may keep the niche)."""
+        per (island, niche) at a time (a fitter one in flight for that cell may keep it)."""
         busy = {cell for m in self.rejudging.values() for cell in self._cells(m)}
         for member in sorted(self.stale.values(), key=lambda m: (-m.fitness, m.id)):
             cells = self._cells(member)
-            if any(cell in busy for cell in cells):
-                continue
-            if any(self.population.would_place(dataclasses.replace(member, island=i)) for i, _ in cells):
+            free = [i for i, niche in cells if (i, niche) not in busy]
+            if any(self.population.would_place(dataclasses.replace(member, island=i)) for i in free):
                 del self.stale[member.id]
                 self.rejudging[member.id] = member
                 self.store.mark_pending(member.id)  # a kill before its verdict re-queues it on resume

@@ -160,3 +160,52 @@ def test_ctrl_c_stops_cleanly(tmp_path):
         assert store.run_info()["status"] == "stopped"
         assert store.pending_ids() == []  # what was in flight was finished and recorded
         assert 2 <= store.evaluated_count() < 40
+
+
+def test_resume_after_the_judge_changed_rejudges_the_elites_first(tmp_path):
+    import sqlite3
+
+    from evaluators.fingerprint import judge_fingerprint
+    from evolve.population import Member, Population, PopulationConfig
+
+    run = _run_file(tmp_path, max_evals=2)
+    out = _evolve(tmp_path, "run", str(run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    today = judge_fingerprint()
+    assert {r["judge"] for r in _board(tmp_path)} == {today} and not any(r["stale"] for r in _board(tmp_path))
+    db = tmp_path / "runs" / "t" / "run.sqlite"
+    conn = sqlite3.connect(db)  # as if an older judge had given every verdict
+    conn.execute("UPDATE evaluations SET judge = 'an0lderjudge0000'")
+    conn.commit()
+    conn.close()
+    old = _board(tmp_path)
+    assert all(r["stale"] for r in old)
+    text = _evolve(tmp_path, "leaderboard", "t").stdout
+    assert "ok, stale" in text and not any(line.split()[:1] == ["1"] for line in text.splitlines())
+    # the stale elites: the members that would hold a niche on their island (a seed: on every island)
+    with Store.open(db) as store:
+        rows = store.population_rows("model:h100")
+    members = [Member(r["id"], r["island"], r["fitness"] if r["status"] == "ok" else 0.0, tuple(r["niche"]),
+                      r["source_hash"], r["generation"]) for r in rows]  # fmt: skip
+    expected = Population(PopulationConfig(islands=2, migration_interval=0))
+    seeds = [m for m in members if m.generation == 0]  # first, spread to every island (as the run began)
+    for m in seeds:
+        expected.add(m)
+    expected.spread(seeds)
+    for m in members:
+        if m.generation:
+            expected.add(m)
+    elites = {m.id for m in expected.elites()}
+    assert elites
+    more = _evolve(tmp_path, "run", "--resume", "runs/t", "--max-evals", "3")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"the judge changed since {len(rows)} of the {len(rows)} verdicts" in more.stdout
+    assert f"re-judged {len(elites)} stale elites (the judge changed since they were judged)" in more.stdout
+    after = {r["id"]: r for r in _board(tmp_path)}
+    assert len(after) == 3  # one verdict per candidate: the re-judged ones updated in place
+    assert {i for i in after if i in {r["id"] for r in rows} and not after[i]["stale"]} == elites
+    assert all(not after[i]["stale"] for i in after if i not in {r["id"] for r in rows})  # the new one
+    text = more.stdout.split("stopped:")[-1]  # the leaderboard the run prints at its end
+    ranked = [line.split() for line in text.splitlines() if line.split()[:1] == ["1"]]
+    assert ranked and not after[int(ranked[0][1])]["stale"]
+    assert all(line.split()[0] == "-" for line in text.splitlines() if "ok, stale" in line)
