@@ -44,6 +44,18 @@ _ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model,
     e.metrics, {judge} FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
 
 
+_VERDICT_COLS = "status, ok, fitness, fitness_kind, metrics, feedback, seconds, created, judge"
+
+
+def _verdict_values(ev: dict) -> tuple:
+    """An Evaluation dict as the values of _VERDICT_COLS (seconds: the stages' total)."""
+    seconds = ev.get("seconds") or {}
+    total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
+    return (ev["status"], int(ev["status"] == "ok"), float(ev.get("fitness") or 0.0),
+            ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
+            ev.get("feedback", ""), total, time.time(), ev.get("judge") or "")  # fmt: skip
+
+
 # Verdicts that may be the machine's or the judge's fault, so a later measurement may replace them.
 RETRYABLE = ("timeout", "crashed", "judge_error")
 
@@ -269,26 +281,20 @@ class Store:
         Idempotent per (candidate_id, backend): a repeat is ignored and returns False; True when stored.
         """
         ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
-        status = ev["status"]
-        seconds = ev.get("seconds") or {}
-        total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
-        ok = int(status == "ok")
+        values = _verdict_values(ev)
         try:
             with self.transaction():
                 cur = self._conn.execute(
-                    "INSERT INTO evaluations (candidate_id, backend, status, ok, fitness, fitness_kind,"
-                    " metrics, feedback, seconds, created, judge) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    f"INSERT INTO evaluations (candidate_id, backend, {_VERDICT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT (candidate_id, backend) DO NOTHING",
-                    (candidate_id, ev["backend"], status, ok, float(ev.get("fitness") or 0.0),
-                     ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
-                     ev.get("feedback", ""), total, time.time(), ev.get("judge") or ""),
-                )  # fmt: skip
+                    (candidate_id, ev["backend"], *values),
+                )
                 self._conn.execute("DELETE FROM pending WHERE candidate_id = ?", (candidate_id,))
                 if cur.rowcount:
                     self._conn.execute(
                         "INSERT INTO backend_counts (backend, ok, total) VALUES (?, ?, 1) ON CONFLICT (backend)"
                         " DO UPDATE SET ok = ok + excluded.ok, total = total + 1",
-                        (ev["backend"], ok),
+                        (ev["backend"], values[1]),
                     )
         except sqlite3.IntegrityError as e:
             raise StoreError(f"{self.path}: cannot store evaluation of candidate {candidate_id} ({e})") from e
@@ -303,9 +309,7 @@ class Store:
         ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
         if not judge or (ev.get("judge") or "") != judge:
             return False
-        seconds = ev.get("seconds") or {}
-        total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
-        ok = int(ev["status"] == "ok")
+        values = _verdict_values(ev)
         with self.transaction():
             row = self._conn.execute(
                 "SELECT ok, judge FROM evaluations WHERE candidate_id = ? AND backend = ?",
@@ -313,16 +317,11 @@ class Store:
             ).fetchone()
             if row is None or row[1] == judge:
                 return False
-            self._conn.execute(
-                "UPDATE evaluations SET status = ?, ok = ?, fitness = ?, fitness_kind = ?, metrics = ?,"
-                " feedback = ?, seconds = ?, created = ?, judge = ? WHERE candidate_id = ? AND backend = ?",
-                (ev["status"], ok, float(ev.get("fitness") or 0.0), ev.get("fitness_kind", "none"),
-                 json.dumps(ev, sort_keys=True, default=str), ev.get("feedback", ""), total, time.time(),
-                 judge, candidate_id, ev["backend"]),
-            )  # fmt: skip
-            self._conn.execute(
-                "UPDATE backend_counts SET ok = ok + ? WHERE backend = ?", (ok - row[0], ev["backend"])
-            )
+            sets = ", ".join(f"{c} = ?" for c in _VERDICT_COLS.split(", "))
+            q = f"UPDATE evaluations SET {sets} WHERE candidate_id = ? AND backend = ?"
+            self._conn.execute(q, (*values, candidate_id, ev["backend"]))
+            q = "UPDATE backend_counts SET ok = ok + ? WHERE backend = ?"
+            self._conn.execute(q, (values[1] - row[0], ev["backend"]))
             self._conn.execute("DELETE FROM pending WHERE candidate_id = ?", (candidate_id,))
         return True
 
@@ -441,17 +440,11 @@ class Store:
         backend = backend if backend is not None else self.default_backend()
         if backend is None:
             return []
-        if judge is None:
-            q = f"{self._rows} WHERE e.backend = ? ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
-            return [self._row(r) for r in self._conn.execute(q, (backend, int(k)))]
-        q = (
-            f"{self._rows} WHERE e.backend = ? ORDER BY (e.ok = 1 AND {self._judge} = ?) DESC, e.fitness DESC,"
-            " e.ok DESC, e.candidate_id LIMIT ?"
-        )
-        rows = [self._row(r) for r in self._conn.execute(q, (backend, judge, int(k)))]
-        for row in rows:
-            row["stale"] = row["judge"] != judge
-        return rows
+        first = "" if judge is None else f"(e.ok = 1 AND {self._judge} = ?) DESC, "
+        q = f"{self._rows} WHERE e.backend = ? ORDER BY {first}e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
+        args = (backend, int(k)) if judge is None else (backend, judge, int(k))
+        rows = [self._row(r) for r in self._conn.execute(q, args)]
+        return rows if judge is None else [{**row, "stale": row["judge"] != judge} for row in rows]
 
     def best(self, backend: str | None = None, judge: str | None = None) -> dict | None:
         """The best ok evaluation on `backend` (default: `default_backend()`), or None; with
