@@ -1,6 +1,7 @@
 """Population: niches, elites, duplicates, selection, migration, rebuild."""
 
 import collections
+import dataclasses
 import json
 import random
 
@@ -303,3 +304,21 @@ def test_spread_puts_a_seed_on_every_island():
     assert pop.add(better)
     pop.spread([seed])
     assert pop.island_best(2).id == 2
+
+
+def test_would_place_asks_without_changing_and_readmit_takes_back_a_seen_member():
+    pop = Population(PopulationConfig(islands=2, migration_interval=2))
+    holder = Member(1, 0, 0.5, ("a",), "h1", 1)
+    stale = Member(2, 0, 0.9, ("a",), "h2", 1)
+    assert pop.add(holder) and not pop.add(dataclasses.replace(stale, fitness=0.0))  # seen, no niche
+    assert pop.would_place(stale) and not pop.would_place(dataclasses.replace(stale, fitness=0.5))
+    assert not pop.would_place(dataclasses.replace(stale, fitness=0.0))  # a failure is never an elite
+    assert pop.would_place(dataclasses.replace(stale, island=1))  # an empty niche elsewhere
+    assert pop.elites() == [holder] and pop.summary()["accepted"] == 1  # asking changed nothing
+    assert not pop.add(stale)  # its hash was seen: add refuses it as a duplicate ...
+    assert pop.readmit(stale)  # ... readmit places its new verdict
+    assert pop.elites() == [stale] and pop.seen("h2")
+    assert pop.summary()["accepted"] == 1 and not pop.due_migration()  # not a new candidate
+    assert not pop.readmit(Member(3, 0, 0.1, ("a",), "h3", 1)) and pop.seen("h3")
+    with pytest.raises(ValueError, match="island 5 out of range"):
+        pop.readmit(Member(4, 5, 0.1, ("a",), "h4", 1))
