@@ -345,16 +345,16 @@ def interpreter_accesses():
     """What evaluators/race_check.py wraps to see every memory access of the interpreter, Triton 3.6-3.9:
     (InterpreterBuilder, plain, atomics, launch).
 
-    plain: {method: ("load" | "store", pointer index, mask index)}. Every plain load and store goes
-    through create_masked_load / create_masked_store (create_load, create_store, block pointers and
-    descriptors call them on `self`). atomics: {method: (pointer index, mask index or None, sem index)}
+    plain: {method: ("load" | "store", pointer index, mask index, value index or None)}. Every
+    plain load and store goes through create_masked_load / create_masked_store (create_load,
+    create_store, block pointers and descriptors call them on `self`). atomics: {method: (pointer index, mask index or None, sem index)}
     (3.9's create_atomic_load/store/poll call the plain ones inside). launch: the method each launch
     calls once with its grid, before its first program (`set_grid_dim(nx, ny, nz)`); the program
     running is the builder's `grid_idx` (x, y, z), programs run x-major, z fastest. Indices count
     after `self`; a method a version lacks is skipped."""
     from triton.runtime import interpreter
 
-    plain = {"create_masked_load": ("load", 0, 1), "create_masked_store": ("store", 0, 2)}
+    plain = {"create_masked_load": ("load", 0, 1, None), "create_masked_store": ("store", 0, 2, 1)}
     atomics = {
         "create_atomic_rmw": (1, 3, 4),
         "create_atomic_cas": (0, None, 3),

@@ -16,7 +16,8 @@ and keeps happens-before bookkeeping with vector clocks:
 - plain stores and atomics record (program, epoch) per address written;
 - a plain store by p over an element another program q last wrote (plain store or atomic) in this
   launch, q's write not ordered before p (q's epoch > C_p[q]), is a race: two programs wrote the
-  same element without atomics; so is an atomic over an unordered plain store. Atomics by several
+  same element without atomics (unless p stores the very bits q did: overlapping tiles that compute
+  the same element lose nothing); so is an atomic over an unordered plain store. Atomics by several
   programs on one address are fine (split-K with tl.atomic_add into a zeroed C);
 - a plain load by p of an element another program stored in this launch, that store not ordered
   before the load, is an ordering race: on a GPU the load can see the value before the store.
@@ -46,8 +47,8 @@ SPAN_GAP = 1 << 16  # stored byte ranges closer than this are merged (few ranges
 # What the check covers, for the verdict's provenance ("race_check").
 DESCRIPTION = (
     "every launch under the interpreter: plain stores, loads and atomics per program (grid index), "
-    "happens-before through atomics (vector clocks); write-write and unordered read-after-write between "
-    "programs are races"
+    "happens-before through atomics (vector clocks); write-write (of different bits) and unordered "
+    "read-after-write between programs are races"
 )
 
 
@@ -157,9 +158,11 @@ class RaceCheck:
     # -- set-up
     def install(self) -> None:
         builder, plain, atomics, launch = compat.interpreter_accesses()
-        for name, (kind, ptr_index, mask_index) in plain.items():
+        for name, (kind, ptr_index, mask_index, value_index) in plain.items():
             if hasattr(builder, name):
-                setattr(builder, name, self._wrap_plain(getattr(builder, name), kind, ptr_index, mask_index))
+                wrapped = self._wrap_plain(getattr(builder, name), kind, ptr_index, mask_index, value_index)
+                setattr(builder, name, wrapped)
+        self.native_load = compat.interpreter_atomics()[2]  # reads memory at raw addresses
         for name, (ptr_index, mask_index, sem_index) in atomics.items():
             if hasattr(builder, name):
                 original = getattr(builder, name)
@@ -225,12 +228,13 @@ class RaceCheck:
             self.clock[self.flat] = 1
 
     # -- wrappers
-    def _wrap_plain(self, original, kind: str, ptr_index: int, mask_index: int):
+    def _wrap_plain(self, original, kind: str, ptr_index: int, mask_index: int, value_index: int | None):
         check = self
 
         def access(builder_self, *args, **kwargs):
             if not check.done and not check.in_atomic and len(args) > max(ptr_index, mask_index):
-                check._guarded(kind, builder_self, args[ptr_index], args[mask_index], None)
+                value = args[value_index] if value_index is not None else None
+                check._guarded(kind, builder_self, args[ptr_index], args[mask_index], value)
             return original(builder_self, *args, **kwargs)
 
         return access
@@ -250,16 +254,17 @@ class RaceCheck:
 
         return atomic
 
-    def _guarded(self, kind: str, builder, handle, mask, sem) -> None:
-        """One access, bookkept before the interpreter makes it. A failure here is the judge's own
-        bug: recorded (the parent reports a judge_error), the check off for the rest of the launch."""
+    def _guarded(self, kind: str, builder, handle, mask, extra) -> None:
+        """One access, bookkept before the interpreter makes it (`extra`: a store's value, an atomic's
+        sem). A failure here is the judge's own bug: recorded (the parent reports a judge_error), the
+        check off for the rest of the launch."""
         try:
             if kind == "load":
                 self._load(builder, handle, mask)
             elif kind == "store":
-                self._store(builder, handle, mask)
+                self._store(builder, handle, mask, extra)
             else:
-                self._atomic(builder, handle, mask, sem)
+                self._atomic(builder, handle, mask, extra)
         except Exception as e:  # noqa: BLE001 - the judge's bug must not pass as the kernel's crash
             self.done = True
             self.errors.append(
@@ -276,23 +281,34 @@ class RaceCheck:
         low, high = int(data.min()), int(data.max())
         if not any(low <= last and first <= high for first, last in self.spans):
             return  # A and B, and whatever else this launch did not store to
+        addresses, _ = _addresses(data, mask)
+        if addresses.size == 0:
+            return
         self._enter(builder)
-        for key, offsets in self._groups(_addresses(data, mask)):
+        for key, offsets, _ in self._groups(addresses):
             page = self.pages.get(key)
             if page is None:
                 continue
             if self._unordered("load", page, STORE_BY, STORE_AT, key, offsets):
                 return
 
-    def _store(self, builder, handle, mask) -> None:
-        addresses = _addresses(np.asarray(handle.data), mask)
+    def _store(self, builder, handle, mask, value) -> None:
+        data = np.asarray(handle.data)
+        addresses, on = _addresses(data, mask)
         if addresses.size == 0:
             return
         self._enter(builder)
         epoch = self.clock[self.flat]
-        for key, offsets in self._groups(addresses):
+        values = np.broadcast_to(np.asarray(value.data), data.shape)
+        values = (values if on is None else values[on]).ravel()
+        for key, offsets, picked in self._groups(addresses):
             page = self._page(key)
-            if self._unordered("store", page, STORE_BY, STORE_AT, key, offsets) or self._unordered(
+            mine = values if picked is None else values[picked]
+
+            def same(bad, key=key, offsets=offsets, mine=mine):  # the bits already there: no lost write
+                return self._holds(key, offsets[bad], mine[bad])
+
+            if self._unordered("store", page, STORE_BY, STORE_AT, key, offsets, same) or self._unordered(
                 "store over atomic", page, ATOMIC_BY, ATOMIC_AT, key, offsets
             ):
                 return
@@ -301,12 +317,12 @@ class RaceCheck:
         self._add_span(int(addresses.min()), int(addresses.max()))
 
     def _atomic(self, builder, handle, mask, sem) -> None:
-        addresses = _addresses(np.asarray(handle.data), mask)
+        addresses, _ = _addresses(np.asarray(handle.data), mask)
         if addresses.size == 0:
             return
         self._enter(builder)
         acquires, releases = compat.memory_order(sem)
-        touched = [(key, self._page(key), offsets) for key, offsets in self._groups(addresses)]
+        touched = [(key, self._page(key), offsets) for key, offsets, _ in self._groups(addresses)]
         ids = np.unique(np.concatenate([page[CLOCK, offsets] for _, page, offsets in touched]))
         if acquires:
             for i in ids[ids > 0]:
@@ -329,14 +345,16 @@ class RaceCheck:
             if len(self.clocks) > self.compact_at:
                 self._compact()
 
-    def _unordered(self, kind: str, page, by_row: int, at_row: int, key: int, offsets) -> bool:
+    def _unordered(self, kind: str, page, by_row: int, at_row: int, key: int, offsets, forgiven=None) -> bool:
         """Report (and True) when a record at `offsets` is another program's write that the running
-        program is not ordered after."""
+        program is not ordered after. `forgiven(bad)`: which of those lanes are no race after all."""
         by = page[by_row, offsets]
         other = (by > 0) & (by != self.flat + 1)
         if not other.any():
             return False
         bad = other & (page[at_row, offsets] > self.clock[np.maximum(by - 1, 0)])
+        if bad.any() and forgiven is not None:
+            bad[np.flatnonzero(bad)[forgiven(bad)]] = False
         if not bad.any():
             return False
         first = int(np.argmax(bad))
@@ -356,14 +374,29 @@ class RaceCheck:
         return True
 
     def _groups(self, addresses: np.ndarray):
-        """(page key, offsets in the page) for the addresses, one pair per page they touch."""
+        """(page key, offsets in the page, which addresses: a mask or None for all), one per page touched."""
         pages = addresses >> np.uint64(PAGE_BITS)
         offsets = (addresses & np.uint64(PAGE_MASK)).astype(np.intp)
         low, high = int(pages.min()), int(pages.max())
         if low == high:
-            return [(low, offsets)]
+            return [(low, offsets, None)]
         keys, inverse = np.unique(pages, return_inverse=True)
-        return [(int(k), offsets[inverse == i]) for i, k in enumerate(keys)]
+        return [(int(k), offsets[inverse == i], inverse == i) for i, k in enumerate(keys)]
+
+    def _holds(self, key: int, offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Which addresses (page `key`, `offsets`) already hold exactly `values`' bits: a second
+        program storing the same bits (overlapping tiles that compute the same element) loses nothing."""
+        addresses = (np.uint64(key) << np.uint64(PAGE_BITS)) | offsets.astype(np.uint64)
+        values = np.ascontiguousarray(values)
+        there = np.ascontiguousarray(
+            self.native_load(
+                addresses, np.ones(addresses.shape, dtype=bool), np.zeros_like(values), values.dtype
+            )
+        )
+        width = values.dtype.itemsize
+        return (there.view(np.uint8).reshape(-1, width) == values.view(np.uint8).reshape(-1, width)).all(
+            axis=1
+        )
 
     def _page(self, key: int) -> np.ndarray:
         page = self.pages.get(key)
@@ -396,15 +429,17 @@ class RaceCheck:
         self.compact_at = max(256, 2 * len(self.clocks))
 
 
-def _addresses(data: np.ndarray, mask) -> np.ndarray:
-    """The byte addresses an access touches: its pointers where its mask is on, flat, uint64."""
+def _addresses(data: np.ndarray, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """The byte addresses an access touches (its pointers where its mask is on, flat, uint64), and
+    the mask (None: all on)."""
     addresses = data.astype(np.uint64, copy=False)
+    on = None
     if mask is not None:
         on = np.asarray(getattr(mask, "data", mask), dtype=bool)
         if on.shape != addresses.shape:
             on = np.broadcast_to(on, addresses.shape)
         addresses = addresses[on]
-    return addresses.ravel()
+    return addresses.ravel(), on
 
 
 def _remap(ids: np.ndarray, mapping: dict[int, int]) -> np.ndarray:

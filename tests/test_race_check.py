@@ -42,6 +42,27 @@ def own_tile(c_ptr, B: tl.constexpr):
 
 
 @triton.jit
+def overlap(c_ptr, B: tl.constexpr, SAME: tl.constexpr):
+    # tiles of B elements starting every B // 2: neighbours overlap by half a tile. SAME: each
+    # element gets the same value from both programs (its index), else each program's own id
+    offs = tl.program_id(0) * (B // 2) + tl.arange(0, B)
+    if SAME:
+        tl.store(c_ptr + offs, offs.to(tl.float32))
+    else:
+        tl.store(c_ptr + offs, tl.zeros((B,), tl.float32) + tl.program_id(0))
+
+
+@triton.jit
+def masked_off_load(c_ptr, out_ptr, B: tl.constexpr):
+    # after the first program's store, loads whose every lane is masked off
+    offs = tl.arange(0, B)
+    if tl.program_id(0) == 0:
+        tl.store(c_ptr + offs, tl.zeros((B,), tl.float32))
+    x = tl.load(c_ptr + offs, mask=offs < 0, other=1.0)
+    tl.store(out_ptr + tl.program_id(0) * B + offs, x)
+
+
+@triton.jit
 def atomic_adds(c_ptr, B: tl.constexpr):
     offs = tl.arange(0, B)
     tl.atomic_add(c_ptr + offs, tl.zeros((B,), tl.float32) + 1.0)
@@ -132,6 +153,11 @@ case("store_same", lambda: launch(k.store_same, (2,), c, B=B), c)
 wide = torch.zeros(4 * B)
 case("own_tile", lambda: launch(k.own_tile, (4,), wide, B=B), wide)
 case("atomic_adds", lambda: launch(k.atomic_adds, (4,), c, B=B), c)
+for same in (True, False):
+    line = torch.zeros(5 * B // 2)
+    case(f"overlap_{same}", lambda: launch(k.overlap, (4,), line, B=B, SAME=same), line)
+spread = torch.zeros(3 * B)
+case("masked_off_load", lambda: launch(k.masked_off_load, (3,), c, spread, B=B), spread)
 case("first_stores_then_atomics", lambda: launch(k.first_stores_then_atomics, (3,), c, B=B), c)
 for before in (False, True):
     for sem in ("acq_rel", "relaxed"):
@@ -191,6 +217,16 @@ def test_a_program_rewriting_its_own_elements_is_fine(found):
 
 def test_atomics_from_several_programs_are_fine(found):
     assert found["atomic_adds"]["races"] == []
+
+
+def test_overlapping_tiles_storing_the_same_bits_lose_nothing(found):
+    assert found["overlap_True"]["races"] == []
+    (race,) = found["overlap_False"]["races"]
+    assert "programs (0, 0, 0) and (1, 0, 0) both wrote C[8] with plain stores" in race, race
+
+
+def test_a_load_with_every_lane_masked_off_reads_nothing(found):
+    assert found["masked_off_load"]["races"] == []  # and the check did not fail (errors, in `found`)
 
 
 def test_an_atomic_over_another_programs_plain_store_is_a_race(found):
