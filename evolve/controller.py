@@ -269,6 +269,8 @@ class Controller:
             # already recorded: today's verdict of a stale one replaces it; else a re-queued duplicate
             if self.store.replace_stale_evaluation(cid, evaluation, self.judge):
                 self._record_rejudged(cid, evaluation)
+            elif self.rejudging.pop(cid, None) is not None:  # re-judged, but not by today's judge
+                self._foreign(evaluation.get("judge") or "")
             return
         row = self.store.candidate(cid)
         niche = niche_of(evaluation, row["source"])
@@ -314,7 +316,7 @@ class Controller:
             "ones are never parents (re-judged only if one would become an elite)",
             flush=True,
         )
-        while self.rejudging and not self.stop_requested:
+        while self.rejudging and not self.stop_requested and (self.queue or self.pool.in_flight()):
             while self.pool.idle_slots() and self.queue:
                 self._submit_existing(self.queue.pop(0))
             self._collect(timeout=0.5)

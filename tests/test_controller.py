@@ -305,3 +305,35 @@ def test_a_resumed_run_rejudges_its_stale_elites_before_they_stand(tmp_path, cap
     stale_rows = [line for line in board if "ok, stale" in line]
     assert stale_rows and all(line.split()[0] == "-" for line in stale_rows)
     assert any("stale: judged by another judge than today's" in line for line in board)
+
+
+class ForeignPool(InlinePool):
+    """A worker that runs another judge's code: every verdict names that judge."""
+
+    def poll(self, timeout: float):
+        return [(cid, {**ev, "judge": "SOMEONEELSE"}) for cid, ev in super().poll(timeout)]
+
+
+def test_a_verdict_from_another_judge_never_stands_and_never_stalls_the_run(tmp_path, capsys):
+    import threading
+
+    from evolve.runner import rebuild_population
+
+    controller, store, _ = _controller(tmp_path, FixedProposer(variants=1000), max_evals=4)
+    controller.run()
+    config, task, judge = controller.config, controller.task, controller.pool.judge
+    with store.transaction():
+        store._conn.execute("UPDATE evaluations SET judge = 'OLDJUDGE'")
+    resumed = Controller(config.replace(max_evals=6), task, store, rebuild_population(config, store,
+                         "model:h100", judge), [(FixedProposer(variants=1000), 1.0)], ForeignPool(2), {},
+                         "model:h100", judge=judge)  # fmt: skip
+    result = []
+    thread = threading.Thread(target=lambda: result.append(resumed.run()), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert result, "the run kept waiting for a re-judgement that came back from another judge"
+    assert "no ok candidate to propose from" in result[0]  # nothing stands: no parent
+    err = capsys.readouterr().err
+    assert "a verdict came back from judge SOMEONEELSE, not this run's" in err
+    assert {r["judge"] for r in store.all_evaluated()} == {"OLDJUDGE"}  # not replaced by a foreign one
+    assert store.best("model:h100", judge) is None and not len(resumed.population)
