@@ -42,15 +42,24 @@ class CheckStage:
             [group for group in share for _ in range(self.task.trials)]
             for share in split_work(groups, len(boxes))
         ]
+        # Calls are independent: first, some dozens of calls on the smallest check shape in one child,
+        # every output kept there (none may share storage with an earlier one), re-checked at the end.
+        calls_shape = min((tuple(s) for s in self.task.check), key=lambda s: s[0] * s[1] * s[2])
+        calls = [(calls_shape, self.task.layouts[0], "keep")] * (
+            MANY_CALLS + secrets.randbelow(MANY_CALLS + 1)
+        )
+        queues[0][:0] = calls
+        kept: list[tuple] = []  # (reference, where) of each kept call, in order
         in_flight: dict[int, tuple] = {}  # box index -> (shape, layout, reference, deadline)
         kinds = self.task.inputs  # one kind per trial, in turn from a random start (correctness.make_inputs)
         sent = [secrets.randbelow(len(kinds))]
         self.input_kinds: dict[tuple, str] = {}  # box index -> the kind of its trial in flight
+        self.input_geometry: dict[int, tuple] = {}  # box index -> its inputs' strides and offsets
 
         def send_next(i: int) -> None:
             if not queues[i]:
                 return
-            shape, layout = queues[i].pop(0)
+            shape, layout, *keep = queues[i].pop(0)
             kind = kinds[sent[0] % len(kinds)]
             sent[0] += 1
             self.input_kinds[i] = kind
@@ -60,11 +69,21 @@ class CheckStage:
             # Drawn where they are used (the child draws the same from the same seed and device).
             a, b = make_inputs(shape, layout, self.task.dtype, input_generator(seed, device), kind)
             ref = reference(a, b)
+            # Launch arguments follow strides and offsets (sliced inputs draw their padding): calls
+            # are compared with calls on the same geometry.
+            self.input_geometry[i] = (a.stride(), b.stride(), a.storage_offset(), b.storage_offset())
             del a, b
             request_deadline = deadline
-            if self.budget is not None:  # each trial its own share of the GPU work budget
+            if (
+                self.budget is not None and (shape, layout) in self.budget.check_s
+            ):  # a share of the GPU budget
                 request_deadline = self.deadline_for(self.budget.check_s[(shape, layout)])
             request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed, "inputs": kind}
+            if keep:
+                request["keep"] = True
+                kept.append(
+                    (ref, f"shape {shape} layout {layout}, call {len(kept) + 1} of {len(calls)}", shape[2])
+                )
             chosen = self.choices.get((shape, layout, "check"))
             if chosen:
                 request["autotune"] = [c.index for c in chosen]
@@ -98,15 +117,26 @@ class CheckStage:
             verdict = self.judge_output(header, tensors, ref, shape, where)
             signatures = header.get("launch_signatures")
             # Sliced inputs have other strides, so other launch arguments: they are compared with
-            # each other, packed ones with packed ones (and with the meta capture, compare_launches).
-            sliced = self.input_kinds[i] == "sliced"
-            if self.run_signatures.setdefault((shape, layout, sliced), signatures) != signatures:
+            # calls on the same geometry, packed ones with packed ones (and with the meta capture,
+            # compare_launches).
+            geometry = self.input_geometry[i]
+            if self.run_signatures.setdefault((shape, layout, geometry), signatures) != signatures:
                 raise Stop(
                     "rejected",
                     f"{where}: the entry point launched different kernels on "
                     "two calls with the same shape; launches must depend on shapes only",
                 )
-            result = results[(shape, layout)]
+            if header.get("shares_storage_with") is not None:
+                raise Stop(
+                    "rejected",
+                    f"{where}: the output shares storage with the output of call {header['shares_storage_with'] + 1} "
+                    "of this child, which the caller still holds: calls must be independent; allocate each "
+                    "output anew (a cached or reused buffer is overwritten by the next call)",
+                )
+            result = results.get((shape, layout))
+            if result is None:  # the independent calls' shape, on a GPU (not one of the timed shapes)
+                send_next(i)
+                continue
             result.max_abs_err = max(result.max_abs_err or 0.0, verdict.max_abs_err)
             # Trials of other input kinds have other tolerances: keep the trial nearest its own bound.
             if result.tolerance is None or (
@@ -117,7 +147,30 @@ class CheckStage:
             if device == "cuda" and (shape, layout) not in queues[i]:
                 torch.cuda.empty_cache()  # the child shares the GPU: give back what this shape took
             send_next(i)
+        self.recheck_kept(boxes[0], kept, deadline)
         self.seconds["correctness"] = time.perf_counter() - start
+
+    def recheck_kept(self, box: sandbox.Sandbox, kept: list[tuple], deadline: float) -> None:
+        """Every output the calls kept, judged again after every later call: a result the candidate
+        kept, cached or reused and overwrote since is wrong now."""
+        self.waiting = f"the re-check of {len(kept)} kept outputs"
+        box.send({"cmd": "recheck"})
+        header, tensors = box.read(deadline)
+        if header.get("event") == "error":
+            raise failures.from_child(header, interpreter=self.options.device == "cpu")
+        for n, (ref, where, K) in enumerate(kept):
+            out = tensors.get(f"out{n}")
+            if out is None:
+                raise Stop("incorrect", f"{where}: the kept output did not arrive for the re-check")
+            verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, K, self.task.allow_tf32)
+            if not verdict.ok:
+                raise Stop(
+                    "incorrect",
+                    f"{where}: right when returned, wrong after {len(kept) - n - 1} later calls "
+                    f"({verdict.message}): calls must be independent (a result kept, cached or reused by a "
+                    "later call is overwritten)",
+                )
+        self.provenance["independent_calls"] = len(kept)
 
     def first_reply(self, waiting: dict, deadline: float, in_flight: dict, watch: CompileWatch | None):
         """The key of the first box in `waiting` with a reply; on a timeout, say what ran out."""
@@ -182,6 +235,10 @@ class CheckStage:
             raise Stop("incorrect", f"{where}: {verdict.message}")
         return verdict
 
+
+MANY_CALLS = (
+    20  # the independent calls: MANY_CALLS + 0..MANY_CALLS of them, a number the candidate cannot know
+)
 
 RACE_ADVICE = (
     "On a GPU the programs of a launch run at once (the interpreter runs them one after another, so the "

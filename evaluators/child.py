@@ -53,6 +53,7 @@ class Child:
         self.proto_in, self.proto_out = proto_in, proto_out
         self.launch = guards.LaunchDepth()
         self.previous: tuple = ()  # the last trial's tensors, see retain()
+        self.kept: list = []  # outputs of the independent calls, held until the re-check (check_stage.py)
         self.recorded_kernels: list = []
         self.capture = None  # set while the compile run captures launches instead of running them
         self.phase, self.where = "start", None  # what the child is doing, said with an error
@@ -316,10 +317,16 @@ class Child:
             shape=list(out.shape),
             device=out.device.type,
             aliases_input=_shares_memory(out, a) or _shares_memory(out, b),
+            shares_storage_with=next(
+                (n for n, old in enumerate(self.kept) if _shares_memory(out, old)), None
+            ),
         )
-        self.retain(a, b, a_before, b_before, out)
-        wire_out = out if out.dtype in (torch.float16, torch.bfloat16, torch.float32) else out.float()
-        self.send(facts, {"out": wire_out})
+        if cmd.get("keep"):  # held as a caller holds a result, re-checked after every later call
+            self.kept.append(out)
+            self.retain(a, b, a_before, b_before)
+        else:
+            self.retain(a, b, a_before, b_before, out)
+        self.send(facts, {"out": _wire(out)})
 
     def time_pair(self, module, task: dict, cmd: dict) -> None:  # pragma: no cover - needs a GPU
         """Candidate vs torch.matmul, interleaved (evaluators/timing.py), then a cache probe.
@@ -461,11 +468,13 @@ class Child:
         self.send({"event": "loaded", "seconds": round(time.perf_counter() - started, 3), **report})
         while True:
             cmd, _ = self.wire.read_frame(self.proto_in)
-            if cmd.get("cmd") not in ("run", "time"):
+            if cmd.get("cmd") not in ("run", "time", "recheck"):
                 return
             try:
                 if cmd["cmd"] == "run":
                     self.run_once(module, task, cmd)
+                elif cmd["cmd"] == "recheck":
+                    self.send({"event": "result"}, {f"out{n}": _wire(out) for n, out in enumerate(self.kept)})
                 else:
                     self.time_pair(module, task, cmd)
             except BaseException as e:  # noqa: BLE001
@@ -505,6 +514,13 @@ def spec_constexprs(fn, spec: dict) -> dict:
         if len(path) == 1:
             out[fn.arg_names[path[0]]] = value
     return out
+
+
+def _wire(out):
+    """An output as it travels: its own dtype when the wire carries it, else float32."""
+    import torch
+
+    return out if out.dtype in (torch.float16, torch.bfloat16, torch.float32) else out.float()
 
 
 def _shares_memory(x, y) -> bool:

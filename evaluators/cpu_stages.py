@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from . import autotune, failures, sandbox
 from . import compile as comp
 from .compile_watch import CompileWatch
+from .correctness import layout_views
 from .evaluation import Evaluation, ShapeResult
 from .targets import TARGET_LIMITS
 from .verdict import Stop
@@ -199,7 +202,8 @@ class CpuStages:
         run) as on real ones (interpreter run). A kernel module that looks at the device to
         behave differently is caught here."""
         for entry in compiled:
-            key = (tuple(entry["shape"]), entry["layout"], False)  # packed inputs, as on meta tensors
+            a, b = layout_views(tuple(entry["shape"]), entry["layout"], torch.float16)  # packed, as on meta
+            key = (tuple(entry["shape"]), entry["layout"], (a.stride(), b.stride(), 0, 0))
             signatures = [call.get("signature") for call in entry["calls"]]
             if key in self.run_signatures and self.run_signatures[key] != signatures:
                 raise Stop(

@@ -179,7 +179,7 @@ class _Run(CpuStages, CheckStage):
         self.seconds: dict[str, float] = {}
         self.shapes: list[ShapeResult] = []
         self.kernels: dict = {}
-        self.run_signatures: dict = {}  # (shape, layout, sliced inputs?) -> launches seen in the checked run
+        self.run_signatures: dict = {}  # (shape, layout, input strides/offsets) -> launches seen in the checked run
         self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
         self.provenance = provenance(options.device)
         self.model_gpu = _model_gpu(options, task) if options.device == "cpu" else None
