@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from . import compat, dataflow, failures, sandbox, static_rules, wire
+from . import compat, dataflow, failures, fresh_shapes, sandbox, static_rules, wire
 from . import compile as comp
 from .check_stage import CheckStage
 from .compile_watch import CompileWatch
@@ -88,7 +88,10 @@ def evaluate(
     options = dataclasses.replace(options or EvalOptions(), **overrides)
     compat.require_tested_environment(options.device)
     cache = cache if cache is not None else _default_cache()
-    run = _Run(source, task, options, cache)
+    # Fresh shapes join the check shapes of this evaluation only; the memo key holds the task as
+    # named, so a hit returns the verdict of an earlier draw (evaluators/fresh_shapes.py says why).
+    fresh = fresh_shapes.draw(task) if options.device == "cpu" else ()
+    run = _Run(source, fresh_shapes.with_fresh(task, fresh), options, cache)
     key = _memo_key(source, task, options, run.backend)
     if options.memo:
         start = time.perf_counter()
@@ -105,7 +108,10 @@ def evaluate(
     except Exception as e:  # noqa: BLE001 - the judge's own bug: a verdict, never an escape
         run.memo = False
         evaluation = run.result("judge_error", _judge_error(e))
-    evaluation.judge = judge_fingerprint()  # every verdict says which judge gave it (evaluators/fingerprint.py)
+    evaluation.judge = (
+        judge_fingerprint()
+    )  # every verdict says which judge gave it (evaluators/fingerprint.py)
+    fresh_shapes.mark(evaluation, fresh)
     if evaluation.status in MEMO_STATUSES and run.memo:
         cache.put_evaluation(key, evaluation.to_dict())
     return evaluation
@@ -200,7 +206,9 @@ class _Run(CpuStages, CheckStage):
         self.input_device = "cuda" if options.device == "cuda" else "cpu"
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
-        compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
+        compile_facts = [
+            {"key": k, **{f: x for f, x in v.items() if f != "ttir"}} for k, v in self.kernels.items()
+        ]
         return Evaluation(
             status=status,
             backend=self.backend,

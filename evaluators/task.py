@@ -12,6 +12,8 @@ A task file looks like::
     trials = 3                # correctness trials (fresh inputs) per shape and layout
     inputs = ["normal", "sliced"]  # input kinds the trials cycle through (default: all of
                                    # INPUT_KINDS: normal sliced relu positive small mixed large nonfinite)
+    fresh = 3                 # shapes drawn afresh for each evaluation and checked like `check` ones
+                              # (evaluators/fresh_shapes.py: decode, ragged, tall); 0 turns them off
 
     [shapes]
     train = [[4096, 4096, 4096]]   # (M, N, K) the fitness is computed on
@@ -43,6 +45,7 @@ TARGETS = ("sm_80", "sm_89", "sm_90")
 INPUT_KINDS = ("normal", "sliced", "relu", "positive", "small", "mixed", "large", "nonfinite")
 
 Shape = tuple[int, int, int]
+MAX_FRESH = 9  # fresh shapes per evaluation at most: each costs interpreter time on every candidate
 
 
 class TaskError(ValueError):
@@ -64,6 +67,7 @@ class Task:
     target: str = "sm_90"  # compile target when no GPU is present
     trials: int = 3  # fresh-input trials per (shape, layout)
     inputs: tuple[str, ...] = INPUT_KINDS  # input kinds the check trials cycle through
+    fresh: int = 3  # CPU: shapes drawn per evaluation, checked beside `check` (fresh_shapes.py)
     source: str = "<memory>"  # where the task came from, for messages
 
     def to_dict(self) -> dict:
@@ -166,6 +170,12 @@ def _build(d: dict, source: str) -> Task:
         raise TaskError(f"{source}: field 'inputs' must be a non-empty list drawn from {list(INPUT_KINDS)}")
     for kind in inputs:
         _check_choice(source, "inputs", kind, INPUT_KINDS)
+    fresh = d.get("fresh", 3)
+    if not isinstance(fresh, int) or isinstance(fresh, bool) or not 0 <= fresh <= MAX_FRESH:
+        raise TaskError(
+            f"{source}: field 'fresh' is {fresh!r}; it must be an integer from 0 to {MAX_FRESH} "
+            "(shapes drawn for each evaluation beside the check shapes; 0 turns them off)"
+        )
     train = _shapes(source, "train", d["train"])
     check = _shapes(source, "check", d["check"])
     if not train or not check:
@@ -179,6 +189,7 @@ def _build(d: dict, source: str) -> Task:
         target=d.get("target", "sm_90"),
         trials=trials,
         inputs=tuple(inputs),
+        fresh=fresh,
         train=tuple(train),
         held_out=tuple(_shapes(source, "held_out", d.get("held_out", []))),
         check=tuple(check),
