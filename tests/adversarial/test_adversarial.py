@@ -109,6 +109,10 @@ CASES = [
     ("nan_mask_store", SMALL, "rejected", ["a mask (line", "depends on a value loaded from memory"]),
     # 16. no masks on ragged edges
     ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
+    # 21. wrong only on shapes nobody named: right on (64, 64, 64), wrong on a shape drawn for the
+    # evaluation (issue 10 item 1, evaluators/fresh_shapes.py: an odd K; one tile row or an odd count)
+    ("k_rounded_down", SMALL, "incorrect", ["fresh shape (", WRONG_VALUES]),
+    ("group_without_min", SMALL, "incorrect", ["fresh shape (", WRONG_VALUES]),
     # 20. races between the programs of a launch, right only when they run one after another (issue 10, item 4)
     (
         "splitk_rmw_race",
