@@ -43,6 +43,11 @@ check = [[16, 16, 16]]
         (("[shapes]", "[shapez]"), ["[shapes]"]),
         (('name = "t"', 'name = "t'), ["not valid TOML", "line"]),
         (("check = [[16, 16, 16]]", ""), ["missing field 'check'"]),
+        (
+            ('name = "t"', 'name = "t"\nfresh = -1'),
+            ["task.toml", "'fresh'", "from 0 to 9", "0 turns them off"],
+        ),
+        (('name = "t"', 'name = "t"\nfresh = true'), ["'fresh' is True", "an integer"]),
     ],
 )
 def test_bad_task_files_name_file_field_and_fix(tmp_path, edit, words):
