@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from types import ModuleType
 
 from evaluators import Evaluation
@@ -82,6 +83,7 @@ class EvaluatorActor:
     def warm_up(self, use_gpus: bool) -> float:
         """Start the judge's fork servers now (CPU), so the first candidate does not wait for them;
         seconds spent. A failure is left for `evaluate` to report as a verdict."""
+        self.judge()  # fingerprinted now, as this worker loads the judge (evaluators/fingerprint.py)
         if use_gpus:
             return 0.0
         from evaluators import sandbox
@@ -90,6 +92,12 @@ class EvaluatorActor:
             return sandbox.start_servers()
         except Exception:  # noqa: BLE001 - the first evaluate() says what went wrong, as a judge_error
             return 0.0
+
+    def judge(self) -> str:
+        """The fingerprint of the judge this worker runs (cached for its life)."""
+        from evaluators.fingerprint import judge_fingerprint
+
+        return judge_fingerprint()
 
     def pid(self) -> int:
         return os.getpid()
@@ -145,6 +153,18 @@ class WorkerPool:
         ray = require_ray()
         ray.wait(self.warming, num_returns=len(self.warming), timeout=timeout)
         self.warming = []
+
+    def judge(self, timeout: float = 600.0) -> str:
+        """The judge the workers run (their fingerprint, evaluators/fingerprint.py): the run's judge,
+        since it is theirs that judges. Several (the code changed while they started): the most
+        common, said on stderr. Waits for their warm-up."""
+        ray = require_ray()
+        answers = ray.get([actor.judge.remote() for actor in self.actors], timeout=timeout)
+        judge = max(sorted(set(answers)), key=answers.count)
+        if len(set(answers)) > 1:
+            print(f"warning: the workers run different judges ({', '.join(sorted(set(answers)))}): "
+                  f"evaluators/ changed while they started; the run's judge is {judge}", file=sys.stderr)  # fmt: skip
+        return judge
 
     @property
     def size(self) -> int:

@@ -117,7 +117,11 @@ def launch(args) -> int:
     backend = backend_label(task, options)
     if not args.resume:
         store = Store.create(folder / "run.sqlite", config.name, config.to_dict(), config.seed)
-    judge = judge_fingerprint()
+    pool = WorkerPool(workers, use_gpus=device == "cuda")
+    judge = pool.judge()  # the workers' judge is the one that judges; only its verdicts stand
+    if judge != judge_fingerprint():
+        print(f"note: the workers' judge {judge} is not the evaluators/ here now ({judge_fingerprint()}): "
+              "the files changed while the run started")  # fmt: skip
     population = rebuild_population(config, store, backend, judge)
     proposers = make_proposers(config)
     names = ", ".join(f"{p.name} (weight {w:g})" for p, w in proposers)
@@ -127,7 +131,6 @@ def launch(args) -> int:
              if args.resume else ""))  # fmt: skip
     if backend.startswith("model:"):
         print("no GPU: fitness is MODELLED by the performance model (label model:...), not measured")
-    pool = WorkerPool(workers, use_gpus=device == "cuda")
     display = LiveDisplay(config.max_evals)
     controller = Controller(config, task, store, population, proposers, pool,
                             dataclasses.asdict(options), backend, display, judge=judge)  # fmt: skip
