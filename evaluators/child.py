@@ -182,6 +182,7 @@ class Child:
                 "key": key,
                 "grid": list(call["grid"]),
                 "signature": call["signature"],
+                "arg_names": list(call["fn"].arg_names),
             }
 
         launches = []

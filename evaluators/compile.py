@@ -92,6 +92,7 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
         "global_scratch": int(getattr(metadata, "global_scratch_size", 0) or 0),
         "spin_wait": spin_wait(ttir),
         "data_dependent": [dataclasses.asdict(f) for f in dataflow.check(ttir)],
+        "ttir": ttir,  # for the per-launch int32 range check (evaluators/ranges.py); not reported
         "shared": int(shared),
         "num_warps": int(num_warps),
         "num_stages": int(num_stages),

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from . import autotune, failures, sandbox
+from . import autotune, failures, ranges, sandbox
 from . import compile as comp
 from .compile_watch import CompileWatch
 from .correctness import layout_views
@@ -145,6 +145,9 @@ class CpuStages:
         self.compare_launches([entry for entry in self.launches if entry.get("kind") == "check"])
         used = self.used_keys(("train", "held_out", "check"))
         self.judge_kernels(used)
+        wrap = ranges.first_wrap(self.launches, self.kernels)
+        if wrap is not None:
+            raise Stop("incorrect", wrap)
         stop = failures.spin_wait_stop(self.kernels, used)
         if stop is not None:
             raise stop

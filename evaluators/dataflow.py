@@ -28,10 +28,10 @@ import dataclasses
 import re
 
 _VALUE = re.compile(r"%[\w.$-]+(?:#\d+)?")
-_RESULTS = re.compile(r"^\s*((?:%[\w.$-]+(?::\d+)?)(?:\s*,\s*%[\w.$-]+(?::\d+)?)*)\s*=\s*(.*)$")
-_OP = re.compile(r'^"?([a-z_]+\.[\w.]+)"?')
+RESULTS = re.compile(r"^\s*((?:%[\w.$-]+(?::\d+)?)(?:\s*,\s*%[\w.$-]+(?::\d+)?)*)\s*=\s*(.*)$")
+OP = re.compile(r'^"?([a-z_]+\.[\w.]+)"?')
 _LOC_REF = re.compile(r"loc\((#loc\d*)\)\s*$")
-_LOC_DEF = re.compile(r"^(#loc\d*) = loc\((.*)\)\s*$")
+LOC_DEF = re.compile(r"^(#loc\d*) = loc\((.*)\)\s*$")
 _FILE_LINE = re.compile(r'"([^"]+)":(\d+):\d+')
 _LOC_NAMES = re.compile(r"#loc\d*")
 _FLOAT_TYPE = re.compile(r"\b(?:f16|bf16|f32|f64|f8\w*)\b")
@@ -137,13 +137,28 @@ def _line_of(loc: str, defs: dict[str, str], user_files: set[str] | None, seen=N
     return None
 
 
-def _operands(text: str) -> list[str]:
+def operand_names(text: str) -> list[str]:
     """The %values an op line uses, in order, up to its type annotation and location."""
     body = re.sub(r"\sloc\(.*$", "", text)
     return _VALUE.findall(body)
 
 
-def _results(spec: str) -> list[str]:
+def user_files(defs: dict[str, str]) -> set[str]:
+    """The source files `#loc` definitions name, Triton's own library excluded: the kernel's."""
+    return {path for path, _ in _FILE_LINE.findall("\n".join(defs.values())) if "/triton/" not in path}
+
+
+def line_of_op(line: str, defs: dict[str, str], files: set[str]) -> int | None:
+    """The kernel-source line of one printed op, from its trailing `loc(...)`."""
+    m = _LOC_REF.search(line)
+    if m:
+        return _line_of(m.group(1), defs, files)
+    m = _FILE_LINE.search(line.rsplit("loc(", 1)[-1]) if "loc(" in line else None
+    return int(m.group(2)) if m else None
+
+
+def result_names(spec: str) -> list[str]:
+    """`%x:3` -> [%x#0, %x#1, %x#2]; `%a, %b` -> [%a, %b]."""
     names = []
     for part in spec.split(","):
         part = part.strip()
@@ -159,7 +174,7 @@ def _bind(names: list[str], values: list[str]) -> list[tuple[str, str]]:
     return list(zip(names, values, strict=False))
 
 
-class _Scopes:
+class Scopes:
     """SSA names to graph nodes. The printer reuses a name in sibling regions (`%acc_17` in one
     loop's body and in a later `if`), so a name means the innermost visible definition."""
 
@@ -189,20 +204,16 @@ def check(ttir: str) -> list[Finding]:
     lines = ttir.splitlines()
     defs = {}
     for line in lines:
-        m = _LOC_DEF.match(line)
+        m = LOC_DEF.match(line)
         if m:
             defs[m.group(1)] = m.group(2)
-    files = {path for path, _ in _FILE_LINE.findall("\n".join(defs.values())) if "/triton/" not in path}
+    files = user_files(defs)
     graph = _Graph({})
     stack: list[_Frame] = []
-    names = _Scopes()
+    names = Scopes()
 
     def where(line: str) -> int | None:
-        m = _LOC_REF.search(line)
-        if m:
-            return _line_of(m.group(1), defs, files)
-        m = _FILE_LINE.search(line.rsplit("loc(", 1)[-1]) if "loc(" in line else None
-        return int(m.group(2)) if m else None
+        return line_of_op(line, defs, files)
 
     def enter(frame: _Frame, bound: list[tuple[str, list[str]]] = ()) -> None:
         """Push `frame` and a scope for its region; `bound`: region arguments and what they depend on."""
@@ -241,9 +252,9 @@ def check(ttir: str) -> list[Finding]:
                 what, nodes, _ = graph.sinks[frame.sink]
                 graph.sinks[frame.sink] = (what, nodes, at)  # a region op's location is on its `}`
             continue
-        m = _RESULTS.match(line)
-        result_names, rest = (_results(m.group(1)), m.group(2)) if m else ([], line)
-        op_match = _OP.match(rest)
+        m = RESULTS.match(line)
+        declared, rest = (result_names(m.group(1)), m.group(2)) if m else ([], line)
+        op_match = OP.match(rest)
         op = op_match.group(1) if op_match else rest.split(" ")[0]
         tail = rest[op_match.end() :] if op_match else rest
         if op == "scf.for":
@@ -255,7 +266,7 @@ def check(ttir: str) -> list[Finding]:
             )
             bounds = [names.use(v) for v in head.groups()[1:]] if head else []
             inits = [names.use(v) for _, v in pairs]
-            results = [names.define(r) for r in result_names]
+            results = [names.define(r) for r in declared]
             graph.sinks.append(("loop bound", bounds, at))
             frame = _Frame(op, results, inits, [], bounds + inits, sink=len(graph.sinks) - 1)
             enter(
@@ -268,12 +279,12 @@ def check(ttir: str) -> list[Finding]:
         if op == "scf.while":
             pairs = re.findall(r"(%[\w.$-]+) = (%[\w.#$-]+)", tail.split(":")[0])
             inits = [names.use(v) for _, v in pairs]
-            results = [names.define(r) for r in result_names]
+            results = [names.define(r) for r in declared]
             frame = _Frame(op, results, inits, [], inits, phase="before")
             enter(frame, [(a, [i]) for (a, _), i in zip(pairs, inits, strict=True)])
             frame.args = [names.stack[-1][a] for a, _ in pairs]
             continue
-        operands = [names.use(v) for v in _operands(tail)]
+        operands = [names.use(v) for v in operand_names(tail)]
         if op in ("scf.yield", "tt.reduce.return", "tt.scan.return", "scf.condition"):
             if not stack:
                 continue
@@ -295,7 +306,7 @@ def check(ttir: str) -> list[Finding]:
                     for arg, value in _bind(frame.args, operands):
                         graph.depend(arg, [value])
             continue
-        results = [names.define(r) for r in result_names]
+        results = [names.define(r) for r in declared]
         if op == "scf.if":
             cond = operands[:1]
             graph.sinks.append(("branch", cond, at))

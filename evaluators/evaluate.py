@@ -206,7 +206,9 @@ class _Run(CpuStages, CheckStage):
         self.input_device = "cuda" if options.device == "cuda" else "cpu"
 
     def result(self, status: str, feedback: str = "", fitness: float = 0.0, kind: str = "none") -> Evaluation:
-        compile_facts = [{"key": k, **v} for k, v in self.kernels.items()]
+        compile_facts = [
+            {"key": k, **{f: x for f, x in v.items() if f != "ttir"}} for k, v in self.kernels.items()
+        ]
         return Evaluation(
             status=status,
             backend=self.backend,
