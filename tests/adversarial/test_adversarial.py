@@ -8,6 +8,7 @@ is used only where the cheat needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -31,6 +32,8 @@ SMALL = task()
 RAGGED = task(check=((64, 64, 64), (300, 260, 280)), trials=1)
 K128 = task(check=((64, 64, 128),))
 FP32 = task(dtype="fp32")
+# Named shapes only (no fresh shapes): for cheats that need a square shape to show what they test.
+SQUARE = dataclasses.replace(SMALL, fresh=0)
 
 
 def source(name: str) -> str:
@@ -46,6 +49,9 @@ def run(name: str, t: Task = SMALL, timeout_s: float = 60.0):
 # (evaluators/correctness.py): an error over the tolerance, a NaN/Inf pattern unlike the exact product's,
 # or a bias.
 WRONG_VALUES = ("max scaled error", "NaN/Inf where the exact product's differ", "results are biased")
+# A kernel wrong on a named shape is wrong on some fresh shape too (evaluators/fresh_shapes.py), and the
+# checks may meet that one first (the smallest shape goes first): either is named.
+FRESH = "fresh shape ("
 CASES = [
     # 1. matrix product reached indirectly
     ("product_tensordot", SMALL, "rejected", ["torch.tensordot is a library matrix product"]),
@@ -56,12 +62,12 @@ CASES = [
     ("cached_results", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
     ("cached_no_launch", SMALL, "rejected", ["RESULTS[key] changes RESULTS", "calls must be independent"]),
     # 3. only small shapes computed
-    ("small_shapes_only", RAGGED, "incorrect", ["shape (300, 260, 280)", WRONG_VALUES]),
+    ("small_shapes_only", RAGGED, "incorrect", [("shape (300, 260, 280)", FRESH), WRONG_VALUES]),
     # 4. inputs zeroed in place
     ("zero_inputs", SMALL, "rejected", ["wrote into A's storage", "inputs are read-only"]),
     # 5. uninitialised output
     ("uninit_no_launch", SMALL, "rejected", ["launched no Triton kernel on any training shape"]),
-    ("uninit_row0", SMALL, "incorrect", ["shape (64, 64, 64)"]),
+    ("uninit_row0", SMALL, "incorrect", [("shape (64, 64, 64)", FRESH)]),
     # 6. checker monkeypatched
     ("patch_allclose", SMALL, "rejected", ["torch.allclose monkeypatches", "torch.testing.assert_close"]),
     ("patch_tensor_eq", SMALL, "rejected", ["torch.Tensor.__eq__ monkeypatches a library"]),
@@ -79,13 +85,14 @@ CASES = [
     ("fp32_cast_fp16", FP32, "incorrect", ["f16 x", "strict fp32"]),
     ("fp32_default_tf32", FP32, "incorrect", ["input_precision=tf32", "strict fp32"]),
     # 13. wrong type / dtype
-    ("returns_fp32", SMALL, "incorrect", ["float32, expected [64, 64] float16"]),
+    ("returns_fp32", SMALL, "incorrect", ["float32, expected [", "] float16"]),
     ("returns_subclass", SMALL, "incorrect", ["candidate.Result, expected a plain torch.Tensor"]),
     # 14. aliasing
-    ("returns_input", SMALL, "incorrect", ["shares memory with an input"]),
+    # (it copies C into A, so it needs K == N: on a fresh shape it crashes before it can alias)
+    ("returns_input", SQUARE, "incorrect", ["shares memory with an input"]),
     ("returns_view", SMALL, "incorrect", ["shares memory with an input"]),
     # 15. half of K
-    ("half_k", K128, "incorrect", ["shape (64, 64, 128)", WRONG_VALUES]),
+    ("half_k", K128, "incorrect", [("shape (64, 64, 128)", FRESH), WRONG_VALUES]),
     # 17. one config shown to the compiler, another run
     ("device_dependent_config", SMALL, "rejected", ["must not depend on the device"]),
     # 18. telling the judge's runs from production ones (issue 10, item 2)
@@ -108,11 +115,11 @@ CASES = [
     ("float_to_int_bound", SMALL, "rejected", ["a loop bound (line", "depends on a float-to-int conversion"]),
     ("nan_mask_store", SMALL, "rejected", ["a mask (line", "depends on a value loaded from memory"]),
     # 16. no masks on ragged edges
-    ("no_masks", RAGGED, "incorrect", ["shape (300, 260, 280)"]),
+    ("no_masks", RAGGED, "incorrect", [("shape (300, 260, 280)", FRESH)]),
     # 21. wrong only on shapes nobody named: right on (64, 64, 64), wrong on a shape drawn for the
     # evaluation (issue 10 item 1, evaluators/fresh_shapes.py: an odd K; one tile row or an odd count)
-    ("k_rounded_down", SMALL, "incorrect", ["fresh shape (", WRONG_VALUES]),
-    ("group_without_min", SMALL, "incorrect", ["fresh shape (", WRONG_VALUES]),
+    ("k_rounded_down", SMALL, "incorrect", [FRESH, WRONG_VALUES]),
+    ("group_without_min", SMALL, "incorrect", [FRESH, WRONG_VALUES]),
     # 20. races between the programs of a launch, right only when they run one after another (issue 10, item 4)
     (
         "splitk_rmw_race",
@@ -194,7 +201,9 @@ def test_hang_times_out(name):
     assert ev.status == "timeout", ev.feedback
     # What ran out is named: the compile stage's capture (the entry point hangs on meta tensors
     # too) or the interpreter's check of one shape, with its budget and the machine's load.
-    assert re.search(r"timeout in the (compile stage|interpreter check of shape)", ev.feedback), ev.feedback
+    assert re.search(r"timeout in the (compile stage|interpreter check of (fresh )?shape)", ev.feedback), (
+        ev.feedback
+    )
     assert "8 s" in ev.feedback and "machine load" in ev.feedback, ev.feedback
 
 
