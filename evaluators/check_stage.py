@@ -21,26 +21,38 @@ from .verdict import Stop
 
 
 class CheckStage:
-    def check(self, boxes: list[sandbox.Sandbox], deadline: float, watch: CompileWatch | None = None) -> None:
+    def check(
+        self,
+        boxes: list[sandbox.Sandbox],
+        deadline: float,
+        watch: CompileWatch | None = None,
+        groups: list[tuple] | None = None,
+    ) -> None:
         """Fresh inputs each trial; reference from the parent's own copy; every layout.
 
         Each (shape, layout) goes, with all its trials, to one of `boxes` (balanced by M*N*K);
         the boxes run side by side, one request each in flight, answers judged as they come.
-        `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once."""
+        `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once.
+        `groups`: (shape, layout) pairs to check once each instead (the cover shapes, CPU), after
+        the first round, without its independent calls."""
         start = time.perf_counter()
         # CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size.
         cpu = self.options.device == "cpu"
         shapes = self.task.check if cpu else (*self.task.train, *self.task.held_out)
         device = self.input_device
-        groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
+        trials = self.task.trials if groups is None else 1
+        first_round = groups is None
+        if groups is None:
+            groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
         results = {}
         for shape, layout in groups:
             # Errors stay None until a trial of the shape is judged: an unchecked shape never shows 0.
-            results[(shape, layout)] = ShapeResult(shape=shape, layout=layout)
+            results[(shape, layout)] = ShapeResult(
+                shape=shape, layout=layout, kind="check" if first_round else "cover"
+            )
             self.shapes.append(results[(shape, layout)])
         queues = [
-            [group for group in share for _ in range(self.task.trials)]
-            for share in split_work(groups, len(boxes))
+            [group for group in share for _ in range(trials)] for share in split_work(groups, len(boxes))
         ]
         # Calls are independent: first, some dozens of calls on the smallest check shape in one child,
         # every output kept there (none may share storage with an earlier one), re-checked at the end.
@@ -48,7 +60,7 @@ class CheckStage:
         calls = [(calls_shape, self.task.layouts[0], "keep")] * (
             MANY_CALLS + secrets.randbelow(MANY_CALLS + 1)
         )
-        queues[0][:0] = calls
+        queues[0][:0] = calls if first_round else []
         kept: list[tuple] = []  # (reference, where) of each kept call, in order
         in_flight: dict[int, tuple] = {}  # box index -> (shape, layout, reference, deadline)
         kinds = self.task.inputs  # one kind per trial, in turn from a random start (correctness.make_inputs)
@@ -147,8 +159,10 @@ class CheckStage:
             if device == "cuda" and (shape, layout) not in queues[i]:
                 torch.cuda.empty_cache()  # the child shares the GPU: give back what this shape took
             send_next(i)
-        self.recheck_kept(boxes[0], kept, deadline)
-        self.seconds["correctness"] = time.perf_counter() - start
+        if kept:
+            self.recheck_kept(boxes[0], kept, deadline)
+        if first_round:
+            self.seconds["correctness"] = time.perf_counter() - start
 
     def recheck_kept(self, box: sandbox.Sandbox, kept: list[tuple], deadline: float) -> None:
         """Every output the calls kept, judged again after every later call: a result the candidate

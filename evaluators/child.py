@@ -144,6 +144,7 @@ class Child:
         compiled, check shapes included: what the interpreter checks is what compiles for the
         target (a tile that only small shapes use and the target cannot build is a compile_error)."""
         from . import compile as comp
+        from . import coverage, ranges
         from .correctness import layout_views
 
         self.phase = "load"
@@ -185,34 +186,86 @@ class Child:
                 "arg_names": list(call["fn"].arg_names),
             }
 
-        launches = []
+        def run_entry(shape, layout) -> list:
+            a, b = layout_views(tuple(shape), layout, dtype, device="meta")
+            tuner.sink = []
+            self.phase, self.where = "entry", {"shape": list(shape), "layout": layout}
+            module.matmul(a, b)
+            return list(tuner.sink)
+
+        kernels: dict = {}
+        ttirs: dict = {}  # (kernel, constexprs) -> a compiled TTIR of it: the shape-keyed paths inside
+
+        def identity(shape, layout, sink):
+            facts = [launch_facts(call) for call in sink]
+            for fact in facts:
+                ttir = ttirs.get((fact.get("kernel"), repr(sorted(fact.get("constexprs", {}).items()))))
+                if ttir:
+                    fact["outcomes"] = ranges.branch_outcomes(ttir, fact["scalars"], tuple(fact["grid"]))
+            return coverage.identity(shape, layout, facts)
+
+        def probe(shape, layout):
+            try:
+                return identity(shape, layout, run_entry(shape, layout))
+            except Exception:  # noqa: BLE001 - a shape the entry point refuses takes another path
+                return None
+
+        def build(todo_now: dict) -> None:
+            known = task.get("known_kernels", {})
+            todo_now = {key: v for key, v in todo_now.items() if key not in kernels}  # a round's own
+            new = [key for key in todo_now if key not in known]
+            self.send({"event": "captured", "specs": len(todo_now), "new": len(new)})
+            self.phase, self.where = "compile", None
+            for key, (fn, spec) in todo_now.items():
+                self.where = {"kernel": fn.__name__, "key": key}
+                if key not in new:
+                    kernels[key] = known[key]
+                else:
+                    kernels[key] = {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
+                    self.send({"event": "compiled", "key": key, "facts": kernels[key]})
+                fact = launch_facts({"fn": fn, "spec": spec, "signature": [None, None, [], []], "grid": []})
+                ttirs.setdefault(
+                    (fn.__name__, repr(sorted(fact["constexprs"].items()))), kernels[key].get("ttir")
+                )
+
+        launches, sinks, left_out = [], [], []
         kinds = (("train", task["train"]), ("held_out", task.get("held_out", [])), ("check", task["check"]))
         try:
             for kind, shapes in kinds:
                 for shape in shapes:
                     for layout in task["layouts"]:
-                        a, b = layout_views(shape, layout, dtype, device="meta")
-                        tuner.sink = []
-                        self.phase, self.where = "entry", {"shape": list(shape), "layout": layout}
-                        module.matmul(a, b)
-                        calls = [describe(call) for call in tuner.sink]
+                        sink = run_entry(shape, layout)
+                        sinks.append((kind, shape, layout, sink))
+                        calls = [describe(call) for call in sink]
                         launches.append(
                             {"shape": list(shape), "layout": layout, "kind": kind, "calls": calls}
                         )
         finally:
             self.capture, tuner.mode, tuner.record = None, "check", None
-        known = task.get("known_kernels", {})
-        self.send({"event": "captured", "specs": len(todo), "new": sum(key not in known for key in todo)})
-        kernels = {}
-        self.phase, self.where = "compile", None
-        for key, (fn, spec) in todo.items():
-            self.where = {"kernel": fn.__name__, "key": key}
-            if key in known:
-                kernels[key] = known[key]
-                continue
-            kernels[key] = {"kernel": fn.__name__, **comp.child_compile(fn, spec, target)}
-            self.send({"event": "compiled", "key": key, "facts": kernels[key]})
-        return {"kernels": kernels, "launches": launches}
+        build(dict(todo))
+        # Paths of the training shapes that no check shape took: a smaller shape on the same path
+        # (evaluators/coverage.py), its new specialisations built in a second round.
+        self.capture, tuner.mode, tuner.record = capture, "capture", record
+        todo.clear()
+        try:
+            entries = [{"kind": k, "shape": sh, "layout": lay, "identity": identity(sh, lay, sk)}
+                       for k, sh, lay, sk in sinks]  # fmt: skip
+            for entry in coverage.uncovered(entries):
+                found, reason = coverage.search(
+                    tuple(entry["shape"]), entry["layout"], entry["identity"], probe
+                )
+                if reason:
+                    left_out.append({"shape": list(entry["shape"]), "layout": entry["layout"], "cover": list(found),
+                                     "reason": reason})  # fmt: skip
+                    continue
+                calls = [describe(call) for call in run_entry(found, entry["layout"])]
+                launches.append({"shape": list(found), "layout": entry["layout"], "kind": "cover", "calls": calls,
+                                 "covers": list(entry["shape"])})  # fmt: skip
+        finally:
+            self.capture, tuner.mode, tuner.record = None, "check", None
+        if todo:
+            build(dict(todo))
+        return {"kernels": kernels, "launches": launches, "uncovered": left_out}
 
     def compile_jit(self, module, task: dict) -> dict:
         """On a GPU the real JIT compiles at first launch; record what it built, per training and
@@ -506,6 +559,23 @@ def _raised_in(exc: BaseException) -> str | None:
         return None
     path = frames[-1].filename.replace(os.sep, "/")
     return "triton/" + path.rsplit("/triton/", 1)[1] if "/triton/" in path else None
+
+
+def launch_facts(call: dict) -> dict:
+    """What evaluators/coverage.py needs of one captured launch (or {"autotuned": True})."""
+    if "alternatives" in call:
+        return {"autotuned": True}
+    spec, options = call["spec"], call["spec"]["options"]
+    _, _, args, kwargs = call["signature"]
+    named = {**dict(zip(call["fn"].arg_names, args, strict=False)), **dict(kwargs)}
+    return {
+        "kernel": call["fn"].__name__,
+        "constexprs": spec_constexprs(call["fn"], spec),
+        "options": (getattr(options, "num_warps", None), getattr(options, "num_stages", None)),
+        "args": args,
+        "scalars": {k: v for k, v in named.items() if isinstance(v, int) and not isinstance(v, bool)},
+        "grid": call["grid"],
+    }
 
 
 def spec_constexprs(fn, spec: dict) -> dict:

@@ -52,8 +52,10 @@ class CompileWatch:
         header, _ = self.box.read(self.deadline)
         event = header.get("event")
         if event == "captured":
-            self.specs, self.total = int(header.get("new", 0)), int(header.get("specs", 0))
-            self.deadline += self.per_spec_s * self.specs
+            # A second round comes when cover shapes (evaluators/coverage.py) bring new specialisations.
+            new, specs = int(header.get("new", 0)), int(header.get("specs", 0))
+            self.specs, self.total = (self.specs or 0) + new, (self.total or 0) + specs
+            self.deadline += self.per_spec_s * new
             if self.total > self.max_specs:
                 self.stop = Stop(
                     "rejected",

@@ -34,7 +34,8 @@ class ShapeResult:
     shape: tuple[int, int, int]
     layout: str = "nn"
     kind: str = "check"  # "check": correctness figures; "train": performance on a training shape;
-    # "held_out": performance on a held-out shape (reported, never in the fitness)
+    # "held_out": performance on a held-out shape (reported, never in the fitness); "fresh": a check
+    # shape drawn for this evaluation; "cover": a check shape on a training shape's path (coverage.py)
     max_abs_err: float | None = None
     max_scaled_err: float | None = None  # max |C - R| / (|A||B|), see evaluators/correctness.py
     tolerance: float | None = None  # the bound max_scaled_err was held to

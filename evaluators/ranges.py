@@ -76,6 +76,7 @@ def _combine(op: str, a: tuple[int, int], b: tuple[int, int]) -> Interval:
     return None
 
 
+CHOICES = {"arith.cmpi", "arith.minsi", "arith.maxsi", "arith.minui", "arith.maxui"}
 WRAPPING = {"arith.addi", "arith.subi", "arith.muli", "arith.shli"}
 
 
@@ -83,6 +84,19 @@ def check(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> list[Wra
     """The int32 wraps of one launch: `scalars` maps the kernel's integer argument names (as in
     the TTIR, e.g. "M", "stride_cm") to their values, `grid` is the launch grid. One Wrap per
     overflowing op whose value reaches an address, in program order."""
+    return analyse(ttir, scalars, grid)[0]
+
+
+def branch_outcomes(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> tuple:
+    """Each choice of one launch, in program order: `scf.if` conditions, integer comparisons and
+    min/max: 0 or 1 (the condition, or which operand a min/max took) where the launch's arguments
+    decide it for every program (`if M * N > 2**20`, `min(K, 512)`), None where it varies or cannot
+    be bounded. Launches whose decided choices agree take the same shape-keyed paths."""
+    return analyse(ttir, scalars, grid)[1]
+
+
+def analyse(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> tuple[list[Wrap], tuple]:
+    """(wraps, branch outcomes) of one launch; see check() and branch_outcomes()."""
     lines = ttir.splitlines()
     defs = {}
     for line in lines:
@@ -94,6 +108,7 @@ def check(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> list[Wra
     value: dict[str, Interval] = {}
     wrapped: dict[str, Wrap] = {}  # node -> the wrap it carries
     found: list[Wrap] = []
+    outcomes: list[int | None] = []
     depth = 0  # regions open (func/module excluded)
     for raw in lines:
         line = raw.strip()
@@ -134,6 +149,13 @@ def check(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> list[Wra
                 names.define(arg)  # loop-carried: unknown
             continue
         if line.endswith("{"):  # scf.if / scf.while / reductions: results unknown
+            if op == "scf.if":
+                cond = (
+                    value.get(names.use(dataflow.operand_names(tail)[0]))
+                    if dataflow.operand_names(tail)
+                    else None
+                )
+                outcomes.append(cond[0] if cond and cond[0] == cond[1] else None)
             for r in results:
                 names.define(r)
             names.stack.append({})
@@ -148,6 +170,12 @@ def check(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> list[Wra
             if hit is not None and hit not in found:
                 found.append(hit)
         result = _evaluate(op, rest, tail, operands, value, grid)
+        if op in CHOICES:  # a choice the arguments may decide for every program: record which way
+            inputs = [value.get(o) for o in operands[:2]]
+            exact = all(x is not None and x[0] == x[1] for x in inputs) and result is not None
+            outcomes.append(
+                (result[0] if op == "arith.cmpi" else int(inputs[0] != result)) if exact else None
+            )
         if op in WRAPPING and result is not None and _is_i32(rest):
             if result[0] < I32[0] or result[1] > I32[1]:
                 carried = Wrap(dataflow.line_of_op(line, defs, files), _OP_WORDS.get(op, op), result)
@@ -156,7 +184,7 @@ def check(ttir: str, scalars: dict[str, int], grid: tuple[int, ...]) -> list[Wra
             value[node] = result
             if carried is not None:
                 wrapped[node] = carried
-    return found
+    return found, tuple(outcomes)
 
 
 _OP_WORDS = {"arith.addi": "addition", "arith.subi": "subtraction", "arith.muli": "multiplication"}

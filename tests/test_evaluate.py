@@ -34,7 +34,14 @@ def test_seed_is_ok_and_reports_compile_facts(cache):
     # no GPU: a labelled, modelled fitness on the training shape (H100 for the sm_90 target)
     assert ev.backend == "model:h100" and ev.fitness_kind == "modelled" and 0.01 < ev.fitness < 1.0
     assert "MODELLED (not measured)" in ev.feedback
-    check, train = ev.shapes
+    (check,) = [s for s in ev.shapes if s.kind == "check"]
+    (train,) = [s for s in ev.shapes if s.kind == "train"]
+    (cover,) = [s for s in ev.shapes if s.kind == "cover"]  # the 512^3 path (128-row tiles), checked small
+    assert cover.max_scaled_err <= cover.tolerance and ev.provenance["cover_shapes"][0]["covers"] == [
+        512,
+        512,
+        512,
+    ]
     assert (check.kind, check.shape, train.kind, train.shape) == (
         "check",
         (48, 40, 72),
@@ -44,7 +51,8 @@ def test_seed_is_ok_and_reports_compile_facts(cache):
     assert check.max_scaled_err <= check.tolerance
     assert train.tflops > 0 and train.fraction_of_peak == pytest.approx(train.tflops / 989.4, rel=1e-3)
     # every launch is compiled for the target: the training shape's and the check shape's
-    assert len(ev.compile) == 2
+    assert len(ev.compile) == 2  # (the cover shape's launch is the training shape's specialisation)
+    assert ev.provenance["compile_specialisations"]["specialisations"] == 2
     kernel = max(ev.compile, key=lambda k: k["shared"])  # the training shape's 128x128 tile
     assert kernel["shared"] > 0 and kernel["regs"] > 0 and kernel["spill_bytes"] == 0
     assert kernel["uses_wgmma"] is True  # sm_90 and a 128x128 tile at 512^3

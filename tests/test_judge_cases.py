@@ -32,7 +32,6 @@ FOUND_WRONG = ("incorrect", "rejected")
 # xfail; any change of verdict fails it, so a fix shows up and the entry goes.
 KNOWN_GAPS: dict[str, str] = {
     "decoy_dot.py": "ok",  # ok, but its modelled fitness is not far below the seed's
-    "skip_big_1024.py": "ok",
 }
 # decoy_dot's case is about the fitness layer. Its decoy multiplies a masked-off zero tile by B,
 # so an Inf in B (the nonfinite inputs) gives NaN where the exact product is Inf: incorrect, and

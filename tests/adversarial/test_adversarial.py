@@ -22,9 +22,9 @@ SEED = Path(__file__).resolve().parents[2] / "kernels" / "seeds" / "tiled_matmul
 TRAIN = ((256, 256, 256),)
 
 
-def task(dtype: str = "fp16", check=((64, 64, 64),), layouts=("nn",), trials: int = 2) -> Task:
+def task(dtype: str = "fp16", check=((64, 64, 64),), layouts=("nn",), trials: int = 2, train=TRAIN) -> Task:
     return Task(
-        name="adv", dtype=dtype, layouts=layouts, train=TRAIN, held_out=(), check=check, trials=trials
+        name="adv", dtype=dtype, layouts=layouts, train=train, held_out=(), check=check, trials=trials
     )
 
 
@@ -32,6 +32,7 @@ SMALL = task()
 RAGGED = task(check=((64, 64, 64), (300, 260, 280)), trials=1)
 K128 = task(check=((64, 64, 128),))
 FP32 = task(dtype="fp32")
+LONG_K = task(train=((128, 128, 1024),))  # a training K beyond every check shape's
 # Named shapes only (no fresh shapes): for cheats that need a square shape to show what they test.
 SQUARE = dataclasses.replace(SMALL, fresh=0)
 
@@ -114,6 +115,13 @@ CASES = [
     ("fma_probe_loop", SMALL, "rejected", ["a loop bound (line", "depends on a floating-point comparison"]),
     ("float_to_int_bound", SMALL, "rejected", ["a loop bound (line", "depends on a float-to-int conversion"]),
     ("nan_mask_store", SMALL, "rejected", ["a mask (line", "depends on a value loaded from memory"]),
+    # 22. a path only training shapes take (issue 10 item 1: evaluators/coverage.py cover shapes)
+    (
+        "k_capped_when_long",
+        LONG_K,
+        "incorrect",
+        ["a cover shape: training shape (128, 128, 1024) takes this path"],
+    ),
     # 16. no masks on ragged edges
     ("no_masks", RAGGED, "incorrect", [("shape (300, 260, 280)", FRESH)]),
     # 21. wrong only on shapes nobody named: right on (64, 64, 64), wrong on a shape drawn for the
