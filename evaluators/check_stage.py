@@ -52,8 +52,10 @@ class CheckStage:
             )
             self.shapes.append(results[(shape, layout)])
         queues = [
-            [group for group in share for _ in range(trials)] for share in split_work(groups, len(boxes))
+            [group for group in share for _ in range(1 if group[0] in self.fresh else trials)]
+            for share in split_work(groups, len(boxes))
         ]
+        queues += [[] for _ in range(len(boxes) - len(queues))]  # fewer groups than boxes (cover shapes)
         # Calls are independent: first, some dozens of calls on the smallest check shape in one child,
         # every output kept there (none may share storage with an earlier one), re-checked at the end.
         calls_shape = min((tuple(s) for s in self.task.check), key=lambda s: s[0] * s[1] * s[2])
@@ -250,9 +252,8 @@ class CheckStage:
         return verdict
 
 
-MANY_CALLS = (
-    20  # the independent calls: MANY_CALLS + 0..MANY_CALLS of them, a number the candidate cannot know
-)
+# The independent calls: MANY_CALLS + 0..MANY_CALLS of them, a number the candidate cannot know.
+MANY_CALLS = 12
 
 RACE_ADVICE = (
     "On a GPU the programs of a launch run at once (the interpreter runs them one after another, so the "

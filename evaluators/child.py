@@ -250,7 +250,12 @@ class Child:
         try:
             entries = [{"kind": k, "shape": sh, "layout": lay, "identity": identity(sh, lay, sk)}
                        for k, sh, lay, sk in sinks]  # fmt: skip
+            covered_shapes: set = set()
             for entry in coverage.uncovered(entries):
+                # One layout per path: the check shapes run every layout already; a cover checks the path.
+                if tuple(entry["shape"]) in covered_shapes:
+                    continue
+                covered_shapes.add(tuple(entry["shape"]))
                 found, reason = coverage.search(
                     tuple(entry["shape"]), entry["layout"], entry["identity"], probe
                 )

@@ -14,7 +14,6 @@ Functions prefixed `child_` run inside the sandboxed child; the rest in the pare
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from . import compat, dataflow
+from .fingerprint import judge_fingerprint
 
 LOG_LIMIT = 1500  # characters of compiler output kept in feedback
 
@@ -249,18 +249,6 @@ class CompileCache:
             tmp.replace(folder / f"{key}.json")
         except OSError:
             pass
-
-
-@functools.cache
-def judge_fingerprint() -> str:
-    """Hash of the judge's own code and versions: a changed judge never reuses old facts or verdicts."""
-    import torch
-    import triton
-
-    digest = hashlib.sha256(f"{torch.__version__} {triton.__version__}".encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def source_hash(source: str) -> str:

@@ -92,6 +92,7 @@ def evaluate(
     # named, so a hit returns the verdict of an earlier draw (evaluators/fresh_shapes.py says why).
     fresh = fresh_shapes.draw(task) if options.device == "cpu" else ()
     run = _Run(source, fresh_shapes.with_fresh(task, fresh), options, cache)
+    run.fresh = set(fresh)  # one trial each: a fresh draw every evaluation is the variety they bring
     key = _memo_key(source, task, options, run.backend)
     if options.memo:
         start = time.perf_counter()
@@ -185,6 +186,7 @@ class _Run(CpuStages, CheckStage):
         self.seconds: dict[str, float] = {}
         self.shapes: list[ShapeResult] = []
         self.kernels: dict = {}
+        self.fresh: set = set()  # this evaluation's fresh shapes (evaluators/fresh_shapes.py)
         self.run_signatures: dict = {}  # (shape, layout, input strides/offsets) -> launches seen in the checked run
         self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
         self.provenance = provenance(options.device)

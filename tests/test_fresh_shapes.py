@@ -62,10 +62,10 @@ def test_three_shapes_by_default_none_a_named_one(drawn):
 
 def test_decode_shape(drawn):
     ms = [shapes[0][0] for shapes in drawn]
-    assert set(ms) == set(range(1, 17))
+    assert set(ms) == set(range(1, 16))
     assert 0.18 < ms.count(1) / DRAWS < 0.32  # M = 1, a path of its own, a quarter of the time
     for m, n, k in (shapes[0] for shapes in drawn):
-        assert 257 <= n <= 320 and n % 16 and 16 <= k <= 96
+        assert 257 <= n <= 320 and n % 16 and 17 <= k <= 96 and k % 16  # one divisibility class
         # One tile row: a last group not cut to the rows left drops column tiles, for any tiles.
         for block_m in BLOCKS:
             for block_n in BLOCKS:

@@ -239,7 +239,9 @@ def test_a_gpu_judge_that_raises_is_that_candidates_judge_error(monkeypatch, tas
     monkeypatch.setattr(evaluators, "evaluate", broken)
     ev = rm._cuda_measure(30.0)("F=0.5\n", task)
     assert ev["status"] == "judge_error" and ev["backend"].startswith("cuda:")
-    assert "injected: the GPU judge fell over" in ev["feedback"] and "not the kernel's fault" in ev["feedback"]
+    assert (
+        "injected: the GPU judge fell over" in ev["feedback"] and "not the kernel's fault" in ev["feedback"]
+    )
 
     def unsupported(source, task, options):
         raise UnsupportedEnvironment("--device cuda needs ...")

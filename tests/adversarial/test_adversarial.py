@@ -91,7 +91,7 @@ CASES = [
     # 14. aliasing
     # (it copies C into A, so it needs K == N: on a fresh shape it crashes before it can alias)
     ("returns_input", SQUARE, "incorrect", ["shares memory with an input"]),
-    ("returns_view", SMALL, "incorrect", ["shares memory with an input"]),
+    ("returns_view", SQUARE, "incorrect", ["shares memory with an input"]),  # B holds M x N when K == M
     # 15. half of K
     ("half_k", K128, "incorrect", [("shape (64, 64, 128)", FRESH), WRONG_VALUES]),
     # 17. one config shown to the compiler, another run
