@@ -18,6 +18,7 @@ import torch
 
 from evaluators import Task, evaluate, wire
 from evaluators import sandbox as sandbox_mod
+from evaluators.check_stage import MANY_CALLS
 from evaluators.child import POISON, Child
 from evaluators.compile import CompileCache
 from evaluators.correctness import input_generator, make_inputs
@@ -54,6 +55,7 @@ class FakeCudaChild:
         self.job: dict = {}
         self.cpu_s = None
         self.replies: list = []
+        self.kept: list = []  # outputs of "keep" runs (evaluators/check_stage.py independent calls)
 
     # -- the Sandbox surface evaluate.py uses
     def wait_ready(self, deadline: float) -> float:
@@ -64,7 +66,7 @@ class FakeCudaChild:
         if header["cmd"] == "job":
             self.job = header["task"]
             self.replies.append(({"event": "loaded", "seconds": 0.01, "kernels": {}, "launches": []}, {}))
-        elif header["cmd"] in ("run", "time"):
+        elif header["cmd"] in ("run", "time", "recheck"):
             self.replies.append(header)  # answered when read, as the real child would
 
     def read(self, deadline: float):
@@ -75,6 +77,8 @@ class FakeCudaChild:
         self.deadlines.append((reply["cmd"], deadline))
         if self.behaviour == "malformed":
             raise wire.WireError("blob 'out' claims 7 bytes for shape [4, 4] bfloat16")
+        if reply["cmd"] == "recheck":  # the independent calls' outputs, kept since they returned
+            return {"event": "result"}, {f"out{n}": out for n, out in enumerate(self.kept)}
         return self.run(reply) if reply["cmd"] == "run" else self.time(reply)
 
     def request(self, header: dict, deadline: float):
@@ -105,6 +109,8 @@ class FakeCudaChild:
             "device": "cuda",
             "aliases_input": False,
         }
+        if header.get("keep"):
+            self.kept.append(out)
         return facts, {"out": out}
 
     def time(self, header: dict):
@@ -169,8 +175,11 @@ def test_cuda_cascade_measures_and_verifies_on_fresh_seeds(fake_cuda):
     assert result.provenance["timing_batch"]["32x24x40 nn"] == [3, 2]
     job = child.sent[0]["task"]
     assert job["gpu_memory_fraction"] == 0.5 and job["protocol"]["flush_bytes_min"] == 256 << 20
-    seeds = [h["seed"] for h in child.sent if h["cmd"] == "run"]
+    seeds = [h["seed"] for h in child.sent if h["cmd"] == "run" and not h.get("keep")]
     assert len(seeds) == 4 * TINY.trials and len(set(seeds)) == len(seeds)  # a fresh seed per trial
+    kept = [h for h in child.sent if h["cmd"] == "run" and h.get("keep")]  # the independent calls
+    assert MANY_CALLS <= len(kept) <= 2 * MANY_CALLS and result.provenance["independent_calls"] == len(kept)
+    assert child.sent[-1]["cmd"] != "recheck" and any(h["cmd"] == "recheck" for h in child.sent)
     # A measured verdict is not memoised: the next evaluation measures afresh.
     again, _ = fake_cuda("honest")
     assert "memo_hit" not in again.provenance
@@ -298,7 +307,7 @@ def _bare_child() -> tuple[Child, list]:
     child.torch, child.guards, child.previous = torch, guards, ()
     child.launch, child.launch_signatures = guards.LaunchDepth(), []
     child.autotune = AutotuneStandIn()
-    child.write_guard, child.current_kernel = None, "?"
+    child.write_guard, child.race_check, child.current_kernel, child.kept = None, None, "?", []
     child.send = lambda header, tensors=None: sent.append((header, tensors))
     return child, sent
 
