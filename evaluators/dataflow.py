@@ -73,7 +73,6 @@ class Finding:
 class _Frame:
     op: str
     results: list[str]
-    inits: list[str]  # scf.for iter_args / scf.while operands, by position
     args: list[str]  # block arguments bound to them (before-region for scf.while)
     operands: list[str]  # everything the op line uses (reductions: their inputs)
     condition_args: list[str] = dataclasses.field(default_factory=list)
@@ -82,11 +81,10 @@ class _Frame:
 
 
 class _Graph:
-    def __init__(self, locs: dict[str, int | None]) -> None:
+    def __init__(self) -> None:
         self.deps: dict[str, set[str]] = {}
         self.origin: dict[str, tuple[str, int | None]] = {}
         self.sinks: list[tuple[str, list[str], int | None]] = []
-        self.locs = locs
 
     def depend(self, node: str, on: list[str]) -> None:
         self.deps.setdefault(node, set()).update(on)
@@ -208,7 +206,7 @@ def check(ttir: str) -> list[Finding]:
         if m:
             defs[m.group(1)] = m.group(2)
     files = user_files(defs)
-    graph = _Graph({})
+    graph = _Graph()
     stack: list[_Frame] = []
     names = Scopes()
 
@@ -268,7 +266,7 @@ def check(ttir: str) -> list[Finding]:
             inits = [names.use(v) for _, v in pairs]
             results = [names.define(r) for r in declared]
             graph.sinks.append(("loop bound", bounds, at))
-            frame = _Frame(op, results, inits, [], bounds + inits, sink=len(graph.sinks) - 1)
+            frame = _Frame(op, results, [], bounds + inits, sink=len(graph.sinks) - 1)
             enter(
                 frame,
                 ([(head.group(1), bounds)] if head else [])
@@ -280,7 +278,7 @@ def check(ttir: str) -> list[Finding]:
             pairs = re.findall(r"(%[\w.$-]+) = (%[\w.#$-]+)", tail.split(":")[0])
             inits = [names.use(v) for _, v in pairs]
             results = [names.define(r) for r in declared]
-            frame = _Frame(op, results, inits, [], inits, phase="before")
+            frame = _Frame(op, results, [], inits, phase="before")
             enter(frame, [(a, [i]) for (a, _), i in zip(pairs, inits, strict=True)])
             frame.args = [names.stack[-1][a] for a, _ in pairs]
             continue
@@ -312,7 +310,7 @@ def check(ttir: str) -> list[Finding]:
             graph.sinks.append(("branch", cond, at))
             for result in results:  # control dependence: what an `if` yields depends on its condition
                 graph.depend(result, cond)
-            enter(_Frame(op, results, [], [], operands, sink=len(graph.sinks) - 1))
+            enter(_Frame(op, results, [], operands, sink=len(graph.sinks) - 1))
             continue
         if op == "cf.cond_br":
             graph.sinks.append(("branch", operands[:1], at))
@@ -320,7 +318,7 @@ def check(ttir: str) -> list[Finding]:
         if line.endswith("{"):  # tt.reduce, tt.scan, any other op with a region: results from its returns
             for result in results:
                 graph.depend(result, operands)
-            enter(_Frame(op, results, [], [], operands))
+            enter(_Frame(op, results, [], operands))
             continue
         _sinks(graph, op, operands, at)
         if op in UNTAINTED:
