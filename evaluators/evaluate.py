@@ -24,7 +24,7 @@ from . import compile as comp
 from .check_stage import CheckStage
 from .compile_watch import CompileWatch
 from .cpu_stages import MODEL_FOR_TARGET, CpuStages
-from .evaluation import Evaluation, ShapeResult
+from .evaluation import STAGES, Evaluation, ShapeResult
 from .fingerprint import judge_fingerprint
 from .gpu_timing import gpu_budget, time_task
 from .provenance import provenance
@@ -54,6 +54,11 @@ class EvalOptions:
     check_children: int = 1  # CPU: interpreter children the check shapes are split across, beside the
     # compile child. On demo_cpu (2 cores) 2 was slower (2.8 s vs 1.95 s wall per new candidate, more
     # CPU): each child pays for its own first launch. Worth it when the checks far outlast the compile.
+    stage: str = "verified"  # how far to judge (evaluation.STAGES): "provisional" - the cheap stage only
+    # (static rules, compile, check shapes, independent calls), for every new candidate of a run;
+    # "verified" - also the expensive stage (CPU: evaluators/verify_stage.py), for those whose
+    # provisional fitness would make them elites, and for one-off checks. CUDA: always "verified"
+    # (every training and held-out shape is checked at full size).
     parent_source: str | None = None  # enforce EVOLVE-BLOCK regions against this parent
     memo: bool = True  # return the stored verdict for a (source, task, backend) judged before
     model_gpu: str | None = "auto"  # CPU only: GPU the performance model ranks for ("h100", "h200", "a100");
@@ -65,6 +70,8 @@ class EvalOptions:
     # float64 references. Beyond it the candidate's allocation fails: `crashed` (out of GPU memory).
 
     def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"EvalOptions.stage must be one of {STAGES}, got {self.stage!r}")
         if self.check_children < 1:
             raise ValueError(f"EvalOptions.check_children must be >= 1, got {self.check_children}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
@@ -90,7 +97,8 @@ def evaluate(
     cache = cache if cache is not None else _default_cache()
     # Fresh shapes join the check shapes of this evaluation only; the memo key holds the task as
     # named, so a hit returns the verdict of an earlier draw (evaluators/fresh_shapes.py says why).
-    fresh = fresh_shapes.draw(task) if options.device == "cpu" else ()
+    # Fresh shapes belong to the expensive stage (CPU): a provisional verdict is checked without them.
+    fresh = fresh_shapes.draw(task) if options.device == "cpu" and options.stage == "verified" else ()
     run = _Run(source, fresh_shapes.with_fresh(task, fresh), options, cache)
     run.fresh = set(fresh)  # one trial each: a fresh draw every evaluation is the variety they bring
     key = _memo_key(source, task, options, run.backend)
@@ -112,6 +120,8 @@ def evaluate(
     evaluation.judge = (
         judge_fingerprint()
     )  # every verdict says which judge gave it (evaluators/fingerprint.py)
+    # CUDA checks every training and held-out shape at full size: verified in one go.
+    evaluation.stage = "verified" if options.device == "cuda" else options.stage
     fresh_shapes.mark(evaluation, fresh)
     if evaluation.status in MEMO_STATUSES and run.memo:
         cache.put_evaluation(key, evaluation.to_dict())
@@ -159,6 +169,7 @@ def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> st
             task_dict,
             backend,
             options.parent_source,
+            options.stage if options.device == "cpu" else "verified",
             options.max_specialisations,
             judge_fingerprint(),
         ],

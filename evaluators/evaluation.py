@@ -14,6 +14,13 @@ import math
 # re-judged on a GPU by `evolve remeasure`. judge_error: the judge's own failure (an exception in
 # the parent, the parent out of GPU memory); never the candidate's fault, never memoised
 # (shared/DESIGN.md, "Evaluation").
+# How far the judge went (shared/DESIGN.md, "Evaluation"): "provisional" - the cheap stage only (static
+# rules, compile, the check shapes, the independent calls); an ok provisional verdict is never an elite,
+# never ranked, never exported. "verified" - the cheap stage and the expensive one (CPU: fresh and cover
+# shapes, every training and held-out shape on the whole grid at a reduced K and on sampled programs at
+# full size, evaluators/verify_stage.py; GPU: every shape checked at full size). A failure found by
+# either stage is final whatever the stage. "" for records written before stages existed.
+STAGES = ("provisional", "verified")
 STATUSES = (
     "ok",
     "rejected",
@@ -66,8 +73,11 @@ class Evaluation:
     # evaluate(). "" for records written before judges were fingerprinted (and for verdicts the
     # engine makes itself); a verdict whose judge is not today's is stale (evolve/controller.py).
     judge: str = ""
+    stage: str = ""  # "provisional" or "verified" (STAGES), set by evaluate(); "" for older records
 
     def __post_init__(self) -> None:
+        if self.stage and self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
         if self.status != "ok":
@@ -82,6 +92,11 @@ class Evaluation:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def rankable(self) -> bool:
+        """Whether this verdict may stand in a ranking (elite, leaderboard, export): ok and verified."""
+        return self.status == "ok" and self.stage == "verified"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
