@@ -61,6 +61,7 @@ def leaderboard(args) -> int:
     from evaluators.fingerprint import judge_fingerprint
 
     from .store import Store
+    from .verification import stands
 
     folder = run_dir(args.run)
     with Store.open(folder / "run.sqlite", readonly=True) as store:
@@ -68,11 +69,14 @@ def leaderboard(args) -> int:
             rows = store.all_evaluated()
             # held_out: the held-out shapes' figure in the fitness's unit and kind (fitness_kind),
             # beside the fitness and never in it; None when not judged (or not ok). judge: the
-            # fingerprint of the judge that gave the verdict; stale: not today's judge (never ranked)
+            # fingerprint of the judge that gave the verdict; stale: not today's judge (never ranked);
+            # stage: "provisional" (the cheap checks only) or "verified" ("" before stages); rankable:
+            # ok, verified and today's judge's (only these are ranked, evolve/verification.py)
             keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
-                    "fitness_kind", "backend", "feedback", "shapes", "judge")  # fmt: skip
+                    "fitness_kind", "backend", "feedback", "shapes", "judge", "stage")  # fmt: skip
             judge = judge_fingerprint()
-            print(json.dumps([{**{k: r[k] for k in keys}, "stale": r["judge"] != judge} for r in rows]))
+            print(json.dumps([{**{k: r[k] for k in keys}, "stale": r["judge"] != judge,
+                               "rankable": stands(r, judge)} for r in rows]))  # fmt: skip
             return 0
         print(render_leaderboard(store, args.top))
     return 0

@@ -10,14 +10,25 @@ so it gets a judge_error verdict instead of a place in the queue. Every verdict,
 status, is recorded; `unsupported` (the CPU backend cannot run it) and `judge_error` (the
 judge's bug) are kept and shown, never ranked; judge errors are not charged to the proposer.
 
-Every verdict names its judge (evaluators/fingerprint.py). One given by another judge than this
-run's is stale: it is stored but never stands. On resume, a stale ok verdict is re-judged when,
-and only when, it would be an elite: at start, every stale member that would hold its niche (on
-its island; a seed on every island) is queued again before anything else, and as the new
-verdicts come back (each replacing the stale one in place), any stale member that would now take
-a niche whose elite came back lower is queued in turn. The others (stale non-elites) are never
-parents and are not re-judged: they could only be parents by beating an elite, which is exactly
-when they would be re-judged. The run waits for these re-judgements before it proposes.
+Every verdict names its judge (evaluators/fingerprint.py) and its stage (evaluators/evaluation.py
+STAGES). A new candidate is judged "provisional" (the cheap checks); a seed "verified" at once. Only a
+verified ok verdict of this run's judge stands (a member with fitness: an elite, a parent, `best`).
+An ok verdict that does not stand - provisional, or stale (another judge's) - is stored, never lost,
+and judged again with stage "verified" when, and only when, it would place in its island's niche or
+the run's top-k (evolve/verification.py picks which, first in line, marked pending in the store so a
+kill re-queues it on resume); the verified verdict replaces it in place, and only then is the member
+admitted. A verification that is not ok (the expensive stage found it wrong) replaces it too, and is
+what the proposer sees. Verifications do not count against max_evals (an evaluation is a candidate
+judged) but take time; a run that reached max_evals finishes the verifications it queued first.
+A new candidate's proposer statistics are counted once: when its verification returns, if it was
+queued for one as its provisional verdict arrived; else on arrival (a provisional ok one as accepted,
+not improved: if it is verified later, that verdict is not counted again).
+
+On resume, the earlier segments' ok verdicts that do not stand (stale ones, provisional ones) that
+would place are queued before anything else and the run waits for them before it proposes; as their
+verdicts come back, any other that would now place (a niche whose elite came back lower) is queued in
+turn. The others are never parents: they could only be by beating an elite, exactly when they would
+be verified.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from .config import RunConfig
 from .pool import Job
 from .population import Member, Population, niche_of
 from .store import Store
+from .verification import Verification, stands
 
 MAX_BARREN_PROPOSALS = 50
 MAX_QUEUED = 3  # times a candidate is queued across stopped and resumed segments before judge_error
@@ -56,6 +68,8 @@ class Progress:
     evaluated_at_start: int = 0
     duplicates: int = 0
     invalid_proposals: int = 0
+    provisional: int = 0  # ok verdicts of today's judge not verified (never ranked)
+    verifying: int = 0  # verifications queued or in flight
 
     def evals_per_min(self) -> float:
         minutes = (time.monotonic() - self.started) / 60
@@ -89,9 +103,12 @@ class Controller:
         self.progress.evaluated_at_start = self.progress.evaluated
         self.sequence = store.evaluated_count() + len(store.pending_ids())
         self.judge = judge or judge_fingerprint()  # today's judge: only its verdicts stand
-        self.stale: dict[int, Member] = {}  # stale ok verdicts not re-judged (resume; see the docstring)
-        self.rejudging: dict[int, Member] = {}  # stale members queued or in flight for re-judgement
-        self.rejudged: dict[str, int] = {}  # their new verdicts, by status
+        self.verification = Verification(population)  # ok verdicts that do not stand yet
+        for row in store.population_rows(backend):
+            if stands(row, self.judge):
+                self.verification.stood(row["fitness"])
+        self.deferred: set[int] = set()  # new candidates whose proposer statistics wait for verification
+        self.rejudged: dict[str, int] = {}  # the verified verdicts of stale or earlier ones, by status
         self.foreign_judge = ""  # a fresh verdict's judge that was not ours (said once)
         best = store.best(backend, self.judge)
         if best:
@@ -102,7 +119,7 @@ class Controller:
         start = time.monotonic()
         self.queue.extend(self._requeue_pending())  # left in flight by an earlier segment
         self._seed_population()
-        self._rejudge_stale()
+        self._verify_earlier()
         while True:
             if self._should_stop(start):
                 break
@@ -152,13 +169,13 @@ class Controller:
         self.stop_requested, self.stop_reason = True, reason
 
     def _budget_spent(self) -> bool:
-        queued = self.pool.in_flight() + len(self.queue)
+        queued = self.pool.in_flight() + len(self.queue) - len(self.verification.queued)  # new candidates
         return self.progress.evaluated + queued >= self.config.max_evals or self.stop_requested
 
     def _should_stop(self, start: float) -> bool:
         if self.stop_requested:
             return True
-        if self.progress.evaluated >= self.config.max_evals:
+        if self.progress.evaluated >= self.config.max_evals and not self.verification.queued:
             self.stop_reason = f"max_evals {self.config.max_evals} reached"
             return True
         if self.config.time_budget_s and time.monotonic() - start >= self.config.time_budget_s:
@@ -250,7 +267,9 @@ class Controller:
 
     def _submit_existing(self, cid: int) -> None:
         row = self.store.candidate(cid)
-        self.pool.submit(Job(cid, row["source"], self.task.to_dict(), self.eval_options))
+        verify = cid in self.verification.queued or row["proposer"] == "seed"  # seeds: verified at once
+        options = {**self.eval_options, "stage": "verified" if verify else "provisional"}
+        self.pool.submit(Job(cid, row["source"], self.task.to_dict(), options))
         self.progress.in_flight = self.pool.in_flight()
 
     # ---------------------------------------------------------------- results
@@ -258,6 +277,8 @@ class Controller:
         for cid, evaluation in self.pool.poll(timeout):
             self._record(cid, evaluation)
         self.progress.in_flight = self.pool.in_flight()
+        self.progress.provisional = self.verification.provisional()
+        self.progress.verifying = len(self.verification.queued)
         self.on_progress(self.progress)
 
     def _record(self, cid: int, evaluation: dict) -> None:
@@ -266,105 +287,134 @@ class Controller:
         if not evaluation.get("judge") and evaluation["status"] != "ok":
             evaluation["judge"] = self.judge  # the engine's own verdict (a dead worker, too many queueings)
         if not self.store.add_evaluation(cid, evaluation):
-            # already recorded: today's verdict of a stale one replaces it; else a re-queued duplicate
-            if self.store.replace_stale_evaluation(cid, evaluation, self.judge):
-                self._record_rejudged(cid, evaluation)
-            elif self.rejudging.pop(cid, None) is not None:  # re-judged, but not by today's judge
-                self._foreign(evaluation.get("judge") or "")
+            # recorded already: a final verdict of today's judge replaces one that did not stand (a
+            # verification); else a re-queued duplicate, or a verification that did not verify
+            if self.store.replace_evaluation(cid, evaluation, self.judge):
+                self._record_verified(cid, evaluation)
+            elif self.verification.done(cid) is not None:
+                self._not_verified(evaluation)
             return
         row = self.store.candidate(cid)
         niche = niche_of(evaluation, row["source"])
         self.store.set_niche(cid, niche)
-        status, fitness = evaluation["status"], float(evaluation.get("fitness") or 0.0)
+        self.progress.evaluated += 1
         current = evaluation.get("judge") == self.judge
         if not current:  # stored and seen, but never an elite: not today's judge
             self._foreign(evaluation.get("judge") or "")
-            fitness = 0.0
-        self.progress.evaluated += 1
+        elif evaluation["status"] == "ok" and not stands(evaluation, self.judge):  # provisional
+            fitness = float(evaluation.get("fitness") or 0.0)
+            member = Member(cid, row["island"], fitness, niche, row["source_hash"], row["generation"])
+            self.verification.wait(member)
+            if cid in self._queue_verifications():  # it would place: admitted once verified
+                self.deferred.add(cid)
+                return
+        self._admit(cid, row, evaluation, niche)
+
+    def _admit(self, cid: int, row: dict, evaluation: dict, niche: tuple) -> None:
+        """A new candidate's verdict for this run, offered once: a member with fitness when it stands
+        (else fitness 0, seen but never an elite), its proposer statistics, the run's best, migration."""
+        status, fitness = evaluation["status"], float(evaluation.get("fitness") or 0.0)
+        standing = stands(evaluation, self.judge)
         if status != "ok":
             self.progress.failures[status] = self.progress.failures.get(status, 0) + 1
         island_best = self.population.island_best(row["island"])
-        improved = status == "ok" and current and (island_best is None or fitness > island_best.fitness)
-        self.population.add(Member(cid, row["island"], fitness if status == "ok" else 0.0, niche,
+        improved = standing and (island_best is None or fitness > island_best.fitness)
+        self.population.add(Member(cid, row["island"], fitness if standing else 0.0, niche,
                                    row["source_hash"], row["generation"]))  # fmt: skip
         if row["proposer"] != "seed" and status != "judge_error":  # the judge's bug: no one's score
             self.store.update_proposer_stats(row["proposer"], row["island"], status, improved)
-        if status == "ok" and fitness > self.progress.best_fitness:
-            self.progress.best_fitness, self.progress.best_id = fitness, cid
+        if standing:
+            self._stood(cid, fitness)
         if self.population.due_migration():
             self.population.migrate()
 
-    # ------------------------------------------------------------- re-judging
-    def _rejudge_stale(self) -> None:
-        """On resume: re-judge the stale verdicts that would be elites, before anything stands on
-        them, and wait for them (see the module docstring). Says how many and why."""
-        pending = set(self.store.pending_ids())  # queued already (a re-judgement the last segment left)
+    def _stood(self, cid: int, fitness: float) -> None:
+        self.verification.stood(fitness)
+        if fitness > self.progress.best_fitness:
+            self.progress.best_fitness, self.progress.best_id = fitness, cid
+
+    # ------------------------------------------------------------ verification
+    def _queue_verifications(self) -> list[int]:
+        """Queue, first in line, the verdicts that do not stand and would now place (evolve/verification.py),
+        each marked pending in the store (a kill before its verdict re-queues it on resume); their ids."""
+        due = self.verification.due()
+        for cid in due:
+            self.store.mark_pending(cid)
+        self.queue[:0] = due
+        return due
+
+    def _verify_earlier(self) -> None:
+        """On resume: verify the earlier segments' ok verdicts that do not stand (stale, provisional)
+        and would place, before anything stands on them, and wait for them (see the module
+        docstring). Says how many and why."""
+        pending = set(self.store.pending_ids())  # queued already (a verification the last segment left)
         rows = self.store.population_rows(self.progress.backend)
         stale = [r for r in rows if r["judge"] != self.judge]
-        for r in stale:
-            if r["status"] == "ok":
+        for r in rows:
+            if r["status"] == "ok" and not stands(r, self.judge):
                 member = Member(r["id"], r["island"], r["fitness"], tuple(r["niche"]), r["source_hash"],
                                 r["generation"])  # fmt: skip
-                (self.rejudging if r["id"] in pending else self.stale)[r["id"]] = member
-        self._queue_stale_elites()
-        if not stale:
+                self.verification.wait(member, stale=r["judge"] != self.judge, queued=r["id"] in pending)
+        self._queue_verifications()
+        queued, k = set(self.verification.queued), self.verification.top_k
+        if not stale and not queued:
             return
-        print(
-            f"the judge changed since {len(stale)} of the {len(rows)} verdicts on {self.progress.backend} were "
-            f"given (judge {self.judge}; before: {', '.join(sorted({r['judge'] or 'unrecorded' for r in stale}))}): "
-            f"re-judging the {len(self.rejudging)} that would be elites before any can stand; the other stale "
-            "ones are never parents (re-judged only if one would become an elite)",
-            flush=True,
-        )
-        while self.rejudging and not self.stop_requested and (self.queue or self.pool.in_flight()):
+        if stale:
+            print(
+                f"the judge changed since {len(stale)} of the {len(rows)} verdicts on {self.progress.backend} were "
+                f"given (judge {self.judge}; before: {', '.join(sorted({r['judge'] or 'unrecorded' for r in stale}))}): "
+                f"re-judging the {len(self.verification.stale & queued)} that would be elites or in the top {k} "
+                "before any can stand; the other stale ones are never parents (re-judged only if one would place)",
+                flush=True,
+            )
+        if queued - self.verification.stale:
+            print(f"verifying the {len(queued - self.verification.stale)} provisional verdicts of an earlier "
+                  f"segment that would be elites or in the top {k} before any can stand", flush=True)  # fmt: skip
+        while self.verification.queued and not self.stop_requested and (self.queue or self.pool.in_flight()):
             while self.pool.idle_slots() and self.queue:
                 self._submit_existing(self.queue.pop(0))
             self._collect(timeout=0.5)
-            self._queue_stale_elites()
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(self.rejudged.items())) or "none finished"
         print(
-            f"re-judged {sum(self.rejudged.values())} stale elites (the judge changed since they were judged): "
-            f"{verdicts}; {len(self.stale)} stale verdicts not re-judged (not elites, never parents)",
+            f"verified {sum(self.rejudged.values())} earlier verdicts that would be elites or in the top {k} "
+            f"(stale: the judge changed since they were judged; or provisional): {verdicts}; "
+            f"{len(self.verification.waiting)} not verified (they would not place, so never parents)",
             flush=True,
         )
 
-    def _queue_stale_elites(self) -> None:
-        """Queue (first in line) each stale member that would now be an elite: fittest first, one
-        per (island, niche) at a time (a fitter one in flight for that cell may keep it)."""
-        busy = {cell for m in self.rejudging.values() for cell in self._cells(m)}
-        for member in sorted(self.stale.values(), key=lambda m: (-m.fitness, m.id)):
-            cells = self._cells(member)
-            free = [i for i, niche in cells if (i, niche) not in busy]
-            if any(self.population.would_place(dataclasses.replace(member, island=i)) for i in free):
-                del self.stale[member.id]
-                self.rejudging[member.id] = member
-                self.store.mark_pending(member.id)  # a kill before its verdict re-queues it on resume
-                self.queue.insert(0, member.id)
-                busy.update(cells)
-
-    def _cells(self, member: Member) -> list[tuple[int, tuple]]:
-        """(island, niche) cells a member competes for: its island's, or every island's for a seed
-        (seeds are spread to every island)."""
-        islands = range(self.population.config.islands) if member.generation == 0 else [member.island]
-        return [(i, member.niche) for i in islands]
-
-    def _record_rejudged(self, cid: int, evaluation: dict) -> None:
-        """Today's verdict replaced a stale one: the member stands on it now (an elite where it
-        beats the niche's), counted apart from new candidates (no budget, no proposer statistics)."""
-        self.rejudging.pop(cid, None)
-        self.stale.pop(cid, None)
-        status = evaluation["status"]
-        self.rejudged[status] = self.rejudged.get(status, 0) + 1
+    def _record_verified(self, cid: int, evaluation: dict) -> None:
+        """A final verdict of today's judge replaced one that did not stand: a new candidate of this
+        segment is admitted now (`_admit`); an earlier one stands on it (an elite where it beats the
+        niche's), counted apart (no budget, no proposer statistics). Then whatever would now place is queued."""
+        self.verification.done(cid)
         row = self.store.candidate(cid)
         niche = niche_of(evaluation, row["source"])
         self.store.set_niche(cid, niche)
-        fitness = float(evaluation.get("fitness") or 0.0) if status == "ok" else 0.0
-        member = Member(cid, row["island"], fitness, niche, row["source_hash"], row["generation"])
-        self.population.readmit(member)
-        if member.generation == 0:  # a seed starts every island
-            self.population.spread([member])
-        if status == "ok" and fitness > self.progress.best_fitness:
-            self.progress.best_fitness, self.progress.best_id = fitness, cid
+        if cid in self.deferred:
+            self.deferred.discard(cid)
+            self._admit(cid, row, evaluation, niche)
+        else:
+            status = evaluation["status"]
+            self.rejudged[status] = self.rejudged.get(status, 0) + 1
+            fitness = float(evaluation.get("fitness") or 0.0) if status == "ok" else 0.0
+            member = Member(cid, row["island"], fitness, niche, row["source_hash"], row["generation"])
+            self.population.readmit(member)
+            if member.generation == 0:  # a seed starts every island
+                self.population.spread([member])
+            if status == "ok":
+                self._stood(cid, fitness)
+        self._queue_verifications()
+
+    def _not_verified(self, evaluation: dict) -> None:
+        """A verification came back without a final verdict of today's judge: the stored one is kept
+        (it does not stand; a resume considers it again). Said once per foreign judge."""
+        judge = evaluation.get("judge") or ""
+        if judge != self.judge:
+            self._foreign(judge)
+        else:
+            print(f"warning: a verification came back {evaluation.get('stage') or 'without a stage'}, not "
+                  "verified (the judge ignored EvalOptions.stage); the provisional verdict is kept, unranked",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def _foreign(self, judge: str) -> None:
         if judge == self.foreign_judge:

@@ -5,7 +5,8 @@ A run without a GPU ranks candidates with the offline performance model (backend
 candidates the CPU judge could not judge (`unsupported`: the interpreter cannot run them;
 `judge_error`: the judge failed on them), judges each on the GPU here and stores the
 `cuda:<device name>` verdict next to the modelled one
-(one evaluation per (candidate, backend), so nothing is measured twice). `comparison`
+(one evaluation per (candidate, backend), so nothing is measured twice); a GPU verdict is verified by
+construction (evaluate() on cuda checks every shape at full size: stage "verified"). `comparison`
 pairs the two and reports how well the model's ranking predicted the measured one, so the
 model can be recalibrated from real data. Modelled and measured figures are never ranked
 together: they sit side by side in separately labelled columns.
@@ -58,8 +59,8 @@ def remeasure(
     progress: Callable[[int, dict], None] | None = None,
     unranked: int | None = None,
 ) -> list[int]:
-    """Measure the top-`top` ok candidates of `model_backend` (default: the model:* backend with
-    most ok rows) not measured yet, then up to `unranked` (default: `top`) more of its UNRANKED
+    """Measure the top-`top` ranked candidates of `model_backend` (default: the model:* backend with
+    most ok rows; ranked: ok and verified, store.top - a provisional verdict is never ranked) not measured yet, then up to `unranked` (default: `top`) more of its UNRANKED
     ones (unsupported, judge_error: never ranked there) not measured yet, oldest first; a
     measurement that ended timeout, crashed or judge_error counts as not measured (measured
     again, the new verdict replaces the old). Store each verdict; return the ids measured.
@@ -73,7 +74,7 @@ def remeasure(
     unranked = top if unranked is None else unranked
     if model_backend is None or (top <= 0 and unranked <= 0):
         return []
-    ranked = [r["id"] for r in store.top(top, model_backend) if r["status"] == "ok"] if top > 0 else []
+    ranked = [r["id"] for r in store.top(top, model_backend) if r["rankable"]] if top > 0 else []
     todo = [c for c in store.candidates(ranked) if not _measured(c)]
     if unranked > 0:
         ids = [

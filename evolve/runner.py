@@ -14,6 +14,7 @@ from .candidate import Proposer
 from .config import ConfigError, RunConfig, UsageError, load_run_config
 from .population import Member, Population
 from .store import Store
+from .verification import stands
 
 
 def make_proposers(config: RunConfig) -> list[tuple[Proposer, float]]:
@@ -49,12 +50,12 @@ def eval_options(config: RunConfig, device: str) -> EvalOptions:
 
 def rebuild_population(config: RunConfig, store: Store, backend: str, judge: str | None = None) -> Population:
     """The population a resumed run continues from: the store's verdicts on `backend`, each ok one
-    fit only when `judge` (default: this process's, evaluators/fingerprint.py) gave it. A verdict of
-    another judge is stale: its member is seen (never proposed again) but holds no niche until the
-    controller re-judges it (Controller.run)."""
+    fit only when it stands (evolve/verification.py): verified, by `judge` (default: this process's,
+    evaluators/fingerprint.py). Another judge's (stale) or a provisional one is seen (never proposed
+    again) but holds no niche until the controller verifies it (Controller.run)."""
     judge = judge if judge is not None else judge_fingerprint()
     members = [
-        Member(r["id"], r["island"], r["fitness"] if r["status"] == "ok" and r["judge"] == judge else 0.0,
+        Member(r["id"], r["island"], r["fitness"] if stands(r, judge) else 0.0,
                tuple(r["niche"]), r["source_hash"], r["generation"])
         for r in store.population_rows(backend)
     ]  # fmt: skip

@@ -9,8 +9,11 @@ re-queuing one that every segment died on). Schema and migrations: evolve/store_
 since the last checkpoint), which is the failure this store is built for.
 
 Each evaluation names the judge that gave it (`judge`, evaluators/fingerprint.py; "" before schema
-3): a verdict of another judge than today's is stale, and `replace_stale_evaluation` puts today's
-verdict in its place when a resumed run re-judges it (evolve/controller.py).
+3) and how far it went (`stage`: "provisional" - the cheap checks only - or "verified"; "" before
+schema 4). Only ok verdicts that are verified (and, where a judge is named, that judge's) are ranked
+(`top`, `best`); a stale (another judge's) or provisional one is shown after them, never ranked, and
+`replace_evaluation` puts today's final verdict in its place when the run verifies or re-judges it
+(evolve/controller.py, evolve/verification.py).
 
 Times (`created`) are Unix seconds (float). JSON columns come back decoded.
 """
@@ -28,33 +31,21 @@ from typing import Any
 from evolve.candidate import Proposal, normalised_hash
 from evolve.store_schema import (
     PACKAGE,
-    SCHEMA,
+    ROW_SQL,
     SCHEMA_VERSION,
+    VERDICT_COLS,
     StoreError,
     check_schema,
-    has_judge_column,
+    create_tables,
+    evaluation_columns,
     migrate,
+    row_dict,
+    verdict_values,
 )
 
 __all__ = ["PACKAGE", "RETRYABLE", "SCHEMA_VERSION", "Store", "StoreError"]
 
 _CANDIDATE_COLS = "id, run, source, source_hash, parent_ids, island, generation, proposer, model, template, note, niche, created"
-_ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
-    c.created, e.status, e.fitness, e.backend, e.fitness_kind, e.feedback, e.seconds, e.created,
-    e.metrics, {judge} FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
-
-
-_VERDICT_COLS = "status, ok, fitness, fitness_kind, metrics, feedback, seconds, created, judge"
-
-
-def _verdict_values(ev: dict) -> tuple:
-    """An Evaluation dict as the values of _VERDICT_COLS (seconds: the stages' total)."""
-    seconds = ev.get("seconds") or {}
-    total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
-    return (ev["status"], int(ev["status"] == "ok"), float(ev.get("fitness") or 0.0),
-            ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
-            ev.get("feedback", ""), total, time.time(), ev.get("judge") or "")  # fmt: skip
-
 
 # Verdicts that may be the machine's or the judge's fault, so a later measurement may replace them.
 RETRYABLE = ("timeout", "crashed", "judge_error")
@@ -69,9 +60,12 @@ class Store:
         self.readonly = readonly
         self._depth = 0  # transaction nesting: only the outermost level commits
         self.run_name: str = conn.execute("SELECT name FROM runs LIMIT 1").fetchone()[0]
-        # A store of schema 2 opened read-only has no judge column: all its verdicts read as judge "".
-        self._judge = "e.judge" if has_judge_column(conn) else "''"
-        self._rows = _ROW_SQL.format(judge=self._judge)
+        # An older store opened read-only lacks the newer columns: its verdicts read as judge "" (schema
+        # < 3) and stage "" (schema < 4, never verified).
+        columns = evaluation_columns(conn)
+        self._judge = "e.judge" if "judge" in columns else "''"
+        self._stage = "e.stage" if "stage" in columns else "''"
+        self._rows = ROW_SQL.format(judge=self._judge, stage=self._stage)
 
     # ----------------------------------------------------------------- opening
 
@@ -91,24 +85,7 @@ class Store:
         conn = cls._connect(path, readonly=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("schema_version", str(SCHEMA_VERSION)),
-                    ("package", PACKAGE),
-                    ("created", str(time.time())),
-                ],
-            )
-            conn.execute(
-                "INSERT INTO runs (name, config, created, seed) VALUES (?, ?, ?, ?)",
-                (run_name, json.dumps(config, sort_keys=True, default=str), time.time(), int(seed)),
-            )
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            create_tables(conn, run_name, config, seed)
         except BaseException:
             conn.close()
             raise
@@ -281,11 +258,11 @@ class Store:
         Idempotent per (candidate_id, backend): a repeat is ignored and returns False; True when stored.
         """
         ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
-        values = _verdict_values(ev)
+        values = verdict_values(ev)
         try:
             with self.transaction():
                 cur = self._conn.execute(
-                    f"INSERT INTO evaluations (candidate_id, backend, {_VERDICT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    f"INSERT INTO evaluations (candidate_id, backend, {VERDICT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT (candidate_id, backend) DO NOTHING",
                     (candidate_id, ev["backend"], *values),
                 )
@@ -300,24 +277,28 @@ class Store:
             raise StoreError(f"{self.path}: cannot store evaluation of candidate {candidate_id} ({e})") from e
         return bool(cur.rowcount)
 
-    def replace_stale_evaluation(self, candidate_id: int, evaluation: dict | Any, judge: str) -> bool:
-        """Store today's verdict over a stale one: when the stored verdict of this (candidate,
-        backend) was given by another judge than `judge` and the new one by `judge`, the row is
-        updated in place (still one evaluation per candidate and backend) and the candidate's
-        pending mark cleared. False, and nothing changed, otherwise (no stored verdict: use
-        add_evaluation; a verdict of the same judge stands)."""
+    def replace_evaluation(self, candidate_id: int, evaluation: dict | Any, judge: str) -> bool:
+        """Store a final verdict of `judge` (today's) over one that does not stand, in place (still one
+        evaluation per candidate and backend), and clear the candidate's pending mark.
+
+        Final: verified, or a failure (a failure found by either stage is final). Does not stand: a
+        stale verdict (another judge's), or an ok one of `judge` that is not verified (provisional; ""
+        before stages). False, and nothing changed, otherwise: no stored verdict (use add_evaluation),
+        a standing one (verified ok, or a failure of `judge`), or a new verdict that is not final or
+        not `judge`'s (the controller, evolve/controller.py, re-judges such records)."""
         ev = evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation)
-        if not judge or (ev.get("judge") or "") != judge:
+        final = ev.get("stage") == "verified" or ev["status"] != "ok"
+        if not judge or (ev.get("judge") or "") != judge or not final:
             return False
-        values = _verdict_values(ev)
+        values = verdict_values(ev)
         with self.transaction():
             row = self._conn.execute(
-                "SELECT ok, judge FROM evaluations WHERE candidate_id = ? AND backend = ?",
+                f"SELECT ok, {self._judge}, {self._stage} FROM evaluations e WHERE candidate_id = ? AND backend = ?",
                 (candidate_id, ev["backend"]),
             ).fetchone()
-            if row is None or row[1] == judge:
+            if row is None or (row[1] == judge and (not row[0] or row[2] == "verified")):
                 return False
-            sets = ", ".join(f"{c} = ?" for c in _VERDICT_COLS.split(", "))
+            sets = ", ".join(f"{c} = ?" for c in VERDICT_COLS.split(", "))
             q = f"UPDATE evaluations SET {sets} WHERE candidate_id = ? AND backend = ?"
             self._conn.execute(q, (*values, candidate_id, ev["backend"]))
             q = "UPDATE backend_counts SET ok = ok + ? WHERE backend = ?"
@@ -334,14 +315,14 @@ class Store:
 
     def population_rows(self, backend: str) -> list[dict]:
         """What a resumed run rebuilds its population from: every candidate evaluated on `backend`
-        with {id, island, generation, niche, source_hash, status, fitness, judge}, in id order."""
+        with {id, island, generation, niche, source_hash, status, fitness, judge, stage}, in id order."""
         cur = self._conn.execute(
             "SELECT c.id, c.island, c.generation, c.niche, c.source_hash, e.status, e.fitness,"
-            f" {self._judge} FROM candidates c JOIN evaluations e ON e.candidate_id = c.id"
+            f" {self._judge}, {self._stage} FROM candidates c JOIN evaluations e ON e.candidate_id = c.id"
             " WHERE e.backend = ? ORDER BY c.id",
             (backend,),
         )
-        names = ("id", "island", "generation", "niche", "source_hash", "status", "fitness", "judge")
+        names = ("id", "island", "generation", "niche", "source_hash", "status", "fitness", "judge", "stage")
         return [{**dict(zip(names, r, strict=True)), "niche": json.loads(r[3])} for r in cur]
 
     def all_hashes(self) -> list[str]:
@@ -398,7 +379,7 @@ class Store:
 
     def candidates(self, ids: Iterable[int]) -> list[dict]:
         """Candidates in the order of `ids` (unknown ids skipped). Each dict holds the candidate
-        columns plus `evaluations`: [{backend, status, fitness, fitness_kind, feedback, judge}]."""
+        columns plus `evaluations`: [{backend, status, fitness, fitness_kind, feedback, judge, stage}]."""
         ids = [int(i) for i in ids]
         out: dict[int, dict] = {}
         for start in range(0, len(ids), 500):
@@ -413,13 +394,13 @@ class Store:
                 c["evaluations"] = []
                 out[c["id"]] = c
             q = (
-                f"SELECT e.candidate_id, e.backend, e.status, e.fitness, e.fitness_kind, e.feedback, {self._judge}"
-                f" FROM evaluations e WHERE e.candidate_id IN ({marks}) ORDER BY e.id"
+                "SELECT e.candidate_id, e.backend, e.status, e.fitness, e.fitness_kind, e.feedback,"
+                f" {self._judge}, {self._stage} FROM evaluations e WHERE e.candidate_id IN ({marks}) ORDER BY e.id"
             )
-            for cid, backend, status, fitness, kind, feedback, judge in self._conn.execute(q, chunk):
+            for cid, backend, status, fitness, kind, feedback, judge, stage in self._conn.execute(q, chunk):
                 out[cid]["evaluations"].append(
                     {"backend": backend, "status": status, "fitness": fitness, "fitness_kind": kind,
-                     "feedback": feedback, "judge": judge}
+                     "feedback": feedback, "judge": judge, "stage": stage}
                 )  # fmt: skip
         return [out[i] for i in ids if i in out]
 
@@ -431,32 +412,53 @@ class Store:
         return row[0] if row else None
 
     def top(self, k: int, backend: str | None = None, judge: str | None = None) -> list[dict]:
-        """The k best evaluations on one backend (default: `default_backend()`), fitness descending
-        (ties: ok first, then lower id). Backends are never mixed. Rows: see `_row`.
+        """The k best evaluations on one backend (default: `default_backend()`), never mixing backends.
+        Rows: store_schema.row_dict, plus `stale` (judged by another judge than `judge`) and `rankable`.
 
-        With `judge` (today's fingerprint, evaluators/fingerprint.py): the ok verdicts of that judge
-        come first, by fitness; every other row (a stale verdict of another judge, whatever its
-        fitness, or a failure) after them, and each row says `stale` (judged by another judge)."""
+        Rankable rows come first, by fitness (ties: lower id): ok, verified (a provisional verdict passed
+        the cheap checks only; stage "" was never verified) and, with `judge` (today's fingerprint,
+        evaluators/fingerprint.py), that judge's. Every other row (a provisional or stale ok verdict,
+        whatever its fitness, or a failure) comes after them, by fitness (ties: ok first, lower id)."""
         backend = backend if backend is not None else self.default_backend()
         if backend is None:
             return []
-        first = "" if judge is None else f"(e.ok = 1 AND {self._judge} = ?) DESC, "
-        q = f"{self._rows} WHERE e.backend = ? ORDER BY {first}e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
-        args = (backend, int(k)) if judge is None else (backend, judge, int(k))
-        rows = [self._row(r) for r in self._conn.execute(q, args)]
-        return rows if judge is None else [{**row, "stale": row["judge"] != judge} for row in rows]
+        rankable = f"{self._stage} = 'verified' AND e.ok = 1" + (
+            "" if judge is None else f" AND {self._judge} = ?"
+        )
+        first = () if judge is None else (judge,)
+        # Two index walks (evaluations_ranked, evaluations_top), not a sort of the backend on a computed key
+        q = f"{self._rows} WHERE e.backend = ? AND {rankable} ORDER BY e.fitness DESC, e.candidate_id LIMIT ?"
+        rows = [row_dict(r) for r in self._conn.execute(q, (backend, *first, int(k)))]
+        if len(rows) < k:
+            q = (
+                f"{self._rows} WHERE e.backend = ? AND NOT ({rankable})"
+                " ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
+            )
+            rows += [row_dict(r) for r in self._conn.execute(q, (backend, *first, int(k) - len(rows)))]
+        for row in rows:
+            row["stale"] = judge is not None and row["judge"] != judge
+            row["rankable"] = row["status"] == "ok" and row["stage"] == "verified" and not row["stale"]
+        return rows
 
     def best(self, backend: str | None = None, judge: str | None = None) -> dict | None:
-        """The best ok evaluation on `backend` (default: `default_backend()`), or None; with
-        `judge`, the best of that judge's (a stale verdict is never the best)."""
+        """The best rankable evaluation on `backend` (default: `default_backend()`): ok and verified,
+        and with `judge`, that judge's (a stale or provisional verdict is never the best); or None."""
         rows = self.top(1, backend, judge)
-        return rows[0] if rows and rows[0]["status"] == "ok" and not rows[0].get("stale") else None
+        return rows[0] if rows and rows[0]["rankable"] else None
+
+    def provisional_count(self, backend: str | None = None) -> int:
+        """Ok verdicts that passed the cheap checks only (stage "provisional"; never ranked), on all backends
+        unless one is named."""
+        q, args = f"SELECT COUNT(*) FROM evaluations e WHERE e.ok = 1 AND {self._stage} = 'provisional'", ()
+        if backend is not None:
+            q, args = q + " AND e.backend = ?", (backend,)
+        return self._conn.execute(q, args).fetchone()[0]
 
     def all_evaluated(self) -> list[dict]:
         """Every evaluation of every candidate (by candidate id, then backend), for `--json` output.
-        Rows as in `top`, plus `metrics` (the full Evaluation dict)."""
+        Rows as store_schema.row_dict, plus `metrics` (the full Evaluation dict)."""
         q = f"{self._rows} ORDER BY e.candidate_id, e.backend"
-        return [self._row(r, full=True) for r in self._conn.execute(q)]
+        return [row_dict(r, full=True) for r in self._conn.execute(q)]
 
     def counts_by_status(self, backend: str | None = None) -> dict[str, int]:
         """Number of evaluations per status (all backends unless one is named); "pending" is added."""
@@ -488,17 +490,3 @@ class Store:
         meta = dict(self._conn.execute("SELECT key, value FROM meta"))
         return {**info, "schema_version": int(meta["schema_version"]), "package": meta["package"],
                 "path": str(self.path)}  # fmt: skip
-
-    @staticmethod
-    def _row(r: tuple, full: bool = False) -> dict:
-        metrics = json.loads(r[16])
-        row = {
-            "id": r[0], "generation": r[1], "island": r[2], "niche": json.loads(r[3]), "proposer": r[4],
-            "model": r[5], "note": r[6], "parent_ids": json.loads(r[7]), "created": r[8], "status": r[9],
-            "fitness": r[10], "backend": r[11], "fitness_kind": r[12], "feedback": r[13], "seconds": r[14],
-            "evaluated": r[15], "shapes": metrics.get("shapes", []), "held_out": metrics.get("held_out"),
-            "judge": r[17],
-        }  # fmt: skip
-        if full:
-            row["metrics"] = metrics
-        return row

@@ -1,11 +1,14 @@
-"""The run store's schema: its tables, the version check on open, and migrations of older stores.
+"""The run store's schema: its tables, the version check on open, migrations of older stores, and
+how a verdict maps to the evaluations columns and a ranked row back to a dict.
 
 Apart from evolve/store.py (the queries) so that each stays readable; only store.py uses it.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 
 
@@ -16,7 +19,10 @@ class StoreError(Exception):
 # 2: pending.attempts (how many times a candidate was queued; see requeue).
 # 3: evaluations.judge (the fingerprint of the judge that gave the verdict, evaluators/fingerprint.py;
 #    "" for verdicts stored before: stale, re-judged on resume when they matter).
-SCHEMA_VERSION = 3
+# 4: evaluations.stage (how far the judge went: "provisional" or "verified", evaluators/evaluation.py
+#    STAGES; "" for verdicts stored before: not verified, so never ranked) and the index that ranks
+#    the verified ok verdicts first.
+SCHEMA_VERSION = 4
 PACKAGE = "triton-evolve"
 
 SCHEMA = """
@@ -36,8 +42,9 @@ CREATE TABLE evaluations (
     backend TEXT NOT NULL, status TEXT NOT NULL, ok INTEGER NOT NULL, fitness REAL NOT NULL,
     fitness_kind TEXT NOT NULL, metrics TEXT NOT NULL, feedback TEXT NOT NULL DEFAULT '',
     seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, judge TEXT NOT NULL DEFAULT '',
-    UNIQUE (candidate_id, backend));
+    stage TEXT NOT NULL DEFAULT '', UNIQUE (candidate_id, backend));
 CREATE INDEX evaluations_top ON evaluations (backend, fitness DESC, ok DESC, candidate_id);
+CREATE INDEX evaluations_ranked ON evaluations (backend, stage, ok, fitness DESC, candidate_id);
 CREATE TABLE backend_counts (backend TEXT PRIMARY KEY, ok INTEGER NOT NULL, total INTEGER NOT NULL);
 CREATE TABLE pending (candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id), created REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1);
@@ -52,6 +59,24 @@ CREATE TABLE llm_calls (
 """
 
 
+def create_tables(conn: sqlite3.Connection, run_name: str, config: dict, seed: int) -> None:
+    """Make a new store's tables and its run's row, in one transaction (a new, empty file)."""
+    conn.execute("BEGIN IMMEDIATE")
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [("schema_version", str(SCHEMA_VERSION)), ("package", PACKAGE), ("created", str(time.time()))],
+    )
+    conn.execute(
+        "INSERT INTO runs (name, config, created, seed) VALUES (?, ?, ?, ?)",
+        (run_name, json.dumps(config, sort_keys=True, default=str), time.time(), int(seed)),
+    )
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+
+
 def migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring a store of an older schema up to SCHEMA_VERSION, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
@@ -60,6 +85,11 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("ALTER TABLE pending ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
         if version < 3:  # no verdict so far names its judge: all are stale to any judge of today
             conn.execute("ALTER TABLE evaluations ADD COLUMN judge TEXT NOT NULL DEFAULT ''")
+        if version < 4:  # no verdict so far says it was verified: none is ranked until it is
+            conn.execute("ALTER TABLE evaluations ADD COLUMN stage TEXT NOT NULL DEFAULT ''")
+            conn.execute(
+                "CREATE INDEX evaluations_ranked ON evaluations (backend, stage, ok, fitness DESC, candidate_id)"
+            )
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -68,10 +98,44 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         raise
 
 
-def has_judge_column(conn: sqlite3.Connection) -> bool:
-    """Whether the store's evaluations name their judge (schema 3; an older store opened
-    read-only is read as is, its verdicts all judge "")."""
-    return any(r[1] == "judge" for r in conn.execute("PRAGMA table_info(evaluations)"))
+def evaluation_columns(conn: sqlite3.Connection) -> set[str]:
+    """The columns of the store's evaluations table: an older store opened read-only is read as is,
+    without `judge` (schema < 3: every verdict reads judge "") or `stage` (schema < 4: stage "")."""
+    return {r[1] for r in conn.execute("PRAGMA table_info(evaluations)")}
+
+
+# The verdict's columns, in the order of verdict_values.
+VERDICT_COLS = "status, ok, fitness, fitness_kind, metrics, feedback, seconds, created, judge, stage"
+
+# The ranked rows' query: {judge} and {stage} are the column, or '' on an older store read as is.
+ROW_SQL = """SELECT c.id, c.generation, c.island, c.niche, c.proposer, c.model, c.note, c.parent_ids,
+    c.created, e.status, e.fitness, e.backend, e.fitness_kind, e.feedback, e.seconds, e.created,
+    e.metrics, {judge}, {stage} FROM evaluations e JOIN candidates c ON c.id = e.candidate_id"""
+
+
+def verdict_values(ev: dict) -> tuple:
+    """An Evaluation dict as the values of VERDICT_COLS (seconds: the stages' total)."""
+    seconds = ev.get("seconds") or {}
+    total = float(sum(seconds.values())) if isinstance(seconds, dict) else float(seconds)
+    return (ev["status"], int(ev["status"] == "ok"), float(ev.get("fitness") or 0.0),
+            ev.get("fitness_kind", "none"), json.dumps(ev, sort_keys=True, default=str),
+            ev.get("feedback", ""), total, time.time(), ev.get("judge") or "", ev.get("stage") or "")  # fmt: skip
+
+
+def row_dict(r: tuple, full: bool = False) -> dict:
+    """A row of ROW_SQL as the dict `Store.top` and `Store.all_evaluated` return (`metrics`: the
+    whole Evaluation dict, with `full`)."""
+    metrics = json.loads(r[16])
+    row = {
+        "id": r[0], "generation": r[1], "island": r[2], "niche": json.loads(r[3]), "proposer": r[4],
+        "model": r[5], "note": r[6], "parent_ids": json.loads(r[7]), "created": r[8], "status": r[9],
+        "fitness": r[10], "backend": r[11], "fitness_kind": r[12], "feedback": r[13], "seconds": r[14],
+        "evaluated": r[15], "shapes": metrics.get("shapes", []), "held_out": metrics.get("held_out"),
+        "judge": r[17], "stage": r[18],
+    }  # fmt: skip
+    if full:
+        row["metrics"] = metrics
+    return row
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> int:

@@ -51,14 +51,17 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
     """The run's status counts and its top rows on one backend: fitness, and beside it the
     held-out figure (same unit and kind, never ranked); unranked rows (not ok) have no rank.
     Only verdicts of `judge` (default: today's, evaluators/fingerprint.py) are ranked; an ok
-    verdict of another judge is listed after them as "ok, stale", without a rank."""
+    verdict of another judge is listed after them as "ok, stale", and one that passed the cheap
+    checks only as "ok, provisional" (not verified), without a rank."""
     judge = judge if judge is not None else judge_fingerprint()
     info = store.run_info()
     backend = store.default_backend()
     counts = store.counts_by_status()
+    provisional = store.provisional_count()
     lines = [
         f"run {info['name']} ({info['status']}), {store.evaluated_count()} evaluated, "
         + status_summary(counts)
+        + (f"; of the ok, {provisional} provisional (not verified, never ranked)" if provisional else "")
     ]
     if backend is None:
         return "\n".join(lines + ["no evaluations yet"])
@@ -70,10 +73,10 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
         "other backends are never mixed in)"
     )
     lines.append(
-        f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<13} {'fitness':>8} "
+        f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<15} {'fitness':>8} "
         f"{'held-out':>8}  niche / figures"
     )
-    rank, stale = 0, 0
+    rank, stale, unverified = 0, 0, 0
     for row in store.top(top, backend, judge):
         train = [s for s in row["shapes"] if s.get("kind") == "train"]
         figures = " ".join(
@@ -82,20 +85,28 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
             if s.get("tflops") is not None
         )
         niche = "/".join(str(x) for x in row["niche"]) if row["niche"] else "-"
-        ranked = row["status"] == "ok" and not row["stale"]
+        ranked = row["rankable"]
         rank += ranked
         stale += row["status"] == "ok" and row["stale"]
+        unverified += row["status"] == "ok" and not row["stale"] and not ranked
         status = f"{row['status']}, stale" if row["stale"] else row["status"]
+        if row["status"] == "ok" and not row["stale"] and not ranked:
+            status += f", {row['stage'] or 'unverified'}"
         held_out = "-" if row.get("held_out") is None else f"{row['held_out']:.4f}"
         lines.append(
             f"{rank if ranked else '-':>3} {row['id']:>5} {row['generation']:>4} "
-            f"{row['island']:>3} {row['proposer']:<9} {status:<13} {row['fitness']:>8.4f} "
+            f"{row['island']:>3} {row['proposer']:<9} {status:<15} {row['fitness']:>8.4f} "
             f"{held_out:>8}  {niche}  {figures}"
         )
     if stale:
         lines.append(
             f"stale: judged by another judge than today's ({judge}; the judge changed since), so never "
             "ranked; `evolve run --resume` re-judges the ones that would be elites"
+        )
+    if unverified:
+        lines.append(
+            "provisional: passed the cheap checks only, so never ranked; the run verifies the ones that "
+            "would be elites or in its top few"
         )
     if kind == "MODELLED":
         lines.append(
@@ -121,7 +132,7 @@ class LiveDisplay:
             f"evals {progress.evaluated}/{self.max_evals}  in flight {progress.in_flight}  "
             f"best {progress.best_fitness:.4f} [{progress.backend}] (#{progress.best_id})  "
             f"{progress.evals_per_min():.1f} evals/min  {failure_summary(progress.failures)}  "
-            f"dup {progress.duplicates}"
+            f"dup {progress.duplicates}  provisional {progress.provisional} (verifying {progress.verifying})"
         )
         if self.tty:
             print("\r" + line[: os.get_terminal_size().columns - 1].ljust(20), end="", flush=True)

@@ -16,7 +16,8 @@ SEED = str(Path(__file__).resolve().parents[1] / "kernels" / "seeds" / "tiled_ma
 
 
 class InlinePool:
-    """Judges instantly with a fitness derived from the source length (no GPU, no Ray)."""
+    """Judges instantly with a fitness derived from the source length (no GPU, no Ray), at the stage
+    the job asks for (EvalOptions.stage), as evaluate() on a CPU does."""
 
     def __init__(self, workers: int) -> None:
         self.size, self.jobs, self.done = workers, [], []
@@ -38,8 +39,8 @@ class InlinePool:
             out.append((job.candidate_id, {"status": "ok", "backend": "model:h100", "fitness": fitness,
                                            "fitness_kind": "modelled", "feedback": "", "shapes": [],
                                            "compile": [], "seconds": {}, "provenance": {},
-                                           "judge": self.judge}))  # fmt: skip
-            self.done.append(job.candidate_id)
+                                           "judge": self.judge, "stage": job.options["stage"]}))  # fmt: skip
+            self.done.append((job.candidate_id, job.options["stage"]))
         self.jobs = []
         return out
 
@@ -73,8 +74,9 @@ def test_duplicates_are_rejected_and_a_barren_run_stops(tmp_path):
     controller, store, pool = _controller(tmp_path, proposer, max_evals=50)
     reason = controller.run()
     assert "duplicates or invalid" in reason
-    # the seed plus the three distinct variants, each judged exactly once
+    # the seed plus the three distinct variants, each judged exactly once (and verified at most once)
     assert store.evaluated_count() == 4 and sorted(pool.done) == sorted(set(pool.done))
+    assert sorted(cid for cid, stage in pool.done if stage == "provisional") == [2, 3, 4]
     assert controller.progress.duplicates >= MAX_BARREN_PROPOSALS
     stats = {(r["proposer"], r["island"]): r for r in store.proposer_stats()}
     assert sum(r["failures"].get("duplicate", 0) for r in stats.values()) == controller.progress.duplicates
@@ -276,11 +278,14 @@ def test_a_resumed_run_rejudges_its_stale_elites_before_they_stand(tmp_path, cap
     pool = RejudgePool(2, set(demoted.values()))
     resumed = Controller(config.replace(max_evals=14), task, store, population,
                          [(FixedProposer(variants=1000), 1.0)], pool, {}, "model:h100", judge=judge)  # fmt: skip
+    resumed.verification.top_k = 0  # the elites alone (the run's top-k: tests/test_verification.py)
     assert resumed.progress.best_id is None  # the run's "best" admits no stale verdict
     assert resumed.run() == "max_evals 14 reached"
     out = capsys.readouterr().out
     assert "the judge changed since 12 of the 12 verdicts" in out and "OLDJUDGE" in out
-    assert "re-judged" in out and "stale elites (the judge changed since they were judged)" in out
+    assert (
+        "earlier verdicts that would be elites" in out and "the judge changed since they were judged" in out
+    )
     after = {r["id"]: r for r in store.all_evaluated()}
     rejudged = {i for i in old if after[i]["judge"] == judge}
     assert elites <= rejudged  # every stale elite was re-judged before it could stand ...

@@ -16,9 +16,9 @@ MODEL, FAKE = "model:h100", "cuda:FAKE GPU"
 SHAPES = [[4096, 4096, 4096], [16, 4096, 4096]]
 
 
-def modelled(fitness: float, status: str = "ok") -> dict:
+def modelled(fitness: float, status: str = "ok", stage: str = "verified") -> dict:
     return {"status": status, "backend": MODEL, "fitness": fitness if status == "ok" else 0.0,
-            "fitness_kind": "modelled",
+            "fitness_kind": "modelled", "stage": stage,
             "shapes": [{"shape": s, "layout": "nn", "kind": "train", "tflops": 1000 * fitness} for s in SHAPES]}  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def fake_measure(calls: list):
     def measure(source: str, task) -> dict:
         calls.append(source)
         fitness = float(source.split("=")[1])
-        return {"status": "ok", "backend": FAKE, "fitness": 2 * fitness, "fitness_kind": "measured",
+        return {"status": "ok", "backend": FAKE, "fitness": 2 * fitness, "fitness_kind": "measured", "stage": "verified",
                 "shapes": [{"shape": s, "layout": "nn", "kind": "train", "tflops": 500 * fitness}
                            for s in SHAPES]}  # fmt: skip
 
@@ -70,6 +70,17 @@ def test_measures_only_the_top_and_never_twice(tmp_path, task):
     assert [r["id"] for r in measured] == [ids[f] for f in (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)]
     cand = store.candidate(ids[0.9])
     assert sorted(e["backend"] for e in cand["evaluations"]) == [FAKE, MODEL]
+
+
+def test_the_top_is_the_verified_ranking(tmp_path, task):
+    """A provisional modelled verdict (the cheap checks only) is never ranked, so never in the top
+    remeasure takes, whatever its fitness; the GPU verdict it stores is verified and ranked."""
+    store, ids = make_store(tmp_path / "run.sqlite", fitnesses=(0.5, 0.3))
+    provisional = store.add_candidate("F=0.9\n", proposer="mutator", island=0, generation=5)
+    store.add_evaluation(provisional, modelled(0.9, stage="provisional"))
+    assert rm.remeasure(store, task, 2, fake_measure([])) == [ids[0.5], ids[0.3]]
+    assert all(r["rankable"] and r["stage"] == "verified" for r in store.top(10, FAKE))
+    assert store.best(MODEL)["id"] == ids[0.5] and store.best(FAKE)["id"] == ids[0.5]
 
 
 def test_rejects_a_measure_that_is_not_cuda(tmp_path, task):

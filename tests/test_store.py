@@ -23,13 +23,13 @@ def src(i: int) -> str:
     return f"import triton\n\n\ndef kernel():\n    return {i}\n"
 
 
-def ev(fitness: float, backend: str = CUDA, status: str = "ok") -> dict:
+def ev(fitness: float, backend: str = CUDA, status: str = "ok", stage: str = "verified") -> dict:
     shapes = [
         ShapeResult(shape=(1024, 1024, 1024), time_s=1e-4, torch_time_s=1e-4 * fitness, speedup=fitness)
     ]
     kind = "measured" if backend.startswith("cuda") else "modelled"
     return Evaluation(
-        status, backend, fitness, kind, feedback="", shapes=shapes, seconds={"bench": 0.5}
+        status, backend, fitness, kind, feedback="", shapes=shapes, seconds={"bench": 0.5}, stage=stage
     ).to_dict()
 
 
@@ -273,10 +273,13 @@ def test_requeue_counts_each_queueing(store):
 
 
 def _as_schema(path: Path, version: int) -> None:
-    """Turn a store into one written by an older schema: 2 has no evaluations.judge, 1 no
-    pending.attempts either."""
+    """Turn a store into one written by an older schema: 3 has no evaluations.stage (nor its index),
+    2 no evaluations.judge either, 1 no pending.attempts either."""
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE evaluations DROP COLUMN judge")
+    conn.execute("DROP INDEX evaluations_ranked")
+    conn.execute("ALTER TABLE evaluations DROP COLUMN stage")
+    if version < 3:
+        conn.execute("ALTER TABLE evaluations DROP COLUMN judge")
     if version < 2:
         conn.execute("ALTER TABLE pending DROP COLUMN attempts")
     conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
@@ -300,7 +303,7 @@ def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
         assert reader.pending_ids() == [pending] and reader.top(1)[0]["id"] == done
         assert reader.run_info()["schema_version"] == 1
     with Store.open(path, readonly=False) as writer:  # resume: migrated in place
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 3
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 4
         assert writer.pending_ids() == [pending] and writer.requeue(pending) == 2
         assert writer.top(1)[0]["fitness"] == 2.0
     conn = sqlite3.connect(path)
@@ -308,11 +311,11 @@ def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
     conn.close()
 
 
-def judged(fitness: float, judge: str, status: str = "ok") -> dict:
-    return {**ev(fitness, backend=MODEL, status=status), "judge": judge}
+def judged(fitness: float, judge: str, status: str = "ok", stage: str = "verified") -> dict:
+    return {**ev(fitness, backend=MODEL, status=status, stage=stage), "judge": judge}
 
 
-def test_schema_2_store_migrates_to_3_with_every_verdict_stale(store):
+def test_schema_2_store_migrates_with_every_verdict_stale(store):
     old = add(store, 1)
     store.add_evaluation(old, ev(2.0, backend=MODEL))
     pending = add(store, 2, pending=True)
@@ -323,15 +326,15 @@ def test_schema_2_store_migrates_to_3_with_every_verdict_stale(store):
         assert reader.run_info()["schema_version"] == 2
         assert reader.top(1, MODEL)[0]["judge"] == "" and reader.best(MODEL, judge="J1") is None
     with Store.open(path, readonly=False) as writer:
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 3
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 4
         (row,) = writer.population_rows(MODEL)
         assert row["id"] == old and row["judge"] == "" and row["fitness"] == 2.0
         assert writer.pending_ids() == [pending]
         writer.add_evaluation(pending, judged(1.0, "J1"))  # a new verdict names its judge
         assert {r["id"]: r["judge"] for r in writer.all_evaluated()} == {old: "", pending: "J1"}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "4"
     conn.close()
 
 
@@ -340,17 +343,17 @@ def test_a_stale_verdict_is_replaced_in_place_by_todays(store):
     assert store.add_evaluation(cid, judged(3.0, "OLD"))
     row_id = "SELECT id FROM evaluations WHERE candidate_id = ?"
     before = store._conn.execute(row_id, (cid,)).fetchone()[0]
-    assert not store.replace_stale_evaluation(cid, judged(1.0, "OLD"), "NEW")  # not today's verdict
+    assert not store.replace_evaluation(cid, judged(1.0, "OLD"), "NEW")  # not today's verdict
     assert not store.add_evaluation(cid, judged(1.0, "NEW"))  # still one verdict per candidate and backend
     store.mark_pending(cid)  # queued for its re-judgement
-    assert store.replace_stale_evaluation(cid, judged(0.0, "NEW", status="incorrect"), "NEW")
+    assert store.replace_evaluation(cid, judged(0.0, "NEW", status="incorrect"), "NEW")
     (after,) = store.all_evaluated()
     assert after["judge"] == "NEW" and after["status"] == "incorrect" and after["fitness"] == 0.0
     assert store.pending_ids() == []
     assert store.counts_by_status(MODEL) == {"incorrect": 1, "pending": 0}
     assert store.default_backend() == MODEL and store.best(MODEL) is None  # backend_counts follows
     assert store._conn.execute(row_id, (cid,)).fetchone()[0] == before  # the same row, updated
-    assert not store.replace_stale_evaluation(cid, judged(5.0, "NEW"), "NEW")  # today's verdict stands
+    assert not store.replace_evaluation(cid, judged(5.0, "NEW"), "NEW")  # today's verdict stands
 
 
 def test_top_ranks_todays_verdicts_first_and_marks_stale_ones(store):
@@ -361,5 +364,70 @@ def test_top_ranks_todays_verdicts_first_and_marks_stale_ones(store):
     rows = store.top(10, MODEL, judge="NEW")
     assert [(r["id"], r["stale"]) for r in rows] == [(fresh, False), (stale, True), (failed, False)]
     assert store.best(MODEL, judge="NEW")["id"] == fresh
-    assert store.best(MODEL)["id"] == stale  # without a judge: fitness alone (as before schema 3)
+    assert store.best(MODEL)["id"] == stale  # without a judge: any judge's verified verdicts, by fitness
     assert store.best(MODEL, judge="OTHER") is None
+
+
+def test_schema_3_store_migrates_with_no_verdict_verified(store):
+    old = add(store, 1)
+    store.add_evaluation(old, judged(2.0, "J1"))
+    path = store.path
+    store.close()
+    _as_schema(path, 3)
+    with Store.open(path) as reader:  # read as is: no stage column yet, every verdict stage ""
+        (row,) = reader.top(1, MODEL, judge="J1")
+        assert row["stage"] == "" and not row["rankable"] and reader.best(MODEL, judge="J1") is None
+    with Store.open(path, readonly=False) as writer:
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 4
+        assert writer.population_rows(MODEL)[0]["stage"] == ""
+        assert writer.best(MODEL) is None  # never verified: never ranked, not even without a judge
+        new = add(writer, 2)
+        writer.add_evaluation(new, judged(1.0, "J1"))  # a new verdict says its stage
+        assert writer.best(MODEL, judge="J1")["id"] == new
+        assert {r["id"]: r["stage"] for r in writer.all_evaluated()} == {old: "", new: "verified"}
+        assert writer.replace_evaluation(old, judged(2.5, "J1"), "J1")  # verified in place on resume
+        assert writer.best(MODEL, judge="J1")["id"] == old
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert "evaluations_ranked" in indexes
+
+
+def test_only_verified_ok_verdicts_are_ranked(store):
+    verified, provisional, low, failed = add(store, 1), add(store, 2), add(store, 3), add(store, 4)
+    store.add_evaluation(verified, judged(1.0, "NEW"))
+    store.add_evaluation(provisional, judged(9.0, "NEW", stage="provisional"))
+    store.add_evaluation(low, judged(0.5, "NEW"))
+    store.add_evaluation(failed, judged(0.0, "NEW", status="incorrect", stage="provisional"))
+    for judge in ("NEW", None):
+        rows = store.top(10, MODEL, judge=judge)
+        assert [r["id"] for r in rows] == [verified, low, provisional, failed]  # fitness 9 ranked after
+        assert [r["rankable"] for r in rows] == [True, True, False, False]
+        assert store.best(MODEL, judge=judge)["id"] == verified
+    assert store.top(1, MODEL)[0]["id"] == verified and len(store.top(3, MODEL)) == 3
+    assert store.provisional_count() == 1 and store.provisional_count(CUDA) == 0  # the failure is not
+    only = add(store, 5)
+    store.add_evaluation(only, judged(3.0, "NEW", stage="provisional"))
+    assert store.best(CUDA) is None and store.provisional_count(MODEL) == 2
+
+
+def test_a_provisional_verdict_is_replaced_in_place_by_its_verification(store):
+    ok, wrong = add(store, 1), add(store, 2)
+    for cid in (ok, wrong):
+        assert store.add_evaluation(cid, judged(3.0, "NEW", stage="provisional"))
+        store.mark_pending(cid)  # queued for its verification
+    assert not store.replace_evaluation(ok, judged(3.0, "NEW", stage="provisional"), "NEW")  # not final
+    assert not store.replace_evaluation(ok, judged(3.0, "OTHER"), "NEW")  # not today's judge
+    assert store.replace_evaluation(ok, judged(2.5, "NEW"), "NEW")
+    assert store.replace_evaluation(wrong, judged(0.0, "NEW", status="incorrect", stage="verified"), "NEW")
+    rows = {r["id"]: r for r in store.all_evaluated()}
+    assert (rows[ok]["stage"], rows[ok]["fitness"]) == ("verified", 2.5) and rows[wrong][
+        "status"
+    ] == "incorrect"
+    assert store.pending_ids() == [] and store.evaluated_count() == 2
+    assert store.counts_by_status(MODEL) == {"incorrect": 1, "ok": 1, "pending": 0}
+    assert [r["id"] for r in store.top(10, MODEL, "NEW") if r["rankable"]] == [ok]
+    assert not store.replace_evaluation(ok, judged(5.0, "NEW"), "NEW")  # a verified verdict stands
+    failed = add(store, 3)  # a failure of the cheap stage is final whatever the stage
+    store.add_evaluation(failed, judged(0.0, "NEW", status="compile_error", stage="provisional"))
+    assert not store.replace_evaluation(failed, judged(1.0, "NEW"), "NEW")
