@@ -19,7 +19,8 @@ the run's top-k (evolve/verification.py picks which, first in line, marked pendi
 kill re-queues it on resume); the verified verdict replaces it in place, and only then is the member
 admitted. A verification that is not ok (the expensive stage found it wrong) replaces it too, and is
 what the proposer sees. Verifications do not count against max_evals (an evaluation is a candidate
-judged) but take time; a run that reached max_evals finishes the verifications it queued first.
+judged) but take time; a run that stops (max_evals, the time budget, a first Ctrl-C) finishes the
+verifications it queued, as it finishes what is in flight.
 A new candidate's proposer statistics are counted once: when its verification returns, if it was
 queued for one as its provisional verdict arrived; else on arrival (a provisional ok one as accepted,
 not improved: if it is verified later, that verdict is not counted again).
@@ -188,8 +189,15 @@ class Controller:
         return False
 
     def _drain(self) -> None:
-        """Finish what is in flight (recorded as usual), unless stopping was forced."""
-        while self.pool.in_flight() and not self.force_stop:
+        """Finish what is in flight and the verifications queued (the rest of judgements begun; a new
+        candidate queued stays pending for --resume), recorded as usual, unless stopping was forced."""
+        while not self.force_stop:
+            verifications = [cid for cid in self.queue if cid in self.verification.queued]
+            if not self.pool.in_flight() and not verifications:
+                return
+            for cid in verifications[: self.pool.idle_slots()]:
+                self.queue.remove(cid)
+                self._submit_existing(cid)
             self._collect(timeout=0.5)
 
     # ---------------------------------------------------------------- proposing

@@ -238,3 +238,25 @@ def test_the_choice_of_what_to_verify():
     assert verification.provisional() == 1
     verification.done(3)
     assert verification.due() == []  # 0.4 neither beats the niche's 0.5 nor enters the top 1
+
+
+class StoppingPool(StagePool):
+    """Ctrl-C (request_stop) arrives as the first proposal's provisional verdict comes back."""
+
+    controller: Controller
+
+    def poll(self, timeout: float):
+        out = super().poll(timeout)
+        if any(cid == 2 for cid, _ in out):
+            self.controller.request_stop("interrupted (Ctrl-C)")
+        return out
+
+
+def test_a_stop_finishes_the_verifications_queued_and_leaves_nothing_pending(tmp_path):
+    controller, store, _ = _run(tmp_path, ["FIT = 0.8", "FIT = 0.9"])
+    pool = controller.pool = StoppingPool(1)
+    pool.controller = controller
+    assert controller.run() == "interrupted (Ctrl-C)"
+    assert pool.done == [(1, "verified"), (2, "provisional"), (2, "verified")]  # no new candidate after
+    assert store.pending_ids() == [] and _verdict(store, 2)["stage"] == "verified"
+    assert controller.progress.best_id == 2 and store.run_info()["status"] == "stopped"
