@@ -27,14 +27,18 @@ class CheckStage:
         deadline: float,
         watch: CompileWatch | None = None,
         groups: list[tuple] | None = None,
+        kind: str = "cover",
+        names: dict | None = None,
     ) -> None:
         """Fresh inputs each trial; reference from the parent's own copy; every layout.
 
         Each (shape, layout) goes, with all its trials, to one of `boxes` (balanced by M*N*K);
         the boxes run side by side, one request each in flight, answers judged as they come.
         `watch`: the CPU compile child, followed meanwhile; its failure ends the checks at once.
-        `groups`: (shape, layout) pairs to check once each instead (the cover shapes, CPU), after
-        the first round, without its independent calls."""
+        `groups`: (shape, layout) pairs to check once each instead, after the first round, without
+        its independent calls (CPU, the expensive stage: cover shapes, whole grids at a reduced K),
+        their rows of this `kind`; `names`: (shape, layout) -> how a failure names it (default
+        "shape S layout L")."""
         start = time.perf_counter()
         # CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size.
         cpu = self.options.device == "cpu"
@@ -48,7 +52,7 @@ class CheckStage:
         for shape, layout in groups:
             # Errors stay None until a trial of the shape is judged: an unchecked shape never shows 0.
             results[(shape, layout)] = ShapeResult(
-                shape=shape, layout=layout, kind="check" if first_round else "cover"
+                shape=shape, layout=layout, kind="check" if first_round else kind
             )
             self.shapes.append(results[(shape, layout)])
         queues = [
@@ -127,7 +131,8 @@ class CheckStage:
                 continue
             shape, layout, ref, request_deadline = in_flight.pop(i)
             header, tensors = boxes[i].read(request_deadline)
-            where = f"shape {shape} layout {layout}, {self.input_kinds[i]} inputs"
+            named = (names or {}).get((shape, layout)) or f"shape {shape} layout {layout}"
+            where = f"{named}, {self.input_kinds[i]} inputs"
             verdict = self.judge_output(header, tensors, ref, shape, where)
             signatures = header.get("launch_signatures")
             # Sliced inputs have other strides, so other launch arguments: they are compared with
@@ -204,6 +209,22 @@ class CheckStage:
             raise
 
     def judge_output(self, header: dict, tensors: dict, ref, shape, where: str):
+        self.judge_facts(header, shape, where)
+        out = tensors.get("out")
+        M, N, _K = shape
+        if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{self.expected_dtype()}":
+            raise Stop("incorrect", f"{where}: the output did not arrive intact")
+        verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
+        if not verdict.ok:
+            raise Stop("incorrect", f"{where}: {verdict.message}")
+        return verdict
+
+    def expected_dtype(self) -> str:
+        return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
+
+    def judge_facts(self, header: dict, shape, where: str) -> None:
+        """Everything the child says about one call but its values: errors, input writes, forbidden
+        ops, launches, races, the output's type, shape, dtype and memory."""
         if header.get("event") == "error":
             raise failures.from_child(header, interpreter=self.options.device == "cpu")
         writes = header.get("input_writes") or []
@@ -232,7 +253,7 @@ class CheckStage:
                 "incorrect", f"{where}: returned {header.get('output_type')}, expected a plain torch.Tensor"
             )
         M, N, _K = shape
-        expected_dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.task.dtype]
+        expected_dtype = self.expected_dtype()
         if header.get("shape") != [M, N] or header.get("dtype") != expected_dtype:
             raise Stop(
                 "incorrect",
@@ -243,13 +264,6 @@ class CheckStage:
             raise Stop("incorrect", f"{where}: the output shares memory with an input; allocate a new tensor")
         if header.get("inputs_changed"):
             raise Stop("incorrect", f"{where}: the entry point modified its inputs; they must be read-only")
-        out = tensors.get("out")
-        if out is None or list(out.shape) != [M, N] or str(out.dtype) != f"torch.{expected_dtype}":
-            raise Stop("incorrect", f"{where}: the output did not arrive intact")
-        verdict = compare(out.to(ref.exact.device), ref, self.task.dtype, shape[2], self.task.allow_tf32)
-        if not verdict.ok:
-            raise Stop("incorrect", f"{where}: {verdict.message}")
-        return verdict
 
 
 # The independent calls: MANY_CALLS + 0..MANY_CALLS of them, a number the candidate cannot know.

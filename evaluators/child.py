@@ -61,6 +61,7 @@ class Child:
         self.current_kernel = "?"  # the kernel being launched (named by the input-write guard)
         self.write_guard = None  # check mode: evaluators/write_guard.py
         self.race_check = None  # check mode: evaluators/race_check.py
+        self.program_sample = None  # check mode: evaluators/program_sample.py (full-size sampled runs)
         from .standins import AutotuneStandIn
 
         self.autotune = AutotuneStandIn()
@@ -213,10 +214,16 @@ class Child:
             self.write_guard.protect({"A": a, "B": b})
         if self.race_check is not None:
             self.race_check.clear()
+        sample = self.program_sample if "sample" in cmd else None
+        if sample is not None:  # a full-size shape: only sampled programs run (program_sample.py)
+            self.retain()  # the last trial's tensors go before full-size ones are drawn
+            sample.begin(int(cmd["sample"]["seed"]), int(cmd["sample"].get("random", 1)))
         try:
             with recorder:
                 out = module.matmul(a, b)
         finally:
+            if sample is not None:
+                sample.end()
             if self.write_guard is not None:
                 self.write_guard.protect({})
         if device == "cuda":
@@ -248,6 +255,12 @@ class Child:
                 (n for n, old in enumerate(self.kept) if _shares_memory(out, old)), None
             ),
         )
+        if sample is not None:  # never kept: full-size tensors live for this call only
+            from .program_sample import sampled_output
+
+            extra, tensors = sampled_output(sample, out)
+            self.send({**facts, **extra}, tensors)
+            return
         if cmd.get("keep"):  # held as a caller holds a result, re-checked after every later call
             self.kept.append(out)
             self.retain(a, b, a_before, b_before)
@@ -380,6 +393,10 @@ class Child:
                 self.race_check = RaceCheck()
                 self.race_check.install()
                 report["race_check"] = DESCRIPTION
+                from .program_sample import ProgramSample
+
+                self.program_sample = ProgramSample()
+                self.program_sample.install()
                 report["autotuned"] = sorted(compat.autotuners(module))
             else:
                 from . import compat

@@ -365,6 +365,17 @@ def interpreter_accesses():
     return interpreter.InterpreterBuilder, plain, atomics, "set_grid_dim"
 
 
+def interpreter_grid() -> tuple[type, object]:
+    """What evaluators/program_sample.py wraps to run only some programs of a launch, Triton 3.6-3.9:
+    (GridExecutor, interpreter_builder). Each interpreted launch builds a GridExecutor(fn, arg_names,
+    grid, ...) whose call reads `self.fn` (its signature, its globals) and then calls `self.fn(**args)`
+    once per program, after `interpreter_builder.set_grid_idx(x, y, z)`; `interpreter_builder.grid_idx`
+    is the program running."""
+    from triton.runtime import interpreter
+
+    return interpreter.GridExecutor, interpreter.interpreter_builder
+
+
 def memory_order(sem) -> tuple[bool, bool]:
     """(acquires, releases) of an atomic's memory semantic as the interpreter receives it (an
     `ir.MEM_SEMANTIC`, Triton 3.6-3.9): acq_rel (tl.atomic_*'s default) both, relaxed neither."""
@@ -394,6 +405,7 @@ _EXPECTED_PARAMS = {
     "triton.runtime.interpreter:InterpreterBuilder.create_dot": "self a b d input_precision max_num_imprecise_acc",
     "triton.runtime.interpreter:TensorHandle": "data dtype attr",
     "triton.runtime.interpreter:InterpreterBuilder.create_atomic_rmw": "self rmwOp ptr val mask sem scope",
+    "triton.runtime.interpreter:GridExecutor.__init__": "self fn arg_names grid pre_run_hooks",
     "triton.compiler:ASTSource": "fn signature constexprs attrs",
     "triton.compiler:make_backend": "target",
     "triton.backends.compiler:GPUTarget": "backend arch warp_size",

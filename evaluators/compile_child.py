@@ -115,6 +115,8 @@ def compile_offline(child, path: str, task: dict) -> dict:
     finally:
         child.capture, tuner.mode, tuner.record = None, "check", None
     build(dict(todo))
+    if task.get("stage", "verified") != "verified":  # cover shapes and reduced K: the expensive stage's
+        return {"kernels": kernels, "launches": launches, "uncovered": left_out}
     # Paths of the training shapes that no check shape took: a smaller shape on the same path
     # (evaluators/coverage.py), its new specialisations built in a second round.
     child.capture, tuner.mode, tuner.record = capture, "capture", record
@@ -136,6 +138,16 @@ def compile_offline(child, path: str, task: dict) -> dict:
             calls = [describe(call) for call in run_entry(found, entry["layout"])]
             launches.append({"shape": list(found), "layout": entry["layout"], "kind": "cover", "calls": calls,
                              "covers": list(entry["shape"])})  # fmt: skip
+        # The expensive stage runs each training and held-out launch's whole grid at a reduced K
+        # (evaluators/verify_stage.py): the smallest K with the same launches, grids included.
+        for entry in entries:
+            if entry["kind"] not in ("train", "held_out") or entry["identity"] is None:
+                continue
+            shape = tuple(entry["shape"])
+            k = coverage.reduced_k(shape, entry["layout"], entry["identity"], probe)
+            calls = [describe(call) for call in run_entry((shape[0], shape[1], k), entry["layout"])]
+            launches.append({"shape": [shape[0], shape[1], k], "layout": entry["layout"], "kind": "reduced",
+                             "calls": calls, "reduces": list(shape), "of": entry["kind"]})  # fmt: skip
     finally:
         child.capture, tuner.mode, tuner.record = None, "check", None
     if todo:

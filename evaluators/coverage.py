@@ -137,6 +137,35 @@ def search(
     return current, ""
 
 
+MIN_REDUCED_K = 16  # the whole grid runs at a K down to this (or the shape's own, if smaller)
+
+
+def same_launch(a: tuple[KernelLaunch, ...], b: tuple[KernelLaunch, ...]) -> bool:
+    """The same path (same_path) with the same number of programs in each launch: the grid whose
+    every program the expensive stage runs at a reduced K (evaluators/verify_stage.py)."""
+    return same_path(a, b) and all(x.programs == y.programs for x, y in zip(a, b, strict=True))
+
+
+def reduced_k(
+    shape: tuple[int, int, int], layout: str, want: tuple[KernelLaunch, ...], probe: Callable
+) -> int:
+    """The smallest K found by halving `shape`'s K (down to MIN_REDUCED_K) whose launches keep the
+    identity `want` and every grid (same_launch); K itself when no smaller one does. A K that is a
+    multiple of 16 is only halved to multiples of 16 (the compiler specialises on divisibility by 16,
+    so the reduced launch compiles to the same code)."""
+    M, N, K = shape
+    best = K
+    for _ in range(MAX_PROBES):
+        smaller = max(MIN_REDUCED_K, best // 2)
+        if smaller >= best or (K % 16 == 0 and smaller % 16):
+            break
+        got = probe((M, N, smaller), layout)
+        if got is None or not same_launch(got, want):
+            break
+        best = smaller
+    return best
+
+
 def uncovered(entries: list[dict]) -> list[dict]:
     """Training and held-out entries whose identity no check entry (nor an earlier uncovered
     entry, which will get its own cover shape) has: each {"shape", "layout", "identity"}."""

@@ -70,8 +70,8 @@ class CpuStages:
         self.judge_compiled()
         if check_failure is not None:
             raise check_failure
-        if self.options.stage == "verified":  # the expensive stage (evaluation.STAGES)
-            self.check_cover_shapes(check_boxes, deadline)
+        if self.options.stage == "verified":  # the expensive stage (evaluators/verify_stage.py)
+            self.verify(check_boxes, deadline)
         if self.model_gpu:
             return self.model()
         return self.result(
@@ -79,33 +79,6 @@ class CpuStages:
             "correct on every check shape under the CPU interpreter; "
             "no fitness: nothing was timed or modelled on this backend",
         )
-
-    def check_cover_shapes(self, boxes: list, deadline: float) -> None:
-        """The paths training shapes take that no check shape took, checked on their cover shapes
-        (evaluators/coverage.py: the training shape halved while its launches stay the same)."""
-        covers = [e for e in self.launches if e.get("kind") == "cover"]
-        left_out = (self.compile_header or {}).get("uncovered") or []
-        self.provenance["cover_shapes"] = [
-            {"shape": e["shape"], "layout": e["layout"], "covers": e.get("covers")} for e in covers
-        ]
-        if left_out:
-            self.provenance["uncovered_paths"] = left_out
-        if not covers:
-            return
-        start = time.perf_counter()
-        groups = list(dict.fromkeys((tuple(e["shape"]), e["layout"]) for e in covers))
-        try:
-            self.check(boxes, max(deadline, time.monotonic() + self.options.timeout_s), None, groups=groups)
-        except Stop as stop:
-            covered = {(tuple(e["shape"]), e["layout"]): e.get("covers") for e in covers}
-            shape = next((c for (s, _), c in covered.items() if stop.feedback.startswith(f"shape {s}")), None)
-            note = (
-                f"a cover shape: training shape {tuple(shape)} takes this path, which no check shape took; "
-                if shape
-                else ""
-            )
-            raise Stop(stop.status, note + stop.feedback, stop.memo) from None
-        self.seconds["cover_shapes"] = time.perf_counter() - start
 
     def waiting_for_compile(self, watch: CompileWatch) -> None:
         try:
@@ -171,8 +144,10 @@ class CpuStages:
         train = [entry for entry in self.launches if entry.get("kind", "train") == "train"]
         if not any(entry["calls"] for entry in train):
             raise Stop("rejected", "the entry point launched no Triton kernel on any training shape")
-        self.compare_launches([entry for entry in self.launches if entry.get("kind") in ("check", "cover")])
-        used = self.used_keys(("train", "held_out", "check", "cover"))
+        self.compare_launches(
+            [entry for entry in self.launches if entry.get("kind") in ("check", "cover", "reduced")]
+        )
+        used = self.used_keys(("train", "held_out", "check", "cover", "reduced"))
         self.judge_kernels(used)
         wrap = ranges.first_wrap(self.launches, self.kernels)
         if wrap is not None:

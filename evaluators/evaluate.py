@@ -32,6 +32,7 @@ from .targets import TARGET_LIMITS, limit_violations
 from .task import Task
 from .timing import TimingProtocol
 from .verdict import Stop
+from .verify_stage import VerifyStage
 
 REQUEST_SLACK_S = 60.0  # on a GPU, each check/time request may take its work budget plus this
 
@@ -59,6 +60,11 @@ class EvalOptions:
     # "verified" - also the expensive stage (CPU: evaluators/verify_stage.py), for those whose
     # provisional fitness would make them elites, and for one-off checks. CUDA: always "verified"
     # (every training and held-out shape is checked at full size).
+    verify_programs: int = 2048  # CPU, verified stage: programs the whole grids at a reduced K may run in
+    # all (~15 ms each under the interpreter for a 128x128 tile); smallest grids first, the rest left out
+    # and listed (evaluators/verify_stage.py)
+    verify_sample_s: float = 30.0  # CPU, verified stage: seconds for the full-size sampled programs (a
+    # 128x128 program at K = 4096 takes ~0.4 s); shapes past it are left out and listed
     parent_source: str | None = None  # enforce EVOLVE-BLOCK regions against this parent
     memo: bool = True  # return the stored verdict for a (source, task, backend) judged before
     model_gpu: str | None = "auto"  # CPU only: GPU the performance model ranks for ("h100", "h200", "a100");
@@ -188,9 +194,10 @@ def _default_cache() -> comp.CompileCache:
     return _CACHE
 
 
-class _Run(CpuStages, CheckStage):
+class _Run(CpuStages, CheckStage, VerifyStage):
     """One evaluation: the cascade's state and the stages common to CPU and GPU (the CPU compile
-    and model in cpu_stages.py, the checks in check_stage.py)."""
+    and model in cpu_stages.py, the checks in check_stage.py, the CPU's expensive stage in
+    verify_stage.py)."""
 
     def __init__(self, source: str, task: Task, options: EvalOptions, cache: comp.CompileCache) -> None:
         self.source, self.task, self.options, self.cache = source, task, options, cache
@@ -317,7 +324,7 @@ class _Run(CpuStages, CheckStage):
         self.seconds[label] = time.perf_counter() - start
 
     def send_job(self, box: sandbox.Sandbox, mode: str, extra: dict) -> None:
-        task = {**self.task.to_dict(), "device": self.options.device, **extra}
+        task = {**self.task.to_dict(), "device": self.options.device, "stage": self.options.stage, **extra}
         box.send({"cmd": "job", "mode": mode, "source": self.source, "task": task})
 
     def receive_job(self, box: sandbox.Sandbox, mode: str, deadline: float) -> dict:
