@@ -46,6 +46,25 @@ def main(argv: list[str] | None = None) -> int:
         help="without a GPU: the GPU the performance model ranks for (h100, h200, a100, none); "
         "auto: by the task's target",
     )
+    check.add_argument(
+        "--stage",
+        choices=("provisional", "verified"),
+        default="verified",
+        help="CPU: provisional = the cheap stage (check shapes); verified (default) = also the training "
+        "and held-out shapes run whole at a reduced K and sampled at full size",
+    )
+    check.add_argument(
+        "--verify-programs",
+        type=_count,
+        default=EvalOptions.verify_programs,
+        help="CPU, verified: programs the whole grids at a reduced K may run in all (smallest grids first)",
+    )
+    check.add_argument(
+        "--verify-sample-s",
+        type=_seconds,
+        default=EvalOptions.verify_sample_s,
+        help="CPU, verified: seconds for the sampled programs at full size",
+    )
     check.add_argument("--json", action="store_true", help="print the Evaluation as JSON (last line)")
     args = parser.parse_args(argv)
     # A feedback line holds whatever the kernel printed or raised; an ASCII-only terminal must
@@ -84,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         task = dataclasses.replace(task, train=task.check)
         print(f"--shapes: checking and timing {len(task.train)} shape(s) on the GPU", file=sys.stderr)
     model_gpu = None if args.model_gpu == "none" else args.model_gpu
-    options = EvalOptions(device=device, timeout_s=args.timeout, prestart=False, model_gpu=model_gpu)
+    options = EvalOptions(
+        device=device,
+        timeout_s=args.timeout,
+        prestart=False,
+        model_gpu=model_gpu,
+        stage=args.stage,
+        verify_programs=args.verify_programs,
+        verify_sample_s=args.verify_sample_s,
+    )
     try:
         evaluation = evaluate(source, task, options)
     except UnsupportedEnvironment as e:
@@ -107,6 +134,26 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r}: the limit must be a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count cannot be negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds cannot be negative")
     return value
 
 
@@ -157,6 +204,29 @@ def _verdict_text(ev: Evaluation, kernel: str, task: str, as_json: bool) -> str:
         )
 
 
+def _verification_text(row: dict) -> str:
+    """One shape's row of provenance 'verification' (evaluators/verify_stage.py) in words."""
+    whole, sampled = row.get("whole_grid") or {}, row.get("sampled") or {}
+    parts = []
+    if whole:
+        grid = f"{whole['programs']} programs at K = {whole['K']}"
+        parts.append(
+            f"whole grid LEFT OUT ({grid}: {whole['left_out']})"
+            if "left_out" in whole
+            else f"whole grid ({grid})"
+        )
+    if "left_out" in sampled:
+        parts.append(f"sampled LEFT OUT ({sampled['left_out']})")
+    elif sampled:
+        what = (
+            f"{sampled['compared']} elements compared"
+            if "compared" in sampled
+            else sampled.get("not_compared")
+        )
+        parts.append(f"sampled programs at full size ({sampled['programs']}; {what})")
+    return "; ".join(parts) or "-"
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -168,7 +238,7 @@ def _default_device() -> str:
 
 
 def render(ev: Evaluation, kernel: str, task: str) -> str:
-    lines = [f"{kernel} on task {task}: {ev.status.upper()}  [{ev.backend}]"]
+    lines = [f"{kernel} on task {task}: {ev.status.upper()}  [{ev.backend}]  {ev.stage or 'no stage'}"]
     if ev.fitness_kind != "none":
         line = f"fitness ({ev.fitness_kind}, {ev.backend}): {ev.fitness:.4f}"
         if ev.held_out is not None:  # beside the fitness, never in it
@@ -200,6 +270,8 @@ def render(ev: Evaluation, kernel: str, task: str) -> str:
             f"spills {k.get('spill_bytes')} B, warps {k.get('num_warps')}, stages {k.get('num_stages')}, "
             f"wgmma {k.get('uses_wgmma')}, tma {k.get('uses_tma')}"
         )
+    for row in ev.provenance.get("verification") or []:
+        lines.append(f"verified {tuple(row['shape'])} {row['layout']}: " + _verification_text(row))
     lines.append("seconds: " + ", ".join(f"{k} {_num(v, '.2f')}" for k, v in ev.seconds.items()))
     return "\n".join(lines)
 

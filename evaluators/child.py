@@ -59,7 +59,8 @@ class Child:
         self.phase, self.where = "start", None  # what the child is doing, said with an error
         self.failed_launch: str | None = None  # the kernel whose launch raised, in this call
         self.current_kernel = "?"  # the kernel being launched (named by the input-write guard)
-        self.write_guard = None  # check mode: evaluators/write_guard.py
+        self.write_guard = None  # check and cuda modes: evaluators/write_guard.py
+        self.written: dict = {}  # compiled kernel hash -> the pointer parameters it writes through
         self.race_check = None  # check mode: evaluators/race_check.py
         self.program_sample = None  # check mode: evaluators/program_sample.py (full-size sampled runs)
         from .standins import AutotuneStandIn
@@ -97,9 +98,25 @@ class Child:
                     launch.depth -= 1
                 if result is not None and hasattr(result, "metadata"):
                     recorded.append((fn_self, result))
+                    if self.write_guard is not None and self.write_guard.ranges:  # GPU: from the TTIR
+                        written = self.written_arguments(result)
+                        self.write_guard.check_launch(
+                            fn_self.__name__, fn_self.arg_names, args, kwargs, written
+                        )
                 return result
 
             cls.run = run
+
+    def written_arguments(self, kernel) -> list[str]:
+        """The pointer parameters a compiled kernel writes through (its TTIR; cached by its hash)."""
+        from .compat import kernel_facts
+        from .dataflow import written_arguments
+
+        facts = kernel_facts(kernel)
+        key = facts["hash"] or id(kernel)
+        if key not in self.written:
+            self.written[key] = written_arguments(facts["asm"].get("ttir", ""))
+        return self.written[key]
 
     def send(self, header: dict, tensors: dict | None = None) -> None:
         self.wire.write_frame(self.proto_out, header, tensors)
@@ -142,52 +159,10 @@ class Child:
         return compile_offline(self, path, task)
 
     def compile_jit(self, module, task: dict) -> dict:
-        """On a GPU the real JIT compiles at first launch; record what it built, per training and
-        held-out shape."""
-        launches = []
-        self.phase = "entry"
-        for kind, shapes in (("train", task["train"]), ("held_out", task.get("held_out", []))):
-            for shape in shapes:
-                for layout in task["layouts"]:
-                    self.where = {"shape": list(shape), "layout": layout}
-                    launches.append(self.warm_up_shape(module, kind, tuple(shape), layout, task["dtype"]))
-        return {"kernels": self.kernels, "launches": launches}
+        """GPU: what the real JIT built per training and held-out shape (evaluators/cuda_child.py)."""
+        from .cuda_child import compile_jit
 
-    def warm_up_shape(self, module, kind: str, shape: tuple, layout: str, dtype: str) -> dict:
-        """Call the entry point twice on one shape: the first call JIT-compiles and, for
-        @triton.autotune kernels, runs the real autotuner (benchmarking its configs); the second
-        launches what every later call will, which is what gets recorded."""
-        from . import compat
-        from . import compile as comp
-        from .correctness import input_generator, make_inputs
-        from .standins import config_text
-
-        torch = self.torch
-        a, b = make_inputs(shape, layout, dtype, input_generator(0, "cuda"))
-        module.matmul(a, b)
-        torch.cuda.synchronize()
-        self.recorded_kernels.clear()
-        module.matmul(a, b)
-        torch.cuda.synchronize()
-        del a, b  # freed before the next shape's inputs are drawn
-        entry = {"shape": list(shape), "layout": layout, "kind": kind, "calls": []}
-        chosen = {
-            name: config_text(t.best_config)
-            for name, t in compat.autotuners(module).items()
-            if getattr(t, "best_config", None) is not None
-        }
-        if chosen:
-            entry["autotune"] = chosen
-        for fn, kernel in self.recorded_kernels:
-            built = compat.kernel_facts(kernel)
-            key = f"{fn.__name__}-{built['hash']}" if built["hash"] else fn.__name__
-            entry["calls"].append({"kernel": fn.__name__, "key": key})
-            facts = comp.compiled_facts(
-                built["asm"], built["shared"], built["num_warps"], built["num_stages"], built["metadata"]
-            )
-            facts.update(kernel=fn.__name__, regs=built["regs"], spill_bytes=built["spills"])
-            self.kernels[key] = facts
-        return entry
+        return compile_jit(self, module, task)
 
     def run_once(self, module, task: dict, cmd: dict) -> None:
         from .correctness import input_generator, make_inputs
@@ -269,75 +244,14 @@ class Child:
         self.send(facts, {"out": _wire(out)})
 
     def time_pair(self, module, task: dict, cmd: dict) -> None:  # pragma: no cover - needs a GPU
-        """Candidate vs torch.matmul, interleaved (evaluators/timing.py), then a cache probe.
+        from .cuda_child import time_pair
 
-        The probe refills every timed buffer in place (same addresses, new values) and
-        calls the candidate once more: a result cached by pointer or shape is then wrong.
-        """
-        from . import timing
-        from .correctness import input_generator, make_inputs
-
-        torch = self.torch
-        shape, layout, dtype = tuple(cmd["shape"]), cmd["layout"], task["dtype"]
-
-        def inputs_for(seed: int):
-            return make_inputs(shape, layout, dtype, input_generator(int(seed), "cuda"))
-
-        self.retain()  # the check trials' tensors are not needed any more
-        inputs = [inputs_for(seed) for seed in cmd["seeds"]]
-        protocol = timing.TimingProtocol(**cmd.get("protocol", {}))
-        if protocol.flush_bytes_min > self.cuda_device.flush_bytes:
-            raise RuntimeError(
-                f"judge inconsistency: protocol.flush_bytes_min={protocol.flush_bytes_min} but the device "
-                f"was set up with a {self.cuda_device.flush_bytes}-byte flush (the job's protocol)"
-            )
-        pair = timing.time_pair(module.matmul, self.baseline, inputs, self.cuda_device, protocol)
-        self.launch_signatures.clear()  # thousands of timed launches; only the checked runs compare them
-        out = {f"timed{i}": o for i, o in pair.rechecks}
-        for j, seed in enumerate(cmd["probe_seeds"]):
-            a, b = inputs[j + 1]
-            fresh_a, fresh_b = inputs_for(seed)
-            a.copy_(fresh_a)
-            b.copy_(fresh_b)
-            out[f"probe{j + 1}"] = module.matmul(a, b)
-        torch.cuda.synchronize()
-        stats = {"candidate": _plain(pair.candidate.__dict__), "baseline": _plain(pair.baseline.__dict__)}
-        self.send(
-            {
-                "event": "timed",
-                "stats": stats,
-                "wall_median_s": pair.wall_median_s,
-                "notes": list(pair.notes),
-                "batch": list(pair.batch),
-                "guard_median_s": list(pair.guard_median_s),
-            },
-            {k: v for k, v in out.items() if type(v) is torch.Tensor},
-        )
+        time_pair(self, module, task, cmd)
 
     def prepare_cuda(self, task: dict) -> dict:  # pragma: no cover - needs a GPU
-        """Cap the GPU memory, set the baseline's TF32 rule, bind the timing device; say what was set.
+        from .cuda_child import prepare_cuda
 
-        The cap (torch.cuda.set_per_process_memory_fraction, EvalOptions.gpu_memory_fraction)
-        bounds the caching allocator, through which every tensor the candidate can make goes
-        (it cannot call cudaMalloc itself: the static rules allow no ctypes). Beyond it the
-        allocation raises torch.OutOfMemoryError: `crashed`, out of GPU memory.
-        """
-        from .cuda_device import CudaDevice, set_baseline_precision
-        from .timing import TimingProtocol
-
-        torch = self.torch
-        fraction = float(task.get("gpu_memory_fraction", 0.5))
-        torch.cuda.set_per_process_memory_fraction(fraction)
-        precision = set_baseline_precision(task["dtype"], bool(task.get("allow_tf32", False)))
-        protocol = TimingProtocol(**task.get("protocol", {}))
-        # Binds sync, events and the flush buffer (protocol.flush_bytes_min honoured) now.
-        self.cuda_device = CudaDevice(flush_bytes_min=protocol.flush_bytes_min)
-        return {
-            "gpu_memory_fraction": fraction,
-            "baseline_precision": precision,
-            "flush_bytes": self.cuda_device.flush_bytes,
-            "device_notes": list(self.cuda_device.notes),
-        }
+        return prepare_cuda(self, task)
 
     def error_facts(self, stage: str, e: BaseException) -> dict:
         """What the parent needs to name a failure; it decides the status (evaluators/failures.py)."""
@@ -402,6 +316,9 @@ class Child:
                 from . import compat
 
                 report = self.prepare_cuda(task)  # before candidate code exists
+                from .write_guard import InputWriteGuard
+
+                self.write_guard = InputWriteGuard()  # launches only (check_launch): nothing to install
                 compat.install_scratch_allocator()
                 self.phase = "load"
                 module = self.load(path, "candidate", interpret=False)
@@ -462,14 +379,6 @@ def _shares_memory(x, y) -> bool:
     xs, ys = x.untyped_storage(), y.untyped_storage()
     x0, y0 = xs.data_ptr(), ys.data_ptr()
     return x0 < y0 + ys.nbytes() and y0 < x0 + xs.nbytes() and xs.nbytes() > 0 and ys.nbytes() > 0
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def serve_channels(proto_in: int, proto_out: int) -> None:

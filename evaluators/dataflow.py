@@ -85,6 +85,7 @@ class _Graph:
         self.deps: dict[str, set[str]] = {}
         self.origin: dict[str, tuple[str, int | None]] = {}
         self.sinks: list[tuple[str, list[str], int | None]] = []
+        self.writes: list[list[str]] = []  # address operands of stores, atomics, descriptor stores
 
     def depend(self, node: str, on: list[str]) -> None:
         self.deps.setdefault(node, set()).update(on)
@@ -199,6 +200,35 @@ def check(ttir: str) -> list[Finding]:
     """Every sink of `ttir` (one kernel's TTIR text) whose value depends on loaded data or float
     arithmetic, one Finding per sink, in program order; [] for a kernel whose control flow, masks
     and addresses derive only from program ids, arguments, loop counters and atomics."""
+    graph = _build(ttir)
+    graph.propagate()
+    return graph.findings()
+
+
+_ARGUMENT = re.compile(r'(%[\w.$-]+): (!tt\.(?:ptr|tensordesc)\S*|\S+)[^%]*?loc\("([^"]+)"')
+
+
+def written_arguments(ttir: str) -> list[str]:
+    """The kernel's pointer parameters (by their Python names, in signature order) that reach the
+    address of a store, an atomic or a descriptor store: the arguments the kernel writes through.
+    Read from the compiled kernel, so a GPU launch can be held to "inputs are read-only" without
+    the interpreter (evaluators/child.py)."""
+    head = next((line for line in ttir.splitlines() if line.strip().startswith("tt.func")), "")
+    params = {value: name for value, kind, name in _ARGUMENT.findall(head) if kind.startswith("!tt.")}
+    graph = _build(ttir)
+    seen: set[str] = set()
+    todo = [node for nodes in graph.writes for node in nodes]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.deps.get(node, ()))
+    reached = {node.rsplit("@", 1)[0] for node in seen if node.endswith("@0")}
+    return [name for value, name in params.items() if value in reached]
+
+
+def _build(ttir: str) -> _Graph:
+    """The dependency graph of one kernel's TTIR: values, sinks, the addresses written (module doc)."""
     lines = ttir.splitlines()
     defs = {}
     for line in lines:
@@ -330,11 +360,12 @@ def check(ttir: str) -> list[Finding]:
             if source:
                 graph.origin[result] = (source, at)
             graph.depend(result, operands)
-    graph.propagate()
-    return graph.findings()
+    return graph
 
 
 def _sinks(graph: _Graph, op: str, operands: list[str], at: int | None) -> None:
+    if op in ("tt.store", "tt.atomic_rmw", "tt.atomic_cas", "tt.descriptor_store", "tt.descriptor_scatter"):
+        graph.writes.append(operands[:1])  # the pointer, or the descriptor (made from a base pointer)
     if op in ("tt.load", "tt.store", "tt.atomic_rmw", "tt.atomic_cas", "tt.prefetch"):
         graph.sinks.append(("memory address", operands[:1], at))
         mask_at = {"tt.load": 1, "tt.store": 2, "tt.atomic_rmw": 2}.get(op)

@@ -6,6 +6,11 @@ memory write the interpreter makes (stores, atomics, descriptor stores) is teste
 storage of the call's inputs while the call runs; a write that lands there is recorded with the
 kernel that made it, and the parent rejects the candidate. The storage, not the view: a column
 slice's padding is the caller's memory too.
+
+On a GPU nothing watches the stores; there the compiled kernel says which pointer arguments it
+writes through (evaluators/dataflow.py `written_arguments`, from its TTIR), and a launch passing
+an input's storage as one of them is recorded the same way (`check_launch`): stricter than the
+interpreter's check (a masked-off write counts), as the issue asks of a kernel that cannot be watched.
 """
 
 from __future__ import annotations
@@ -37,6 +42,26 @@ class InputWriteGuard:
             storage = tensor.untyped_storage()
             if storage.nbytes():
                 self.ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes(), label))
+
+    def check_launch(self, kernel: str, arg_names, args: tuple, kwargs: dict, written: list[str]) -> None:
+        """A launch of `kernel` (GPU): each argument in `written` (the parameters it writes through)
+        whose storage overlaps a guarded input's is recorded as a hit."""
+        if not self.ranges:
+            return
+        named = {**dict(zip(arg_names, args, strict=False)), **kwargs}
+        for name in written:
+            value = named.get(name)
+            base = getattr(value, "base", None)  # a tensor descriptor: the tensor it describes
+            tensor = base if base is not None and hasattr(base, "untyped_storage") else value
+            if not hasattr(tensor, "untyped_storage"):
+                continue
+            storage = tensor.untyped_storage()
+            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+            for low, high, label in self.ranges:
+                if start < high and low < end:
+                    hit = f"kernel {kernel} writes through its argument {name}, which is {label}'s storage"
+                    if hit not in self.hits:
+                        self.hits.append(hit)
 
     def _wrap(self, name: str, original, ptr_index: int, mask_index: int | None):
         guard = self

@@ -125,3 +125,21 @@ def test_a_printed_while_loop_binds_its_arguments_by_position():
     """
     found = dataflow.check(text)
     assert [f.what for f in found] == ["memory address"]  # the second load only
+
+
+@triton.jit
+def writes_through_b(a_ptr, b_ptr, c_ptr, ws_ptr, n, BLOCK: tl.constexpr):
+    # A cheat's shape: B "transposed in place" (written), C written, a workspace updated by an
+    # atomic through an offset pointer; A only read.
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(a_ptr + offs, mask=offs < n)
+    tl.store(b_ptr + offs, x, mask=offs < n)
+    tl.store(c_ptr + offs, x * 2)
+    tl.atomic_add(ws_ptr + 1 + offs, x)
+
+
+def test_the_written_pointer_arguments_are_named():
+    text = ttir(writes_through_b, ptr(), ptr(), ptr(), ptr(), 64, BLOCK=64)
+    assert dataflow.written_arguments(text) == ["b_ptr", "c_ptr", "ws_ptr"]
+    honest = ttir(persistent_with_atomics, ptr(), ptr(), ptr(torch.int32), 8, BLOCK=64, SPLITS=4)
+    assert dataflow.written_arguments(honest) == ["c_ptr", "counter_ptr"]  # a_ptr is only read

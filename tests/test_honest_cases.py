@@ -19,6 +19,9 @@ from evaluators.compile import CompileCache
 ROOT = Path(__file__).resolve().parents[1]
 HONEST = ROOT / "tests" / "honest"
 DEMO = load_task(str(ROOT / "runs" / "demo_cpu.toml"))
+# The expensive stage runs (verified verdicts), on a budget that keeps `make test` short: the whole
+# grids of the skinny training shapes (64 programs each) and a few seconds of full-size samples.
+VERIFY = {"verify_programs": 128, "verify_sample_s": 3.0}
 # Words each verdict must carry beyond its status (what a proposer needs to act on it).
 PHRASES = {
     "assert_contiguous": ["the entry point raised", "b must be contiguous"],
@@ -40,7 +43,7 @@ def _cases() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("name,expected", _cases())
 def test_honest_case(name: str, expected: str):
-    ev = evaluate((HONEST / f"{name}.py").read_text(), DEMO, device="cpu", memo=False)
+    ev = evaluate((HONEST / f"{name}.py").read_text(), DEMO, device="cpu", memo=False, **VERIFY)
     assert ev.status == expected, f"{name}: {ev.status}: {ev.feedback}"
     for phrase in PHRASES.get(name, []):
         assert phrase in ev.feedback, f"{name}: {phrase!r} not in {ev.feedback!r}"
