@@ -75,6 +75,7 @@ def test_short_run_end_to_end_then_resume(tmp_path):
     assert {"id", "generation", "status", "fitness", "held_out", "backend"} <= set(rows[0])
     seed = next(r for r in rows if r["proposer"] == "seed")
     assert seed["status"] == "ok" and seed["fitness"] > 0 and seed["generation"] == 0
+    assert seed["stage"] == "verified" and all(r["stage"] or r["status"] != "ok" for r in rows)  # staged
     assert all(r["generation"] >= 1 for r in rows if r["proposer"] == "mutator")
     # the human leaderboard labels the ranking
     text = _evolve(tmp_path, "leaderboard", "t", "--top", "3").stdout
@@ -120,8 +121,9 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert len(before) >= 3, "the run did not get far enough to test a kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with Store.open(db) as store:
-        at_kill = {(r["id"], r["backend"]): r["status"] for r in store.all_evaluated()}
+    with Store.open(db) as store:  # the final verdicts (a provisional ok one may be verified after)
+        at_kill = {(r["id"], r["backend"]): r["status"] for r in store.all_evaluated()
+                   if r["status"] != "ok" or r["stage"] == "verified"}  # fmt: skip
         pending_at_kill = store.pending_ids()
     assert pending_at_kill, "candidates in flight at the kill stay pending"
     out = _evolve(tmp_path, "run", "--resume", "runs/t")
@@ -167,6 +169,7 @@ def test_resume_after_the_judge_changed_rejudges_the_elites_first(tmp_path):
 
     from evaluators.fingerprint import judge_fingerprint
     from evolve.population import Member, Population, PopulationConfig
+    from evolve.verification import VERIFY_TOP_K
 
     run = _run_file(tmp_path, max_evals=2)
     out = _evolve(tmp_path, "run", str(run))
@@ -195,12 +198,14 @@ def test_resume_after_the_judge_changed_rejudges_the_elites_first(tmp_path):
     for m in members:
         if m.generation:
             expected.add(m)
-    elites = {m.id for m in expected.elites()}
+    # and the run's top-k (evolve/verification.py): verified too
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (-r["fitness"], r["id"]))
+    elites = {m.id for m in expected.elites()} | {r["id"] for r in ok[:VERIFY_TOP_K]}
     assert elites
     more = _evolve(tmp_path, "run", "--resume", "runs/t", "--max-evals", "3")
     assert more.returncode == 0, more.stderr[-3000:]
     assert f"the judge changed since {len(rows)} of the {len(rows)} verdicts" in more.stdout
-    assert f"re-judged {len(elites)} stale elites (the judge changed since they were judged)" in more.stdout
+    assert f"verified {len(elites)} earlier verdicts that would be elites or in the top" in more.stdout
     after = {r["id"]: r for r in _board(tmp_path)}
     assert len(after) == 3  # one verdict per candidate: the re-judged ones updated in place
     assert {i for i in after if i in {r["id"] for r in rows} and not after[i]["stale"]} == elites
