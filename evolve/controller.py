@@ -23,7 +23,8 @@ judged) but take time; a run that stops (max_evals, the time budget, a first Ctr
 verifications it queued, as it finishes what is in flight.
 A new candidate's proposer statistics are counted once: when its verification returns, if it was
 queued for one as its provisional verdict arrived; else on arrival (a provisional ok one as accepted,
-not improved: if it is verified later, that verdict is not counted again).
+not improved: if it is verified later, that verdict is not counted again). One whose verification
+was in flight at a kill is verified on resume, uncounted (the store keeps no mark of what was counted).
 
 On resume, the earlier segments' ok verdicts that do not stand (stale ones, provisional ones) that
 would place are queued before anything else and the run waits for them before it proposes; as their
