@@ -12,6 +12,8 @@
     device = "auto"                   # auto | cpu | cuda
     model_gpu = "auto"                # without a GPU: the GPU the performance model ranks for
     timeout_s = 180                   # hard limit per candidate evaluation
+    verify_programs = 2048            # CPU: programs a verification's whole grids (reduced K) may run
+    verify_sample_s = 30              # CPU: seconds a verification's full-size sampled programs may take
 
     [[proposers]]                     # who writes candidates; weights share the proposals
     kind = "mutator"
@@ -66,6 +68,9 @@ class RunConfig:
     device: str = "auto"
     model_gpu: str = "auto"
     timeout_s: float = 180.0
+    # CPU verifications (the expensive stage, evaluators/verify_stage.py): their budgets
+    verify_programs: int = 2048
+    verify_sample_s: float = 30.0
     proposers: tuple[ProposerConfig, ...] = (ProposerConfig("mutator"),)
     population: PopulationConfig = PopulationConfig()
     source: str = "<memory>"
@@ -134,7 +139,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 def _check_types(path: Path, run: dict) -> None:
     numbers = {"seed": int, "max_evals": int, "workers": int, "time_budget_s": float, "target_fitness": float,
-               "timeout_s": float}  # fmt: skip
+               "timeout_s": float, "verify_programs": int, "verify_sample_s": float}  # fmt: skip
     for field, kind in numbers.items():
         if field in run:
             value = run[field]

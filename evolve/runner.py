@@ -45,7 +45,13 @@ def default_workers(device: str) -> int:
 
 
 def eval_options(config: RunConfig, device: str) -> EvalOptions:
-    return EvalOptions(device=device, timeout_s=config.timeout_s, model_gpu=config.model_gpu)
+    return EvalOptions(
+        device=device,
+        timeout_s=config.timeout_s,
+        model_gpu=config.model_gpu,
+        verify_programs=config.verify_programs,
+        verify_sample_s=config.verify_sample_s,
+    )
 
 
 def rebuild_population(config: RunConfig, store: Store, backend: str, judge: str | None = None) -> Population:

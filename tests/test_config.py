@@ -27,6 +27,7 @@ islands = 2
         (('kind = "mutator"', 'kind = "gpt"'), ["proposers[0].kind", "'gpt'", "allowed: mutator"]),
         (('name = "r"', 'name = "r"\nmax_evals = -1'), ["run.max_evals", "non-negative"]),
         (('name = "r"', 'name = "r"\ndevice = "tpu"'), ["run.device", "auto, cpu, cuda"]),
+        (('name = "r"', 'name = "r"\nverify_programs = 1.5'), ["run.verify_programs", "non-negative int"]),
         (('name = "r"', 'name = "r"\nfoo = 1'), ["unknown field", "foo"]),
         (("islands = 2", "islands = 2\nbar = 3"), ["population", "bar"]),
         (("islands = 2", "islands = 0"), ["[population]"]),
@@ -43,3 +44,12 @@ def test_bad_run_files_name_the_field(tmp_path, edit, words):
     for word in words:
         assert word in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_verification_budgets_reach_the_judge(tmp_path):
+    from evolve.runner import eval_options
+
+    path = tmp_path / "run.toml"
+    path.write_text(GOOD.replace('name = "r"', 'name = "r"\nverify_programs = 256\nverify_sample_s = 4'))
+    options = eval_options(load_run_config(path), "cpu")
+    assert (options.verify_programs, options.verify_sample_s) == (256, 4.0)
