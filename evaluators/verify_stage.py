@@ -41,6 +41,14 @@ MAX_REFERENCE_BYTES = 2 << 30
 SECONDS_PER_PROGRAM = 0.25
 
 
+def sampled_bytes(shape: tuple[int, int, int], dtype: str) -> int:
+    """Bytes a full-size sampled call holds in the child: A and B with their before-call copies (the
+    input-write check), the float32 values they are drawn from, and C."""
+    M, N, K = shape
+    size = 4 if dtype == "fp32" else 2
+    return (M * K + K * N) * (2 * size + 4) + M * N * size
+
+
 def programs_of(entry: dict) -> int:
     """Programs of every launch of one captured entry point call."""
     total = 0
@@ -142,8 +150,21 @@ class VerifyStage:
                 continue
             if shape[0] * shape[1] == 0 or not entry["calls"]:
                 continue
+            need, room = sampled_bytes(shape, self.task.dtype), self.sample_room()
+            if need > room:
+                row["sampled"] = {
+                    "left_out": f"its full-size inputs and output need ~{need / 2**30:.1f} GiB, over the "
+                    f"{room / 2**30:.1f} GiB a check child may use (EvalOptions.memory_bytes / 2)"
+                }
+                continue
             row["sampled"] = self.run_sampled(box, entry, deadline)
         self.seconds["sampled"] = time.perf_counter() - start
+
+    def sample_room(self) -> int:
+        """Bytes a full-size sampled call may take in the child: half its address-space limit (the
+        rest is torch, triton and the interpreter); the parent draws the same inputs."""
+        limit = self.options.memory_bytes
+        return (limit // 2) if limit else 1 << 62
 
     def sampled_row(self, entry: dict) -> dict:
         key = (list(entry["shape"]), entry["layout"])

@@ -112,3 +112,13 @@ def test_a_spent_sample_budget_lists_what_it_left_out():
     assert ev.ok, ev.feedback
     left = [r["sampled"]["left_out"] for r in ev.provenance["verification"] if "sampled" in r]
     assert left and all("verify_sample_s" in x for x in left)
+
+
+def test_a_shape_too_large_for_the_child_is_left_out_with_the_reason():
+    """45000 x 45000 in fp32: C alone is 8 GB, over half the check child's 12 GiB address space."""
+    task = Task(name="big", dtype="fp32", layouts=("nn",), train=((45000, 45000, 64),), held_out=(),
+                check=((64, 64, 64),), trials=1, fresh=0)  # fmt: skip
+    ev = evaluate(SEED.read_text(), task, memo=False, verify_programs=0)
+    assert ev.ok, ev.feedback
+    row = ev.provenance["verification"][0]
+    assert "need ~7.6 GiB, over the 6.0 GiB a check child may use" in row["sampled"]["left_out"], row
