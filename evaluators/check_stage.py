@@ -46,6 +46,7 @@ class CheckStage:
         device = self.input_device
         trials = self.task.trials if groups is None else 1
         first_round = groups is None
+        round_kind = "check" if first_round else kind
         if groups is None:
             groups = [(tuple(shape), layout) for shape in shapes for layout in self.task.layouts]
         results = {}
@@ -97,6 +98,8 @@ class CheckStage:
             ):  # a share of the GPU budget
                 request_deadline = self.deadline_for(self.budget.check_s[(shape, layout)])
             request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed, "inputs": kind}
+            if round_kind == "reduced":  # which programs own C's last row and column (verify_stage.py)
+                request["owners"] = True
             if keep:
                 request["keep"] = True
                 kept.append(
@@ -134,6 +137,8 @@ class CheckStage:
             named = (names or {}).get((shape, layout)) or f"shape {shape} layout {layout}"
             where = f"{named}, {self.input_kinds[i]} inputs"
             verdict = self.judge_output(header, tensors, ref, shape, where)
+            if header.get("owners"):
+                self.edge_owners[(shape[0], shape[1], layout)] = [int(p) for p in header["owners"]][:64]
             signatures = header.get("launch_signatures")
             # Sliced inputs have other strides, so other launch arguments: they are compared with
             # calls on the same geometry, packed ones with packed ones (and with the meta capture,

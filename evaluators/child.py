@@ -192,7 +192,8 @@ class Child:
         sample = self.program_sample if "sample" in cmd else None
         if sample is not None:  # a full-size shape: only sampled programs run (program_sample.py)
             self.retain()  # the last trial's tensors go before full-size ones are drawn
-            sample.begin(int(cmd["sample"]["seed"]), int(cmd["sample"].get("random", 1)))
+            spec = cmd["sample"]
+            sample.begin(int(spec["seed"]), int(spec.get("random", 1)), list(spec.get("programs") or []))
         try:
             with recorder:
                 out = module.matmul(a, b)
@@ -217,6 +218,8 @@ class Child:
             "output_type": type(out).__module__ + "." + type(out).__qualname__,
             "inputs_changed": not (_same(a, a_before) and _same(b, b_before)),
         }
+        if cmd.get("owners") and race is not None and type(out) is torch.Tensor:
+            facts["owners"] = race.edge_owners(out)  # the programs that stored C's last row and column
         if type(out) is not torch.Tensor:
             self.retain(a, b, a_before, b_before)
             self.send(facts)

@@ -205,6 +205,7 @@ class _Run(CpuStages, CheckStage, VerifyStage):
         self.shapes: list[ShapeResult] = []
         self.kernels: dict = {}
         self.fresh: set = set()  # this evaluation's fresh shapes (evaluators/fresh_shapes.py)
+        self.edge_owners: dict = {}  # (M, N, layout) -> programs storing C's last row/column (whole grids)
         self.run_signatures: dict = {}  # (shape, layout, input strides/offsets) -> launches seen in the checked run
         self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
         self.provenance = provenance(options.device)

@@ -39,6 +39,7 @@ class ProgramSample:
         self.stores: list[np.ndarray] = []
         self.spans: list[tuple[int, int]] = []  # [first, last] byte stored to in this call
         self.combines = ""  # why the sample is not comparable ("" when it is)
+        self.extra: list[int] = []  # programs of the first launch to run besides the drawn ones
 
     # -- set-up
     def install(self) -> None:
@@ -70,9 +71,11 @@ class ProgramSample:
             if hasattr(builder_class, name):
                 setattr(builder_class, name, self._wrap(getattr(builder_class, name), "atomic", 0, None))
 
-    def begin(self, seed: int, random_programs: int = RANDOM_PROGRAMS) -> None:
-        """The next call runs sampled: in each launch, programs drawn from `seed`."""
+    def begin(self, seed: int, random_programs: int = RANDOM_PROGRAMS, programs: list | None = None) -> None:
+        """The next call runs sampled: in each launch, programs drawn from `seed`; in the first launch
+        also `programs` (flat ids: the owners of C's edges, known from a whole-grid run)."""
         self.active, self.rng, self.random_programs = True, random.Random(seed), random_programs
+        self.extra = [int(p) for p in programs or []]
         self.launches, self.stores, self.spans, self.combines = [], [], [], ""
 
     def end(self) -> None:
@@ -85,6 +88,8 @@ class ProgramSample:
         chosen = {0, total - 1} if total else set()
         if total > 2:
             chosen |= set(self.rng.sample(range(total), min(self.random_programs, total)))
+        if not self.launches:
+            chosen |= {p for p in self.extra if 0 <= p < total}
         self.grid, self.chosen = grid, chosen
         self.launches.append({"grid": list(grid), "programs": total, "ran": sorted(chosen)})
         if len(self.launches) > 1 and not self.combines:

@@ -12,7 +12,8 @@ K-step, ~0.4 s at K = 4096), after the fresh shapes drawn for this evaluation:
    ownership, coverage, races and a rarely skipped program show. Smallest grids first, within
    EvalOptions.verify_programs programs and a memory bound on the parent's reference.
 3. *Sampled programs at full size* (evaluators/program_sample.py): each training and held-out shape
-   at full K, one layout each (in turn), the first, last and a random program of each launch; the
+   at full K, one layout each (in turn), the first, last and a random program of each launch, and
+   the programs the whole grid at a reduced K saw store C's last row and column (when it ran); the
    elements they wrote are compared with a float64 reference computed on those rows and columns
    only; the launches must equal those captured on `meta`. Within EvalOptions.verify_sample_s.
 
@@ -183,8 +184,11 @@ class VerifyStage:
         if entry.get("kind") == "held_out":
             where = where.replace("training", "held-out")
         seed = secrets.randbits(63)
+        # Besides the first, last and a random program: those the whole grid at a reduced K saw store
+        # C's last row and column (the same launch, so the same owners), when it ran for this layout.
+        owners = self.edge_owners.get((M, N, layout), [])
         request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed, "inputs": "normal",
-                   "sample": {"seed": secrets.randbits(63), "random": 1}}  # fmt: skip
+                   "sample": {"seed": secrets.randbits(63), "random": 1, "programs": owners}}  # fmt: skip
         chosen = self.choices.get((shape, layout, entry.get("kind", "train")))
         if chosen:
             request["autotune"] = [c.index for c in chosen]
