@@ -38,6 +38,9 @@ seed = 7
 max_evals = {max_evals}
 workers = 2
 timeout_s = 120
+# verifications on a small budget (the skinny shape's whole grid, 2 s of samples): make test stays short
+verify_programs = 64
+verify_sample_s = 2
 
 [[proposers]]
 kind = "mutator"
