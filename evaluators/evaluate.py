@@ -55,11 +55,12 @@ class EvalOptions:
     check_children: int = 1  # CPU: interpreter children the check shapes are split across, beside the
     # compile child. On demo_cpu (2 cores) 2 was slower (2.8 s vs 1.95 s wall per new candidate, more
     # CPU): each child pays for its own first launch. Worth it when the checks far outlast the compile.
-    stage: str = "verified"  # how far to judge (evaluation.STAGES): "provisional" - the cheap stage only
-    # (static rules, compile, check shapes, independent calls), for every new candidate of a run;
-    # "verified" - also the expensive stage (CPU: evaluators/verify_stage.py), for those whose
-    # provisional fitness would make them elites, and for one-off checks. CUDA: always "verified"
-    # (every training and held-out shape is checked at full size).
+    stage: str = "provisional"  # how far to judge (evaluation.STAGES): "provisional" - the cheap stage
+    # only (static rules, compile, check shapes, independent calls): what a run judges every new
+    # candidate with; "verified" - also the expensive stage (CPU: evaluators/verify_stage.py): what a
+    # run asks for those whose provisional fitness would make them elites, and what `python -m
+    # evaluators check` asks for. A provisional ok verdict says so (Evaluation.stage) and never ranks.
+    # CUDA: always "verified" (every training and held-out shape is checked at full size).
     verify_programs: int = 2048  # CPU, verified stage: programs the whole grids at a reduced K may run in
     # all (~15 ms each under the interpreter for a 128x128 tile); smallest grids first, the rest left out
     # and listed (evaluators/verify_stage.py)
@@ -176,6 +177,8 @@ def _memo_key(source: str, task: Task, options: EvalOptions, backend: str) -> st
             backend,
             options.parent_source,
             options.stage if options.device == "cpu" else "verified",
+            # what a CPU verification ran depends on its budgets: a smaller one is another verdict
+            [options.verify_programs, options.verify_sample_s] if options.stage == "verified" else None,
             options.max_specialisations,
             judge_fingerprint(),
         ],

@@ -105,7 +105,9 @@ def test_model_failure_inside_the_cascade_prints_judge_error(monkeypatch, capsys
     kernel.parent.mkdir(exist_ok=True)
     kernel.write_text(source)
     try:
-        code = cli.main(["check", str(kernel), "--task", TASK, "--device", "cpu", "--json"])
+        code = cli.main(
+            ["check", str(kernel), "--task", TASK, "--device", "cpu", "--json", "--stage", "provisional"]
+        )
     finally:
         kernel.unlink()
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -171,7 +171,7 @@ def test_cheats_pass_the_named_shapes_and_fail_a_fresh_one(name):
     named = evaluate(source, dataclasses.replace(TASK, fresh=0), memo=False, timeout_s=60.0)
     assert named.status == "ok", named.feedback  # the named shapes alone let it through
     assert "fresh_shapes" not in named.provenance
-    fresh = evaluate(source, TASK, memo=False, timeout_s=60.0)
+    fresh = evaluate(source, TASK, memo=False, timeout_s=60.0, stage="verified")  # fresh shapes: verified
     assert fresh.status == "incorrect", fresh.feedback
     assert "fresh shape (" in fresh.feedback
     assert len(fresh.provenance["fresh_shapes"]) == 3
@@ -193,10 +193,12 @@ def test_seed_is_ok_with_fresh_shapes_and_a_memo_hit_keeps_the_draw(tmp_path):
 
     source = (ROOT / "kernels" / "seeds" / "tiled_matmul.py").read_text()
     cache = CompileCache(tmp_path)
-    first = evaluate(source, TASK, cache=cache, timeout_s=60.0)
+    # fresh shapes belong to the expensive stage; no whole grids or samples needed here
+    quick = {"stage": "verified", "verify_programs": 0, "verify_sample_s": 0.0}
+    first = evaluate(source, TASK, cache=cache, timeout_s=60.0, **quick)
     assert first.status == "ok", first.feedback
     fresh = [tuple(s) for s in first.provenance["fresh_shapes"]]
     assert [tuple(s.shape) for s in first.shapes if s.kind == "fresh"] == fresh
-    again = evaluate(source, TASK, cache=cache, timeout_s=60.0)
+    again = evaluate(source, TASK, cache=cache, timeout_s=60.0, **quick)
     assert again.provenance.get("memo_hit") and again.status == "ok"
     assert again.provenance["fresh_shapes"] == first.provenance["fresh_shapes"]

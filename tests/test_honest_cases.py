@@ -21,7 +21,7 @@ HONEST = ROOT / "tests" / "honest"
 DEMO = load_task(str(ROOT / "runs" / "demo_cpu.toml"))
 # The expensive stage runs (verified verdicts), on a budget that keeps `make test` short: the whole
 # grids of the skinny training shapes (64 programs each) and a few seconds of full-size samples.
-VERIFY = {"verify_programs": 128, "verify_sample_s": 3.0}
+VERIFY = {"stage": "verified", "verify_programs": 128, "verify_sample_s": 3.0}
 # Words each verdict must carry beyond its status (what a proposer needs to act on it).
 PHRASES = {
     "assert_contiguous": ["the entry point raised", "b must be contiguous"],

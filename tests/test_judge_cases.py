@@ -41,7 +41,7 @@ NORMAL_INPUTS_ONLY = {"decoy_dot.py"}
 TIMEOUT_S = 90.0  # per case; the honest ones take 10-50 s on 2 busy cores
 # Verified verdicts (the expensive stage runs), on a budget that keeps `make test` short: the whole
 # grids of the skinny training shapes (64 programs each) and a few seconds of full-size samples.
-VERIFY = {"verify_programs": 128, "verify_sample_s": 3.0}
+VERIFY = {"stage": "verified", "verify_programs": 128, "verify_sample_s": 3.0}
 
 
 def _rows() -> list[tuple[str, str, str]]:

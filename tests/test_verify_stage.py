@@ -52,7 +52,7 @@ def test_reduced_k_halves_while_launches_and_grids_hold():
 
 
 def test_the_seed_is_verified_on_whole_grids_and_sampled_programs():
-    ev = evaluate(SEED.read_text(), SMALL, memo=False)
+    ev = evaluate(SEED.read_text(), SMALL, memo=False, stage="verified")
     assert (ev.status, ev.stage) == ("ok", "verified"), ev.feedback
     rows = ev.provenance["verification"]
     # every training and held-out shape and layout ran whole, at a K with the same launches
@@ -73,8 +73,8 @@ def test_the_seed_is_verified_on_whole_grids_and_sampled_programs():
     assert ev.seconds["whole_grids"] > 0 and ev.seconds["sampled"] > 0
 
 
-def test_provisional_is_the_cheap_stage_only():
-    ev = evaluate(SEED.read_text(), SMALL, memo=False, stage="provisional")
+def test_provisional_is_the_cheap_stage_only_and_the_default():
+    ev = evaluate(SEED.read_text(), SMALL, memo=False)
     assert (ev.status, ev.stage) == ("ok", "provisional") and not ev.rankable
     assert "verification" not in ev.provenance and not any(
         s.kind in ("reduced", "sampled") for s in ev.shapes
@@ -85,7 +85,7 @@ def test_a_rare_skipped_program_passes_the_cheap_stage_and_fails_the_whole_grid(
     source = (KERNELS / "rare_program_skip.py").read_text()
     cheap = evaluate(source, RARE, memo=False, stage="provisional")
     assert (cheap.status, cheap.stage) == ("ok", "provisional"), cheap.feedback
-    ev = evaluate(source, RARE, memo=False)
+    ev = evaluate(source, RARE, memo=False, stage="verified")
     assert (ev.status, ev.stage) == ("incorrect", "verified"), ev.feedback
     assert "training shape (640, 640, 64) run whole (400 programs, every one) at K = 16" in ev.feedback
 
@@ -93,7 +93,7 @@ def test_a_rare_skipped_program_passes_the_cheap_stage_and_fails_the_whole_grid(
 def test_sampled_programs_at_full_size_catch_what_only_the_full_size_does():
     """With the whole grids' budget at 0, the sampled programs at the training shape are the net."""
     source = (KERNELS / "skip_when_mn_large.py").read_text()
-    ev = evaluate(source, BIG_GRID, memo=False, verify_programs=0)
+    ev = evaluate(source, BIG_GRID, memo=False, stage="verified", verify_programs=0)
     assert (ev.status, ev.stage) == ("incorrect", "verified"), ev.feedback
     assert "training shape (1024, 1024, 64) layout nn at full size (sampled programs)" in ev.feedback
     rows = ev.provenance["verification"]
@@ -104,7 +104,7 @@ def test_partials_combined_across_programs_are_compared_on_the_whole_grid_only()
     source = (HONEST / "splitk_atomic_bf16.py").read_text()
     task = Task(name="k", dtype="bf16", layouts=("nn",), train=((128, 128, 2048),), held_out=(),
                 check=((64, 64, 256),), trials=1, fresh=0)  # fmt: skip
-    ev = evaluate(source, task, memo=False)
+    ev = evaluate(source, task, memo=False, stage="verified")
     assert (ev.status, ev.stage) == ("ok", "verified"), ev.feedback
     row = ev.provenance["verification"][0]
     assert "atomics" in row["sampled"]["not_compared"] and "reduced K" in row["sampled"]["not_compared"]
@@ -112,7 +112,9 @@ def test_partials_combined_across_programs_are_compared_on_the_whole_grid_only()
 
 
 def test_a_spent_sample_budget_lists_what_it_left_out():
-    ev = evaluate(SEED.read_text(), SMALL, memo=False, verify_programs=0, verify_sample_s=0.0)
+    ev = evaluate(
+        SEED.read_text(), SMALL, memo=False, stage="verified", verify_programs=0, verify_sample_s=0.0
+    )
     assert ev.ok, ev.feedback
     left = [r["sampled"]["left_out"] for r in ev.provenance["verification"] if "sampled" in r]
     assert left and all("verify_sample_s" in x for x in left)
@@ -122,7 +124,7 @@ def test_a_shape_too_large_for_the_child_is_left_out_with_the_reason():
     """45000 x 45000 in fp32: C alone is 8 GB, over half the check child's 12 GiB address space."""
     task = Task(name="big", dtype="fp32", layouts=("nn",), train=((45000, 45000, 64),), held_out=(),
                 check=((64, 64, 64),), trials=1, fresh=0)  # fmt: skip
-    ev = evaluate(SEED.read_text(), task, memo=False, verify_programs=0)
+    ev = evaluate(SEED.read_text(), task, memo=False, stage="verified", verify_programs=0)
     assert ev.ok, ev.feedback
     row = ev.provenance["verification"][0]
     assert "need ~7.6 GiB, over the 6.0 GiB a check child may use" in row["sampled"]["left_out"], row
