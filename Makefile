@@ -16,7 +16,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow tests
 
 bench: setup
 	$(PY) -m pytest -q benchmarks -m "slow or not slow" -s --benchmark-enable --benchmark-only -p no:cacheprovider

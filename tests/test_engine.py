@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from evolve.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +102,7 @@ def test_leaderboard_names_existing_runs(tmp_path):
     assert out.returncode == 2 and "no run named 'beta'" in out.stderr and "alpha" in out.stderr
 
 
+@pytest.mark.slow  # ~1 min each on 2 cores: `make test-slow`, which CI runs too
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     run = _run_file(tmp_path, max_evals=8)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -142,6 +145,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert set(pending_at_kill) <= {r["id"] for r in after}, "pending candidates were re-queued and judged"
 
 
+@pytest.mark.slow  # ~1 min each on 2 cores: `make test-slow`, which CI runs too
 def test_ctrl_c_stops_cleanly(tmp_path):
     run = _run_file(tmp_path, max_evals=40)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -167,6 +171,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
         assert 2 <= store.evaluated_count() < 40
 
 
+@pytest.mark.slow  # ~1 min each on 2 cores: `make test-slow`, which CI runs too
 def test_resume_after_the_judge_changed_rejudges_the_elites_first(tmp_path):
     import sqlite3
 

@@ -29,8 +29,10 @@ def cache(tmp_path_factory):
 
 
 def test_seed_is_ok_and_reports_compile_facts(cache):
-    ev = evaluate(SEED, SMALL, cache=cache, timeout_s=120)
-    assert ev.status == "ok", ev.feedback
+    ev = evaluate(
+        SEED, SMALL, cache=cache, timeout_s=120, stage="verified"
+    )  # cover shapes: the expensive stage
+    assert (ev.status, ev.stage) == ("ok", "verified"), ev.feedback
     # no GPU: a labelled, modelled fitness on the training shape (H100 for the sm_90 target)
     assert ev.backend == "model:h100" and ev.fitness_kind == "modelled" and 0.01 < ev.fitness < 1.0
     assert "MODELLED (not measured)" in ev.feedback

@@ -89,6 +89,7 @@ def _controller(config: RunConfig, store: Store, pool) -> Controller:
     return Controller(config, task, store, population, make_proposers(config), pool, options, backend)
 
 
+@pytest.mark.slow  # a whole run and its resume on a Ray cluster: `make test-slow`, which CI runs too
 def test_judge_bug_is_a_verdict_the_run_finishes_and_resume_skips_it(cluster, tmp_path):
     (tmp_path / "tiny.toml").write_text(TASK)
     config = RunConfig(name="j", task=str(tmp_path / "tiny.toml"), seeds=(str(SEED),), seed=3, max_evals=4,
