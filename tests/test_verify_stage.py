@@ -65,10 +65,10 @@ def test_the_seed_is_verified_on_whole_grids_and_sampled_programs():
     # one layout per shape ran at full size on sampled programs, their written elements compared
     sampled = [r["sampled"] for r in rows if "sampled" in r]
     assert len(sampled) == 2 and all(s["compared"] > 0 for s in sampled), sampled
-    # besides the first, last and a random one: the programs that own C's last row and column
-    # (64x64 tiles: 256 x 192 has 4 x 3 programs, 6 of them on the edges)
+    # besides the first, last and a random one: the programs that own the ends and middles of C's last
+    # row and column (64x64 tiles: 256 x 192 has 4 x 3 programs; those corners and middles are 4 or 5)
     big = next(r["sampled"] for r in rows if "sampled" in r and r["shape"] == [256, 192, 512])
-    assert int(big["programs"].split(" of ")[0]) >= 6, big
+    assert int(big["programs"].split(" of ")[0]) >= 5, big
     assert sum(s.kind == "sampled" for s in ev.shapes) == 2
     assert ev.seconds["whole_grids"] > 0 and ev.seconds["sampled"] > 0
 
