@@ -29,6 +29,7 @@ class CheckStage:
         groups: list[tuple] | None = None,
         kind: str = "cover",
         names: dict | None = None,
+        inputs: tuple[str, ...] | None = None,
     ) -> None:
         """Fresh inputs each trial; reference from the parent's own copy; every layout.
 
@@ -38,7 +39,7 @@ class CheckStage:
         `groups`: (shape, layout) pairs to check once each instead, after the first round, without
         its independent calls (CPU, the expensive stage: cover shapes, whole grids at a reduced K),
         their rows of this `kind`; `names`: (shape, layout) -> how a failure names it (default
-        "shape S layout L")."""
+        "shape S layout L"); `inputs`: the input kinds to take in turn (default: the task's)."""
         start = time.perf_counter()
         # CPU: the check shapes under the interpreter; GPU: every training and held-out shape at full size.
         cpu = self.options.device == "cpu"
@@ -70,7 +71,7 @@ class CheckStage:
         queues[0][:0] = calls if first_round else []
         kept: list[tuple] = []  # (reference, where) of each kept call, in order
         in_flight: dict[int, tuple] = {}  # box index -> (shape, layout, reference, deadline)
-        kinds = self.task.inputs  # one kind per trial, in turn from a random start (correctness.make_inputs)
+        kinds = inputs or self.task.inputs  # one kind per trial, in turn from a random start (make_inputs)
         sent = [secrets.randbelow(len(kinds))]
         self.input_kinds: dict[tuple, str] = {}  # box index -> the kind of its trial in flight
         self.input_geometry: dict[int, tuple] = {}  # box index -> its inputs' strides and offsets
