@@ -17,11 +17,13 @@ whole grid at a reduced K (the same stage) checks them on whole tiles.
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import numpy as np
 
 from . import compat
+from .race_check import access_addresses
 
 RANDOM_PROGRAMS = 1  # per launch, beside the first and the last
 
@@ -114,11 +116,7 @@ class ProgramSample:
         if kind == "atomic":
             self.combines = self.combines or "the kernel uses atomics (programs combine their results)"
             return
-        addresses = np.asarray(handle.data).astype(np.uint64, copy=False)
-        if mask is not None:
-            on = np.broadcast_to(np.asarray(getattr(mask, "data", mask), dtype=bool), addresses.shape)
-            addresses = addresses[on]
-        addresses = addresses.ravel()
+        addresses, _ = access_addresses(np.asarray(handle.data), mask)
         if addresses.size == 0:
             return
         low, high = int(addresses.min()), int(addresses.max())
@@ -157,7 +155,7 @@ class _Sampled:
 
     def __init__(self, fn, sample: ProgramSample, builder) -> None:
         self.fn, self.sample, self.builder = fn, sample, builder
-        self.__signature__ = __import__("inspect").signature(fn)
+        self.__signature__ = inspect.signature(fn)
         self.__globals__ = fn.__globals__
         self.__annotations__ = getattr(fn, "__annotations__", {})
         self.__name__ = getattr(fn, "__name__", "kernel")

@@ -301,7 +301,7 @@ class RaceCheck:
         low, high = int(data.min()), int(data.max())
         if not any(low <= last and first <= high for first, last in self.spans):
             return  # A and B, and whatever else this launch did not store to
-        addresses, _ = _addresses(data, mask)
+        addresses, _ = access_addresses(data, mask)
         if addresses.size == 0:
             return
         self._enter(builder)
@@ -314,7 +314,7 @@ class RaceCheck:
 
     def _store(self, builder, handle, mask, value) -> None:
         data = np.asarray(handle.data)
-        addresses, on = _addresses(data, mask)
+        addresses, on = access_addresses(data, mask)
         if addresses.size == 0:
             return
         self._enter(builder)
@@ -337,7 +337,7 @@ class RaceCheck:
         self._add_span(int(addresses.min()), int(addresses.max()))
 
     def _atomic(self, builder, handle, mask, sem) -> None:
-        addresses, _ = _addresses(np.asarray(handle.data), mask)
+        addresses, _ = access_addresses(np.asarray(handle.data), mask)
         if addresses.size == 0:
             return
         self._enter(builder)
@@ -449,7 +449,7 @@ class RaceCheck:
         self.compact_at = max(256, 2 * len(self.clocks))
 
 
-def _addresses(data: np.ndarray, mask) -> tuple[np.ndarray, np.ndarray | None]:
+def access_addresses(data: np.ndarray, mask) -> tuple[np.ndarray, np.ndarray | None]:
     """The byte addresses an access touches (its pointers where its mask is on, flat, uint64), and
     the mask (None: all on)."""
     addresses = data.astype(np.uint64, copy=False)
