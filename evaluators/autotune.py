@@ -2,7 +2,7 @@
 
 The compile child records, for every autotuned launch on every shape, the launch each pruned
 config would make, and compiles them all for the target (evaluators/child.py,
-evaluators/standins.py). Here each is modelled (evaluators/perf_model.py) and the fastest is
+evaluators/standins.py). Here each is modelled (evaluators/model/perf_model.py) and the fastest is
 chosen, as the real autotuner chooses by timing; configs the target cannot launch (too much
 shared memory, too many registers) are never chosen, as the autotuner skips what fails
 to compile. The interpreter child then checks each shape with its chosen config.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .perf_model import GpuSpec, estimate_shape, launch_from_facts
+from .model.perf_model import GpuSpec, estimate_shape, launch_from_facts
 from .targets import TargetLimits, limit_violations
 
 

@@ -107,7 +107,7 @@ class CpuStages:
     def resolve_compile(self, header: dict) -> None:
         """The compile child's reply (CPU): facts kept, autotuned launches resolved to the config
         the model ranks best per shape (evaluators/autotune.py)."""
-        from .perf_model import GPUS
+        from .model.perf_model import GPUS
 
         self.compile_header = header
         self.seconds["compile"] = float(header.get("seconds", 0.0))  # the child's own clock
@@ -158,9 +158,9 @@ class CpuStages:
 
     def model(self) -> Evaluation:
         """Modelled fitness: geometric mean over training shapes and layouts of the modelled
-        fraction of the GPU's dense peak (evaluators/perf_model.py). Labelled, never a measurement.
+        fraction of the GPU's dense peak (evaluators/model/perf_model.py). Labelled, never a measurement.
         Held-out shapes are modelled the same way and reported beside it, never in it."""
-        from .perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
+        from .model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]

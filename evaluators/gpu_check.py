@@ -18,7 +18,7 @@ was skipped for time, 2 on a bad command line (or no GPU without --dry-run):
 4. baseline   Triton tutorial 03's configs (kernels/baselines/tutorial_matmul.py), the seed and
               torch.matmul timed with `triton.testing.do_bench` in this (trusted) process, every
               config on every shape, outputs checked against an fp32 product first.
-Then calibration.json and calibration.md (format: evaluators/calibration.py) are written
+Then calibration.json and calibration.md (format: evaluators/model/calibration.py) are written
 into the output folder, whose path is printed. `--quick` covers one shape per M, layout
 nn and every other config, for a rerun. `--dry-run --model-gpu NAME` runs step 2 alone
 on a machine without a GPU, to check the tool before device time is spent.
@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import calibration as cal
+from .model import calibration as cal
 from .measure import (
     CompileJob,
     TimedKernel,
@@ -359,7 +359,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI body: 0 all steps passed, 1 a step failed or was skipped, 2 a bad command or no GPU."""
-    from .perf_model import GPUS
+    from .model.perf_model import GPUS
 
     args = parse_args(argv)
     try:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import calibration as cal
+from .model import calibration as cal
 
 # ---------------------------------------------------------------- the baseline module
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evaluators import Task
-from evaluators.calibration import kendall_tau, spearman  # one implementation, shared with gpu-check
+from evaluators.model.calibration import kendall_tau, spearman  # one implementation, shared with gpu-check
 
 from .store import RETRYABLE, Store
 

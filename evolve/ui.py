@@ -110,7 +110,7 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
         )
     if kind == "MODELLED":
         lines.append(
-            "TFLOP/s figures are modelled by evaluators/perf_model.py, not measured; use --device cuda"
+            "TFLOP/s figures are modelled by evaluators/model/perf_model.py, not measured; use --device cuda"
         )
     return "\n".join(lines)
 

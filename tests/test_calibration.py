@@ -1,4 +1,4 @@
-"""The model-vs-measured table (evaluators/calibration.py): rank correlations, the perf-model
+"""The model-vs-measured table (evaluators/model/calibration.py): rank correlations, the perf-model
 table for a device name, modelling from compile facts, the join, correlations and the files."""
 
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from evaluators import calibration
+from evaluators.model import calibration
 
 # ---------------------------------------------------------------- rank correlations
 
@@ -39,7 +39,7 @@ def test_model_gpu_for_device_names(name, key, caveat):
 
 
 def test_h200_is_not_modelled_as_the_sm90_default():
-    from evaluators.perf_model import GPUS
+    from evaluators.model.perf_model import GPUS
 
     assert calibration.model_gpu_for("NVIDIA H200").key == "h200"
     assert GPUS["h200"].hbm_gbps != GPUS["h100"].hbm_gbps  # a different table, not a renamed default
@@ -132,7 +132,7 @@ def test_write_and_read_the_table(tmp_path):
     assert doc["schema"] == calibration.SCHEMA and len(doc["rows"]) == 7 and doc["provenance"]["odd"] is None
     documented = calibration.__doc__
     for field in [*doc["rows"][0], *doc, *doc["correlations"]]:
-        assert field in documented, f"field {field} is not documented in evaluators/calibration.py"
+        assert field in documented, f"field {field} is not documented in evaluators/model/calibration.py"
     md = md_path.read_text()
     assert "| overall | 4 | +0.800 | +0.667 |" in md and "| model | ok | 1.0 | a / b |" in md
     assert md.count("\n| 64x64x64 | nn |") == 7

@@ -99,7 +99,7 @@ def test_model_failure_inside_the_cascade_prints_judge_error(monkeypatch, capsys
     def broken(*args, **kwargs):
         raise ZeroDivisionError("injected: division by zero in the model")
 
-    monkeypatch.setattr("evaluators.perf_model.estimate_shape", broken)
+    monkeypatch.setattr("evaluators.model.perf_model.estimate_shape", broken)
     source = pathlib.Path(SEED).read_text() + f"\n# {uuid.uuid4().hex}: not in the verdict cache\n"
     kernel = ROOT / ".pytest_cache" / f"check_cli_{uuid.uuid4().hex}.py"
     kernel.parent.mkdir(exist_ok=True)

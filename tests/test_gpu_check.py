@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators import EvalOptions, Task, calibration, evaluate, load_task, static_rules
+from evaluators import EvalOptions, Task, evaluate, load_task, static_rules
+from evaluators.model import calibration
 from evaluators.evaluation import ShapeResult
 from evaluators.gpu_check import Check, interleave_by_m, main, make_plan, parse_args
 from evaluators.measure import (

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from evaluators.perf_model import (
+from evaluators.model.perf_model import (
     GPUS,
     KernelLaunch,
     ShapeEstimate,

@@ -1,7 +1,7 @@
 """The performance model never divides by zero or takes the log of zero (issue 9, item 2).
 
 Each test feeds compile facts of the kind evaluators/compile.py produces, shaped to hit one
-division or log in evaluators/perf_model.py; before the guards each raised ZeroDivisionError
+division or log in evaluators/model/perf_model.py; before the guards each raised ZeroDivisionError
 or "math domain error" and took the judge down.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from evaluators.perf_model import GPUS, ShapeEstimate, estimate_shape, launch_from_facts, modelled_fitness
+from evaluators.model.perf_model import GPUS, ShapeEstimate, estimate_shape, launch_from_facts, modelled_fitness
 
 H100 = GPUS["h100"]
 FACTS = {

@@ -112,7 +112,7 @@ class JudgeBugActor(EvaluatorActor):
     """The real judge with a bug injected into its performance model, in the actor's process."""
 
     def evaluate(self, job: Job):
-        from evaluators import perf_model
+        from evaluators.model import perf_model
 
         def broken(*args, **kwargs):
             raise ZeroDivisionError("injected: division by zero in the model")

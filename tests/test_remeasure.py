@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluators import calibration, load_task
+from evaluators import load_task
+from evaluators.model import calibration
 from evolve import remeasure as rm
 from evolve.store import Store
 

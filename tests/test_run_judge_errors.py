@@ -46,7 +46,7 @@ class JudgeBugActor(EvaluatorActor):
     evaluate(), as the empty-grid ZeroDivisionError of issue 9 did."""
 
     def evaluate(self, job: Job) -> dict:
-        from evaluators import perf_model
+        from evaluators.model import perf_model
 
         real = perf_model.estimate_shape
 

@@ -2,7 +2,7 @@
 
 `evaluators/gpu_check.py` fills it on a GPU: every (kernel, config, shape, layout) gets a
 measured time (the judge's protocol or `triton.testing.do_bench`) next to the time the
-offline model (evaluators/perf_model.py) predicts from the offline compile facts and the
+offline model (evaluators/model/perf_model.py) predicts from the offline compile facts and the
 launch grids. Nothing here needs torch or a GPU.
 
 JSON format (`write_table` -> calibration.json; SCHEMA names the version):
@@ -109,7 +109,7 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 class ModelGpu:
     """The perf-model table chosen for a device name, and what differs from that table."""
 
-    key: str  # a key of evaluators.perf_model.GPUS
+    key: str  # a key of evaluators.model.perf_model.GPUS
     note: str  # "" when the table describes this part; else the known difference
 
 
