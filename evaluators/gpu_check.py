@@ -38,7 +38,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .model import calibration as cal
 from .measure import (
     CompileJob,
     TimedKernel,
@@ -51,6 +50,7 @@ from .measure import (
     time_problems,
     timing_summary,
 )
+from .model import calibration as cal
 from .steps import Step, StepFailed, StepResult, exit_status, run_steps
 from .task import Task, TaskError, load_task
 

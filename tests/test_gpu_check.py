@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from evaluators import EvalOptions, Task, evaluate, load_task, static_rules
-from evaluators.model import calibration
 from evaluators.evaluation import ShapeResult
 from evaluators.gpu_check import Check, interleave_by_m, main, make_plan, parse_args
 from evaluators.measure import (
@@ -30,6 +29,7 @@ from evaluators.measure import (
     time_problems,
     timing_summary,
 )
+from evaluators.model import calibration
 from evaluators.steps import Step, StepFailed, exit_status, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,13 @@ import math
 
 import pytest
 
-from evaluators.model.perf_model import GPUS, ShapeEstimate, estimate_shape, launch_from_facts, modelled_fitness
+from evaluators.model.perf_model import (
+    GPUS,
+    ShapeEstimate,
+    estimate_shape,
+    launch_from_facts,
+    modelled_fitness,
+)
 
 H100 = GPUS["h100"]
 FACTS = {
