@@ -63,6 +63,7 @@ class Child:
         self.written: dict = {}  # compiled kernel hash -> the pointer parameters it writes through
         self.race_check = None  # check mode: evaluators/race_check.py
         self.program_sample = None  # check mode: evaluators/program_sample.py (full-size sampled runs)
+        self.work_count = None  # check mode: evaluators/work_count.py (executed work per program)
         from .standins import AutotuneStandIn
 
         self.autotune = AutotuneStandIn()
@@ -194,12 +195,17 @@ class Child:
             self.retain()  # the last trial's tensors go before full-size ones are drawn
             spec = cmd["sample"]
             sample.begin(int(spec["seed"]), int(spec.get("random", 1)), list(spec.get("programs") or []))
+        counted = self.work_count if cmd.get("count_work") else None
+        if counted is not None:
+            counted.begin()
         try:
             with recorder:
                 out = module.matmul(a, b)
         finally:
             if sample is not None:
                 sample.end()
+            if counted is not None:
+                counted.end()
             if self.write_guard is not None:
                 self.write_guard.protect({})
         if device == "cuda":
@@ -218,6 +224,8 @@ class Child:
             "output_type": type(out).__module__ + "." + type(out).__qualname__,
             "inputs_changed": not (_same(a, a_before) and _same(b, b_before)),
         }
+        if counted is not None:
+            facts["work"] = counted.summary()
         if cmd.get("owners") and race is not None and type(out) is torch.Tensor:
             facts["owners"] = race.edge_owners(out)  # the programs that stored C's last row and column
         if type(out) is not torch.Tensor:
@@ -314,6 +322,10 @@ class Child:
 
                 self.program_sample = ProgramSample()
                 self.program_sample.install()
+                from .work_count import WorkCount
+
+                self.work_count = WorkCount()
+                self.work_count.install()
                 report["autotuned"] = sorted(compat.autotuners(module))
             else:
                 from . import compat

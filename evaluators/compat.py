@@ -376,6 +376,21 @@ def interpreter_grid() -> tuple[type, object]:
     return interpreter.GridExecutor, interpreter.interpreter_builder
 
 
+def interpreter_reduce():
+    """The interpreter's ReduceOps class, Triton 3.6-3.9, or None: `sum(self, input)` reduces a float
+    sum with numpy in one call (evaluators/work_count.py counts its elements)."""
+    from triton.runtime import interpreter
+
+    return getattr(interpreter, "ReduceOps", None)
+
+
+def interpreter_builder():
+    """The interpreter's one InterpreterBuilder instance (its `grid_idx` is the program running)."""
+    from triton.runtime import interpreter
+
+    return interpreter.interpreter_builder
+
+
 def memory_order(sem) -> tuple[bool, bool]:
     """(acquires, releases) of an atomic's memory semantic as the interpreter receives it (an
     `ir.MEM_SEMANTIC`, Triton 3.6-3.9): acq_rel (tl.atomic_*'s default) both, relaxed neither."""

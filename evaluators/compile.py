@@ -96,12 +96,31 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
         "shared": int(shared),
         "num_warps": int(num_warps),
         "num_stages": int(num_stages),
-        "uses_wgmma": "wgmma" in ptx,
-        "uses_tma": "cp.async.bulk.tensor" in ptx,
+        "uses_wgmma": bool(_WGMMA.search(ptx)),
+        "uses_tma": bool(_TMA.search(ptx)),
+        "pipeline_stages": pipeline_stages(asm.get("ttgir", "")),
         "dots": dot_facts(ttir),
         "narrowed_to": narrowing_facts(ttir),
         "atomics": "tt.atomic_rmw" in ttir or "tt.atomic_cas" in ttir,
     }
+
+
+# Instruction lines of the PTX, never a substring of a symbol name (a kernel named "..._wgmma_..."
+# must not read as one that uses wgmma).
+_WGMMA = re.compile(r"^\s*wgmma\.mma_async\b", re.M)
+_TMA = re.compile(r"^\s*cp\.async\.bulk\.tensor\b", re.M)
+_ASYNC_COPY = re.compile(r"\b(?:ttg\.async_copy_global_to_local|ttng\.async_tma_copy_global_to_local)\b")
+_BUFFERS = re.compile(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x\d+x\d+x")
+
+
+def pipeline_stages(ttgir: str) -> int:
+    """Operand buffers the compiled K loop cycles through: the leading dimension of the multi-buffered
+    shared-memory allocations that async copies (cp.async or TMA) fill; 1 when nothing is copied
+    asynchronously (loads go through registers and nothing overlaps them), whatever the launch's
+    num_stages said (a `tl.range(..., num_stages=1)` loop compiles no pipeline)."""
+    if not _ASYNC_COPY.search(ttgir):
+        return 1
+    return max((int(n) for n in _BUFFERS.findall(ttgir)), default=1)
 
 
 _CONSTANT = re.compile(r"(%[\w.]+) = arith\.constant (?:dense<)?(-?[\d.]+(?:e[-+]?\d+)?)")

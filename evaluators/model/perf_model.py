@@ -54,7 +54,9 @@ facts do not show (program order, warp specialisation, clusters). Use it to rank
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,13 @@ H100 = GpuSpec(
     name="h100",  # H100 SXM5 80GB
     sm_count=132,  # H100 datasheet / Hopper whitepaper (SXM5: 132 SMs)
     clock_ghz=1.755,  # datasheet peaks assume 1.83 GHz; ~1.75 sustained at 700 W under GEMM (measured)
-    dense_tflops={"fp16": 989.4, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},  # datasheet, dense
+    dense_tflops={
+        "fp16": 989.4,
+        "bf16": 989.4,
+        "fp8": 1978.9,
+        "tf32": 494.7,
+        "fp32": 66.9,
+    },  # datasheet, dense
     hbm_gbps=3350.0,  # datasheet, HBM3
     l2_gbps=11000.0,  # not published; assumed A100's 47 B/clk per SM x 132 SMs x 1.755 GHz
     l2_bytes=50 * MIB,  # Hopper whitepaper
@@ -116,31 +124,100 @@ GPUS: dict[str, GpuSpec] = {
 # Clock at which each datasheet peak is computed (whitepapers): flops/clk/SM = peak/(SMs*clock).
 _PEAK_CLOCK_GHZ = {"h100": 1.83, "h200": 1.83, "a100": 1.41}
 
-LAUNCH_S = 4e-6  # per-launch floor: launch + first-CTA start + drain (CUDA-event timings of tiny kernels)
-WGMMA_EFFICIENCY = 0.97  # x N/(N+8): wgmma m64nNk16, ~0.94 at N=256 (CUTLASS/cuBLAS ~0.9-0.95 of clock peak)
-CUDA_CORE_EFFICIENCY = 0.8  # fp32 FMA path (no tensor cores)
-HBM_EFFICIENCY = 0.92  # achievable fraction of HBM peak (STREAM-like copies)
-SMEM_BYTES_PER_CLK = 128  # 32 banks x 4 B per clock per SM (CUDA Programming Guide)
-ISSUE_CYCLES = 24  # per k-step: loop, address arithmetic, barriers (8 with TMA: one thread issues)
-DRAM_LATENCY, L2_LATENCY = 900, 300  # cycles; microbenchmarks put Hopper/Ampere at ~500 ns / ~200 ns
-EPILOGUE_LATENCY = 500  # cycles for the last store of a tile to drain
-CTA_START = 800  # cycles: CTA launch, program-id swizzle, address set-up before the first load
-L2_FIT = 0.75  # fraction of L2 usable to keep A and B resident across waves
+
+@dataclasses.dataclass(frozen=True)
+class Constants:
+    """The model's tunable constants, one table; SOURCES says where each value comes from.
+
+    Hardware facts (SM counts, peaks, shared memory) live in GpuSpec; these are the efficiencies,
+    latencies and overheads NVIDIA does not publish. `evaluators/model/fit.py` fits them to the
+    calibration table and writes FITTED_PATH, which this module reads at import."""
+
+    launch_s: float = 4e-6  # per-launch floor: launch + first-CTA start + drain
+    wgmma_efficiency: float = 0.97  # x N/(N+8) for a wgmma m64nNk16
+    cuda_core_efficiency: float = 0.8  # fp32 FMA path (no tensor cores)
+    hbm_efficiency: float = 0.92  # achievable fraction of HBM peak
+    issue_cycles: float = 24.0  # per k-step: loop, address arithmetic, barriers
+    issue_cycles_tma: float = 8.0  # per k-step with TMA: one thread issues the copies
+    dram_latency: float = 900.0  # cycles
+    l2_latency: float = 300.0  # cycles
+    epilogue_latency: float = 500.0  # cycles for the last store of a tile to drain
+    cta_start: float = 800.0  # cycles: CTA launch, program-id swizzle, address set-up
+    l2_fit: float = 0.75  # fraction of L2 usable to keep A and B resident across waves
+
+
+SOURCES = {
+    "launch_s": "CUDA-event timings of tiny kernels (~3-5 us per launch, REFERENCES.md timing protocol)",
+    "wgmma_efficiency": "CUTLASS/cuBLAS reach ~0.9-0.95 of clock peak with m64n256k16 (assumption, fitted)",
+    "cuda_core_efficiency": "assumption: FMA issue with operand loads from shared memory (fitted)",
+    "hbm_efficiency": "STREAM-like copies reach ~90-93% of HBM peak (assumption)",
+    "issue_cycles": "assumption: loop, address arithmetic and barriers per k-step (fitted)",
+    "issue_cycles_tma": "assumption: one thread issues TMA copies (fitted)",
+    "dram_latency": "microbenchmarks: ~500 ns HBM latency on Hopper/Ampere (fitted)",
+    "l2_latency": "microbenchmarks: ~200 ns L2 latency on Hopper/Ampere (fitted)",
+    "epilogue_latency": "assumption: the last store of a tile drains (fitted)",
+    "cta_start": "assumption: CTA launch and address set-up before the first load (fitted)",
+    "l2_fit": "assumption: L2 share that keeps A and B resident across waves",
+}
+FITTED_PATH = Path(__file__).with_name("fitted.json")
+
+
+def load_constants(path: Path = FITTED_PATH) -> Constants:
+    """Constants with the fitted values of `path` (JSON {"constants": {name: value}}) over the
+    defaults; the defaults when the file is absent. Raises ValueError naming the file and field
+    for an unknown name or a value that is not a positive number."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return Constants()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); rerun `make calibrate` to write it") from e
+    values = data.get("constants", {}) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: field 'constants' must be an object of name -> value")
+    known = {f.name for f in dataclasses.fields(Constants)}
+    for name, value in values.items():
+        if name not in known:
+            raise ValueError(f"{path}: constants.{name} is not a model constant (known: {sorted(known)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{path}: constants.{name} = {value!r} must be a positive number")
+    return Constants(**{k: float(v) for k, v in values.items()})
+
+
+CONSTANTS = load_constants()
+SMEM_BYTES_PER_CLK = 128  # 32 banks x 4 B per clock per SM (CUDA Programming Guide): hardware, not fitted
+
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4, "fp8": 1}
 
 
 @dataclasses.dataclass(frozen=True)
+class ExecutedWork:
+    """What the programs of one launch executed, counted under the interpreter (evaluators/work_count.py)
+    on the programs the judge ran and scaled to the whole grid at the full shape
+    (evaluators/model/executed.py). The model prices this, not what the IR could do."""
+
+    programs: int  # programs of the launch grid
+    working: int  # programs that executed any arithmetic (the rest exit at once: launch cost only)
+    dot_flops: tuple[tuple[str, tuple[int, int, int], float], ...]  # busiest program: (rate key, tile, FLOPs)
+    cuda_flops: float  # busiest program: CUDA-core flop-equivalents (work_count.py)
+    source: str = ""  # how it was counted, in words
+
+
+@dataclasses.dataclass(frozen=True)
 class KernelLaunch:
-    tile: tuple[int, int, int] | None  # BLOCK_M, BLOCK_N, BLOCK_K (from the tt.dot operand shapes)
+    tile: tuple[int, int, int] | None  # BLOCK_M, BLOCK_N, BLOCK_K of the main dot (from the TTIR)
     grid: tuple[int, ...]  # launch grid as captured
     num_warps: int
-    num_stages: int
+    num_stages: int  # the launch option (a claim; pipeline_stages is what was compiled)
     shared: int
     regs: int | None
     spill_bytes: int | None
-    uses_wgmma: bool
-    uses_tma: bool
+    uses_wgmma: bool  # a wgmma.mma_async instruction line in the PTX
+    uses_tma: bool  # a cp.async.bulk.tensor instruction line in the PTX
     atomics: bool  # tt.atomic_rmw present (split-K by atomic add)
+    pipeline_stages: int | None = None  # operand buffers the compiled loop cycles through (None: num_stages)
+    dot_rate: str | None = None  # rate key of the main dot (dot_rate_key); None: the task's
+    work: ExecutedWork | None = None  # verified stage: what ran
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +230,28 @@ class ShapeEstimate:
     breakdown: dict  # seconds / factors per term
 
 
-def launch_from_facts(facts: dict, grid: list[int]) -> KernelLaunch:
-    """One kernel's compile facts (evaluators/compile.py) plus the grid of one launch."""
-    dots = facts.get("dots") or []
-    tile = dots[0].get("tile") if dots else None
+def dot_rate_key(precision: str) -> str:
+    """A dot's rate key from its TTIR precision (compile.dot_facts: "bf16", "f16", "f8E4M3FN", or for
+    fp32 operands "tf32", "tf32x3", "ieee"): "bf16", "fp16", "fp8", "tf32", "tf32x3", "fp32"."""
+    if precision.startswith("f8") or precision.startswith("fp8"):
+        return "fp8"
+    return {"f16": "fp16", "fp16": "fp16", "bf16": "bf16", "tf32": "tf32", "tf32x3": "tf32x3"}.get(
+        precision, "fp32"
+    )
+
+
+def launch_from_facts(facts: dict, grid: list[int], work: ExecutedWork | None = None) -> KernelLaunch:
+    """One kernel's compile facts (evaluators/compile.py) plus the grid of one launch (and, verified,
+    what its programs executed). The main dot is the largest tile the TTIR multiplies (with executed
+    work: the one that did the most FLOPs), never the first one written."""
+    dots = [d for d in facts.get("dots") or [] if d.get("tile") and len(d["tile"]) == 3]
+    main = max(dots, key=lambda d: math.prod(d["tile"]), default=None)
+    if work is not None and work.dot_flops:
+        key, tile, _ = max(work.dot_flops, key=lambda x: x[2])
+        main = {"tile": list(tile), "precision": key}
+    stages = facts.get("pipeline_stages")
     return KernelLaunch(
-        tile=tuple(int(x) for x in tile) if tile and len(tile) == 3 else None,
+        tile=tuple(int(x) for x in main["tile"]) if main else None,
         grid=tuple(int(g) for g in grid) or (1,),
         num_warps=int(facts.get("num_warps", 4)),
         num_stages=int(facts.get("num_stages", 3)),
@@ -168,6 +261,9 @@ def launch_from_facts(facts: dict, grid: list[int]) -> KernelLaunch:
         uses_wgmma=bool(facts.get("uses_wgmma", False)),
         uses_tma=bool(facts.get("uses_tma", False)),
         atomics=bool(facts.get("atomics", False)),
+        pipeline_stages=None if stages is None else int(stages),
+        dot_rate=dot_rate_key(str(main["precision"])) if main and main.get("precision") else None,
+        work=work,
     )
 
 
@@ -179,6 +275,21 @@ def _precision_key(dtype: str, allow_tf32: bool) -> str:
     if dtype == "fp32":
         return "tf32" if allow_tf32 else "fp32"
     return dtype if dtype in ("fp16", "bf16") else "fp16"
+
+
+def peak_tflops(gpu: GpuSpec, key: str) -> float:
+    """Dense peak of one rate key on `gpu` (datasheet): tf32x3 is three TF32 dots; fp8 on a GPU
+    without fp8 tensor cores runs at the fp16 rate (Triton upcasts)."""
+    if key == "tf32x3":
+        return gpu.dense_tflops["tf32"] / 3
+    if key in gpu.dense_tflops:
+        return gpu.dense_tflops[key]
+    return gpu.dense_tflops["fp16"]
+
+
+def _flops_per_clk(gpu: GpuSpec, key: str) -> float:
+    """FLOPs per clock per SM at one rate key: the datasheet peak over SMs x the peak's clock."""
+    return peak_tflops(gpu, key) * 1e12 / (gpu.sm_count * _PEAK_CLOCK_GHZ.get(gpu.name, gpu.clock_ghz) * 1e9)
 
 
 def _regs(launch: KernelLaunch) -> int:
@@ -214,7 +325,12 @@ def _invalid_reason(launch: KernelLaunch, gpu: GpuSpec) -> str | None:
     return None
 
 
-def _occupancy(launch: KernelLaunch, gpu: GpuSpec) -> int:
+# ------------------------------------------------------------------ terms, one function each
+
+
+def occupancy(launch: KernelLaunch, gpu: GpuSpec) -> int:
+    """CTAs resident per SM: the least of the CTA, warp, register and shared-memory limits (CUDA
+    occupancy rules; the driver reserves 1 KiB of shared memory per CTA)."""
     threads = launch.num_warps * 32
     regs = _cdiv(_regs(launch), 8) * 8  # allocation granularity
     limits = [
@@ -223,26 +339,35 @@ def _occupancy(launch: KernelLaunch, gpu: GpuSpec) -> int:
         gpu.regs_per_sm // (regs * threads),
     ]
     if launch.shared > 0:
-        limits.append(gpu.smem_per_sm // (launch.shared + KIB))  # the driver reserves 1 KiB per CTA
+        limits.append(gpu.smem_per_sm // (launch.shared + KIB))
     return max(1, min(limits))
 
 
-def _step_cycles(launch: KernelLaunch, gpu: GpuSpec, key: str, elem: int) -> tuple[float, float, bool]:
-    """Throughput cycles of one k-step of one CTA, its MMA efficiency, and whether wgmma is used."""
+def waves(programs: int, occ: int, gpu: GpuSpec) -> tuple[int, int]:
+    """(waves, resident CTAs per SM in a wave) for `programs` that do work: w = ceil(P / (SMs*occ)),
+    r = min(occ, ceil(P / SMs)); the busiest SM runs w*r programs (wave quantisation)."""
+    return _cdiv(programs, gpu.sm_count * occ), min(occ, _cdiv(programs, gpu.sm_count))
+
+
+def step_cycles(
+    launch: KernelLaunch, gpu: GpuSpec, key: str, elem: int, c: Constants
+) -> tuple[float, float, bool]:
+    """Compute: throughput cycles of one k-step (one BMxBNxBK dot) of one CTA, its MMA efficiency,
+    and whether wgmma is used. max(MMA cycles, shared-memory operand reads) + issue overhead;
+    rows padded to the MMA shape (16 per mma.sync warp, 64 per wgmma warpgroup)."""
     bm, bn, bk = launch.tile  # type: ignore[misc]
     warps = launch.num_warps
-    flops_per_clk = (
-        gpu.dense_tflops[key] * 1e12 / (gpu.sm_count * _PEAK_CLOCK_GHZ.get(gpu.name, gpu.clock_ghz) * 1e9)
-    )
-    wgmma = launch.uses_wgmma and gpu.has_wgmma and key != "fp32"
-    if key == "fp32":  # CUDA-core FMAs, operands through shared memory
-        eff, bm_p, wm = CUDA_CORE_EFFICIENCY, bm, max(1, min(warps, bm // 16))
+    flops_per_clk = _flops_per_clk(gpu, key)
+    cuda_cores = key == "fp32"
+    wgmma = launch.uses_wgmma and gpu.has_wgmma and not cuda_cores
+    if cuda_cores:  # CUDA-core FMAs, operands through shared memory
+        eff, bm_p, wm = c.cuda_core_efficiency, bm, max(1, min(warps, bm // 16))
     elif wgmma:  # warpgroups of 4 warps, 64 rows each, B read from shared once per warpgroup
         groups = max(1, warps // 4)
         wm = max(1, min(groups, bm // 64))
         wn_g = max(1, groups // wm)
         n_inst = max(8, bn // wn_g)  # N of each wgmma instruction: wider amortises the A fetch
-        eff, bm_p = WGMMA_EFFICIENCY * n_inst / (n_inst + 8), max(bm, 64 * wm)
+        eff, bm_p = c.wgmma_efficiency * n_inst / (n_inst + 8), max(bm, 64 * wm)
         warps = groups  # the smem-read arithmetic below is per warpgroup
     else:  # mma.sync m16n8k16 per warp, warps laid out as Triton's warpsPerTileV2 does
         wm, wn = 1, 1
@@ -259,38 +384,66 @@ def _step_cycles(launch: KernelLaunch, gpu: GpuSpec, key: str, elem: int) -> tup
     # operands straight from shared memory at the tensor cores' rate, so only re-reads count
     writes = 0 if wgmma else (bm + bn) * bk
     smem_bytes = (bm * bk * wn + bk * bn * wm + writes) * elem
-    issue = 8 if launch.uses_tma else ISSUE_CYCLES
+    issue = c.issue_cycles_tma if launch.uses_tma else c.issue_cycles
     return max(mma, smem_bytes / SMEM_BYTES_PER_CLK) + issue, eff, wgmma
 
 
-def _estimate_launch(
-    launch: KernelLaunch, shape: tuple[int, int, int], dtype: str, gpu: GpuSpec, key: str, split_hint: int
+def extra_work_cycles(
+    work: ExecutedWork, main: tuple[str, tuple] | None, gpu: GpuSpec, c: Constants
+) -> float:
+    """Compute beyond the main dot's k-steps, per busiest program: every other dot at its own
+    type's rate, and the CUDA-core arithmetic at the fp32 FMA rate (a dot on zeros, a loop of
+    multiply-adds: all executed work is priced)."""
+    cycles = 0.0
+    for key, tile, flops in work.dot_flops:
+        if main is not None and (key, tuple(tile)) == main:
+            continue
+        eff = c.cuda_core_efficiency if key == "fp32" else gpu.mma_efficiency_no_wgmma
+        cycles += flops / (_flops_per_clk(gpu, key) * eff)
+    return cycles + work.cuda_flops / (_flops_per_clk(gpu, "fp32") * c.cuda_core_efficiency)
+
+
+def overlap(stages: int, resident: int) -> float:
+    """Pipelining: fraction of the shorter of compute and memory hidden under the longer. From the
+    COMPILED operand buffers (never the launch option): 1 buffer (no async copies) hides nothing,
+    2 half, >= 3 all; other resident CTAs hide the rest in turn: o' = 1 - (1 - o) / r."""
+    o = {1: 0.0, 2: 0.5}.get(max(1, stages), 1.0)
+    return 1 - (1 - o) / max(1, resident)
+
+
+def ramp_cycles(tiles_per_prog: int, latency: float, epilogue: float, tma: bool, c: Constants) -> float:
+    """Launch and ramp per program: a CTA starts once, fills its pipeline and drains its stores per
+    tile; a persistent program (several tiles) starts once, and with TMA its next tile's loads also
+    overlap the epilogue (Triton tutorial 09)."""
+    if tiles_per_prog > 1 and tma:
+        return c.cta_start + latency + tiles_per_prog * epilogue + c.epilogue_latency
+    if tiles_per_prog > 1:
+        return c.cta_start + tiles_per_prog * (latency + epilogue + c.epilogue_latency)
+    return c.cta_start + latency + epilogue + c.epilogue_latency
+
+
+def splitk_seconds(split: int, m: int, n: int, elem: int, atomics: bool, gpu: GpuSpec, c: Constants) -> float:
+    """Split-K reduction: split fp32 partials of C added at L2 (atomics: read-modify-write, plus
+    zeroing C first) or written and re-read by a second pass."""
+    if split <= 1:
+        return 0.0
+    hbm = gpu.hbm_gbps * 1e9 * c.hbm_efficiency
+    seconds = split * m * n * 4 * 2 / (gpu.l2_gbps * 1e9)
+    return seconds + ((c.launch_s / 2 + m * n * elem / hbm) if atomics else split * m * n * 4 / hbm)
+
+
+def memory_seconds(
+    launch: KernelLaunch, shape: tuple, geometry: dict, gpu: GpuSpec, elem: int, c: Constants
 ) -> dict:
+    """Memory: bytes requested at L2, unique DRAM traffic with L2 reuse (grouped ordering reads a
+    square-ish block of tiles per wave; panels re-read across waves unless A and B fit in L2),
+    and the latency the compiled pipeline keeps in flight (Little's law)."""
     m, n, k = shape
-    elem = ELEM_BYTES.get(dtype, 2)
+    bm, bn, bk = launch.tile  # type: ignore[misc]
+    g = geometry
+    programs, steps, k_prog, occ = g["working"], g["steps"], g["k_prog"], g["occupancy"]
     clock = gpu.clock_ghz * 1e9
-    hbm = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
-    if launch.tile is None:  # reduce / epilogue pass: read split fp32 partials, write C
-        t = (split_hint * 4 + elem) * m * n / hbm
-        return {"time_s": LAUNCH_S + t, "dram_s": t, "launch_s": LAUNCH_S}
-    bm, bn, bk = launch.tile
-    programs = math.prod(launch.grid)
-    tiles = _cdiv(m, bm) * _cdiv(n, bn)
-    split = programs // tiles if programs > tiles else 1
-    tiles_per_prog = _cdiv(tiles, programs) if programs < tiles else 1
-    k_prog = _cdiv(k, split)
-    steps = tiles_per_prog * _cdiv(k_prog, bk)
-
-    occ = _occupancy(launch, gpu)
-    waves = _cdiv(programs, gpu.sm_count * occ)
-    resident = min(occ, _cdiv(programs, gpu.sm_count))
-    per_sm = waves * resident  # wave-quantised CTAs the busiest SM runs
-
-    step, eff, wgmma = _step_cycles(launch, gpu, key, elem)
-    compute_s = per_sm * steps * step / clock
-
-    rows = min(bm, m)  # masked rows are not fetched
-    step_bytes = (rows * bk + bk * min(bn, n)) * elem
+    step_bytes = (min(bm, m) * bk + bk * min(bn, n)) * elem  # masked rows are not fetched
     requested = programs * steps * step_bytes
     wave = min(programs, gpu.sm_count * occ)
     tm, tn = _cdiv(m, bm), _cdiv(n, bn)
@@ -299,62 +452,114 @@ def _estimate_launch(
     else:  # grouped ordering: a square-ish block of tiles
         rm = min(tm, math.ceil(math.sqrt(wave)))
         rn = min(tn, _cdiv(wave, rm))
-        wave_bytes = (min(rm * bm, m) * k_prog + k_prog * min(rn * bn, n)) * elem * tiles_per_prog
+        wave_bytes = (min(rm * bm, m) * k_prog + k_prog * min(rn * bn, n)) * elem * g["tiles_per_program"]
     unique = (m * k + k * n) * elem
-    rereads = max(unique, wave_bytes * programs / wave)
-    fit = min(1.0, L2_FIT * gpu.l2_bytes / unique)
-    dram = min(requested, max(unique, rereads - fit * (rereads - unique)))
+    rereads = max(unique, wave_bytes * programs / max(wave, 1))
+    fit = min(1.0, c.l2_fit * gpu.l2_bytes / unique)
+    dram = min(requested, max(unique, rereads - fit * (rereads - unique))) if requested else unique
     l2_hit = max(0.0, 1.0 - dram / requested) if requested else 0.0
-    c_bytes = m * n * (4 if split > 1 and not launch.atomics else elem)
-    dram_s = (dram + c_bytes) / hbm
-    l2_s = requested / (gpu.l2_gbps * 1e9)
+    c_bytes = m * n * (4 if g["split"] > 1 and not launch.atomics else elem)
     port = 128 if gpu.has_wgmma else 64  # assumed L2->SM bytes/clk per SM
-    ingress_s = per_sm * steps * step_bytes / (port * clock)
-    latency = l2_hit * L2_LATENCY + (1 - l2_hit) * DRAM_LATENCY
-    latency_s = waves * steps * latency / max(1, launch.num_stages - 1) / clock
-    mem_s = max(dram_s, l2_s, ingress_s, latency_s)
+    latency = l2_hit * c.l2_latency + (1 - l2_hit) * c.dram_latency
+    stages = launch.pipeline_stages if launch.pipeline_stages is not None else launch.num_stages
+    return {
+        "dram_s": (dram + c_bytes) / (gpu.hbm_gbps * 1e9 * c.hbm_efficiency),
+        "l2_s": requested / (gpu.l2_gbps * 1e9),
+        "ingress_s": g["per_sm"] * steps * step_bytes / (port * clock),
+        "latency_s": g["waves"] * steps * latency / max(1, stages - 1) / clock,
+        "l2_hit": l2_hit,
+        "latency_cycles": latency,
+        "port": port,
+    }
 
-    overlap = {1: 0.0, 2: 0.5}.get(launch.num_stages, 1.0)
-    overlap = 1 - (1 - overlap) / resident
-    body = max(compute_s, mem_s) + (1 - overlap) * min(compute_s, mem_s)
-    pipeline = body / max(compute_s, mem_s, 1e-30)
 
+def _geometry(launch: KernelLaunch, shape: tuple, gpu: GpuSpec) -> dict:
+    """Programs, split-K, tiles per program, k-steps of the busiest program and waves. From the grid,
+    or, when the executed work is known, from what ran: programs that exit at once are not working,
+    and the busiest program's main-dot FLOPs give its k-steps."""
+    m, n, k = shape
+    bm, bn, bk = launch.tile  # type: ignore[misc]
+    programs = math.prod(launch.grid)
+    tiles = _cdiv(m, bm) * _cdiv(n, bn)
+    work = launch.work
+    working = min(programs, max(1, work.working)) if work is not None else programs
+    split = working // tiles if working > tiles else 1
+    tiles_per_prog = _cdiv(tiles, working) if working < tiles else 1
+    k_prog = _cdiv(k, split)
+    steps = tiles_per_prog * _cdiv(k_prog, bk)
+    if work is not None and work.dot_flops:
+        main = max(work.dot_flops, key=lambda x: x[2])
+        steps = max(1, round(main[2] / (2 * bm * bn * bk)))
+    elif work is not None:
+        steps = 0  # no dot ran: CUDA-core work only (extra_work_cycles)
+    occ = occupancy(launch, gpu)
+    w, resident = waves(working, occ, gpu)
+    return {"programs": programs, "working": working, "tiles": tiles, "split": split,
+            "tiles_per_program": tiles_per_prog, "k_prog": k_prog, "steps": steps, "occupancy": occ,
+            "waves": w, "resident": resident, "per_sm": w * resident}  # fmt: skip
+
+
+def _estimate_launch(
+    launch: KernelLaunch, shape: tuple[int, int, int], dtype: str, gpu: GpuSpec, key: str, split_hint: int,
+    c: Constants,
+) -> dict:  # fmt: skip
+    m, n, k = shape
+    elem = ELEM_BYTES.get(dtype, 2)
+    clock = gpu.clock_ghz * 1e9
+    hbm = gpu.hbm_gbps * 1e9 * c.hbm_efficiency
+    if launch.tile is None:  # reduce / epilogue pass: read split fp32 partials, write C
+        t = (split_hint * 4 + elem) * m * n / hbm
+        return {"time_s": c.launch_s + t, "dram_s": t, "launch_s": c.launch_s}
+    bm, bn, _ = launch.tile
+    g = _geometry(launch, shape, gpu)
+    rate = launch.dot_rate if launch.dot_rate in ("fp16", "bf16", "fp8", "tf32", "tf32x3", "fp32") else key
+    step, eff, wgmma = step_cycles(launch, gpu, rate, elem, c)
+    program_cycles = g["steps"] * step
+    if launch.work is not None:
+        main = max(launch.work.dot_flops, key=lambda x: x[2])[:2] if launch.work.dot_flops else None
+        program_cycles += extra_work_cycles(launch.work, main, gpu, c)
+    compute_s = g["per_sm"] * program_cycles / clock
+    mem = memory_seconds(launch, shape, g, gpu, elem, c)
+    mem_s = max(mem["dram_s"], mem["l2_s"], mem["ingress_s"], mem["latency_s"])
+    stages = launch.pipeline_stages if launch.pipeline_stages is not None else launch.num_stages
+    o = overlap(stages, g["resident"])
+    body = max(compute_s, mem_s) + (1 - o) * min(compute_s, mem_s)
     threads = launch.num_warps * 32
-    spill_s = per_sm * steps * (launch.spill_bytes or 0) * threads * 2 / (SMEM_BYTES_PER_CLK * clock)
-    rounds = waves * tiles_per_prog  # C is stored in this many rounds; the last one is exposed
+    spill_s = (
+        g["per_sm"] * g["steps"] * (launch.spill_bytes or 0) * threads * 2 / (SMEM_BYTES_PER_CLK * clock)
+    )
+    rounds = g["waves"] * g["tiles_per_program"]  # C is stored in this many rounds; the last is exposed
     store_s = m * n * elem / rounds / hbm
-    epilogue = bm * bn * elem / port  # registers -> global, issue-limited
-    if tiles_per_prog > 1 and launch.uses_tma:  # persistent + TMA: next tile's loads overlap the epilogue
-        ramp_cycles = CTA_START + latency + tiles_per_prog * epilogue + EPILOGUE_LATENCY
-    else:  # each tile (or each CTA) starts, fills its pipeline, drains its stores
-        ramp_cycles = tiles_per_prog * (CTA_START + latency + epilogue + EPILOGUE_LATENCY)
-    ramp_s = waves * ramp_cycles / clock
-    splitk_s = 0.0
-    if split > 1:
-        splitk_s = split * m * n * 4 * 2 / (gpu.l2_gbps * 1e9)
-        splitk_s += (LAUNCH_S / 2 + m * n * elem / hbm) if launch.atomics else split * m * n * 4 / hbm
-    total = LAUNCH_S + body + spill_s + store_s + ramp_s + splitk_s
+    epilogue = bm * bn * elem / mem["port"]  # registers -> global, issue-limited
+    ramp = ramp_cycles(g["tiles_per_program"], mem["latency_cycles"], epilogue, launch.uses_tma, c)
+    idle = g["programs"] - g["working"]  # programs that exit at once: a CTA start each, spread over SMs
+    ramp_s = (g["waves"] * ramp + _cdiv(idle, gpu.sm_count) * c.cta_start) / clock
+    splitk_s = splitk_seconds(g["split"], m, n, elem, launch.atomics, gpu, c)
+    total = c.launch_s + body + spill_s + store_s + ramp_s + splitk_s
     return {
         "time_s": total,
-        "occupancy": occ,
-        "waves": waves,
-        "split": split,
-        "tiles_per_program": tiles_per_prog,
+        "occupancy": g["occupancy"],
+        "waves": g["waves"],
+        "split": g["split"],
+        "tiles_per_program": g["tiles_per_program"],
+        "working_programs": g["working"],
+        "pipeline_stages": stages,
         "wgmma": wgmma,
         "mma_efficiency": eff,
         "step_cycles": step,
         "compute_s": compute_s,
-        "dram_s": dram_s,
-        "l2_s": l2_s,
-        "ingress_s": ingress_s,
-        "latency_s": latency_s,
-        "l2_hit": l2_hit,
-        "pipeline": pipeline,
+        "dram_s": mem["dram_s"],
+        "l2_s": mem["l2_s"],
+        "ingress_s": mem["ingress_s"],
+        "latency_s": mem["latency_s"],
+        "l2_hit": mem["l2_hit"],
+        "pipeline": body / max(compute_s, mem_s, 1e-30),
         "spill_s": spill_s,
         "store_s": store_s,
         "ramp_s": ramp_s,
         "splitk_s": splitk_s,
-        "launch_s": LAUNCH_S,
+        "launch_s": c.launch_s,
+        "executed": launch.work is not None,
     }
 
 
@@ -378,12 +583,15 @@ def estimate_shape(
     dtype: str,
     gpu: GpuSpec,
     allow_tf32: bool = False,
+    constants: Constants | None = None,
 ) -> ShapeEstimate:
-    """Modelled time of one entry-point call (the sum of its launches) on `gpu`.
+    """Modelled time of one entry-point call (the sum of its launches) on `gpu`, with `constants`
+    (default: CONSTANTS, the fitted table).
 
     Launches with an empty grid are skipped; if none is left, or a launch's facts cannot be
     modelled, the estimate is "invalid" (time inf, fraction 0) with breakdown["reason"].
     Raises ValueError for a shape with a dimension < 1 (tasks never hold one: a judge bug)."""
+    c = constants or CONSTANTS
     shape = tuple(int(x) for x in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape {shape} is not [M, N, K] of positive integers; the task must not hold it")
@@ -402,7 +610,7 @@ def estimate_shape(
         if lc.tile:
             bm, bn, _ = lc.tile
             split_hint = max(split_hint, math.prod(lc.grid) // (_cdiv(shape[0], bm) * _cdiv(shape[1], bn)))
-    parts = [_estimate_launch(lc, shape, dtype, gpu, key, split_hint) for lc in launches]
+    parts = [_estimate_launch(lc, shape, dtype, gpu, key, split_hint, c) for lc in launches]
     main = max((p for p in parts if "occupancy" in p), key=lambda p: p["time_s"])
     breakdown = {**main, "launches": len(parts)}
     for name in _SUMMED:
