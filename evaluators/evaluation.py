@@ -53,6 +53,10 @@ class ShapeResult:
     speedup: float | None = None  # torch time / candidate time (measured only)
     fraction_of_peak: float | None = None  # tflops / the GPU's dense peak for the dtype
     bound: str | None = None  # modelled only: compute, memory, latency or invalid
+    # modelled only: the shape's calibration class (evaluators/model/classes.py) and that class's
+    # out-of-sample relative error of one modelled figure (None: the class was not calibrated)
+    model_class: str | None = None
+    model_error: float | None = None
 
 
 @dataclasses.dataclass
@@ -74,6 +78,10 @@ class Evaluation:
     # engine makes itself); a verdict whose judge is not today's is stale (evolve/controller.py).
     judge: str = ""
     stage: str = ""  # "provisional" or "verified" (STAGES), set by evaluate(); "" for older records
+    # Modelled only: relative error of the modelled fitness RATIO of two candidates on this task (the
+    # training shapes' classes' ratio errors, evaluators/model/classes.py): two candidates whose fitness
+    # ratio lies within 1 +- model_error are not told apart by the model. None: measured, or uncalibrated.
+    model_error: float | None = None
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES:
