@@ -15,7 +15,7 @@ import sys
 
 from .config import ConfigError, UsageError
 from .store import StoreError
-from .ui import render_leaderboard, run_dir
+from .ui import leaderboard_json, render_leaderboard, run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument(
         "--json",
         action="store_true",
-        help="every evaluated candidate as a JSON list (fitness, held_out, ...)",
+        help="every evaluated candidate as a JSON list (fitness, held_out, model_error, within_model_error, ...)",
     )
     from .remeasure import add_remeasure_parser, main_remeasure
 
@@ -58,25 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def leaderboard(args) -> int:
-    from evaluators.fingerprint import judge_fingerprint
-
+    """`evolve leaderboard RUN`: the table (ui.render_leaderboard), or with --json every evaluation."""
     from .store import Store
-    from .verification import stands
 
     folder = run_dir(args.run)
     with Store.open(folder / "run.sqlite", readonly=True) as store:
         if args.json:
-            rows = store.all_evaluated()
-            # held_out: the held-out shapes' figure in the fitness's unit and kind (fitness_kind),
-            # beside the fitness and never in it; None when not judged (or not ok). judge: the
-            # fingerprint of the judge that gave the verdict; stale: not today's judge (never ranked);
-            # stage: "provisional" (the cheap checks only) or "verified" ("" before stages); rankable:
-            # ok, verified and today's judge's (only these are ranked, evolve/verification.py)
-            keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
-                    "fitness_kind", "backend", "feedback", "shapes", "judge", "stage")  # fmt: skip
-            judge = judge_fingerprint()
-            print(json.dumps([{**{k: r[k] for k in keys}, "stale": r["judge"] != judge,
-                               "rankable": stands(r, judge)} for r in rows]))  # fmt: skip
+            print(json.dumps(leaderboard_json(store.all_evaluated())))
             return 0
         print(render_leaderboard(store, args.top))
     return 0

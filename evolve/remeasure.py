@@ -1,7 +1,9 @@
 """Remeasure: time the candidates the performance model ranked highest on a real GPU.
 
 A run without a GPU ranks candidates with the offline performance model (backend
-`model:<gpu>`, fitness_kind "modelled"). `remeasure` takes the top of that ranking, and the
+`model:<gpu>`, fitness_kind "modelled"). `remeasure` takes the top of that ranking, starting with the
+candidates the model cannot tell apart from the best (within its calibration error of the best, or of
+one of those: evolve/model_error.py, `remeasure_order`), then the rest in rank order; and the
 candidates the CPU judge could not judge (`unsupported`: the interpreter cannot run them;
 `judge_error`: the judge failed on them), judges each on the GPU here and stores the
 `cuda:<device name>` verdict next to the modelled one
@@ -26,6 +28,7 @@ from pathlib import Path
 from evaluators import Task
 from evaluators.model.calibration import kendall_tau, spearman  # one implementation, shared with gpu-check
 
+from .model_error import Ranked, head_group, remeasure_order
 from .store import RETRYABLE, Store
 
 Measure = Callable[[str, Task], dict]  # (source, task) -> Evaluation dict with a cuda:* backend
@@ -59,9 +62,12 @@ def remeasure(
     progress: Callable[[int, dict], None] | None = None,
     unranked: int | None = None,
 ) -> list[int]:
-    """Measure the top-`top` ranked candidates of `model_backend` (default: the model:* backend with
-    most ok rows; ranked: ok and verified, store.top - a provisional verdict is never ranked) not measured yet, then up to `unranked` (default: `top`) more of its UNRANKED
-    ones (unsupported, judge_error: never ranked there) not measured yet, oldest first; a
+    """Measure the first `top` candidates of `model_backend`'s ranking (default: the model:* backend
+    with most ok rows; ranked: ok and verified, store.top - a provisional verdict is never ranked) in
+    `plan` order - first those the model cannot tell apart from the best (within its calibration
+    error), then the rest in rank order - that are not measured yet; then up to `unranked` (default:
+    `top`) more of its UNRANKED ones (unsupported, judge_error: never ranked there) not measured yet,
+    oldest first; a
     measurement that ended timeout, crashed or judge_error counts as not measured (measured
     again, the new verdict replaces the old). Store each verdict; return the ids measured.
 
@@ -74,7 +80,7 @@ def remeasure(
     unranked = top if unranked is None else unranked
     if model_backend is None or (top <= 0 and unranked <= 0):
         return []
-    ranked = [r["id"] for r in store.top(top, model_backend) if r["rankable"]] if top > 0 else []
+    ranked = plan(store, model_backend, top)[1] if top > 0 else []
     todo = [c for c in store.candidates(ranked) if not _measured(c)]
     if unranked > 0:
         ids = [
@@ -95,6 +101,46 @@ def remeasure(
             if progress is not None:
                 progress(cand["id"], ev)
     return measured
+
+
+def modelled_ranking(store: Store, model_backend: str, top: int) -> list[Ranked]:
+    """The ranked (ok, verified) verdicts of `model_backend`, best first: at least the first `top`, and
+    as many more as it takes to hold every candidate the model cannot tell from the best."""
+    k = max(top, 32)
+    while True:
+        rows = [r for r in store.top(k, model_backend) if r["rankable"]]
+        ranked = [Ranked(r["id"], r["fitness"], r.get("model_error")) for r in rows]
+        if len(rows) < k or len(head_group(ranked)) < len(ranked):
+            return ranked
+        k *= 4  # every row fetched ties the best: the group may go on past them
+
+
+def plan(store: Store, model_backend: str, top: int) -> tuple[list[Ranked], list[int]]:
+    """(ranking, take): the ranking (modelled_ranking) and the ids remeasure takes from it, in order:
+    the first `top` of model_error.remeasure_order (the candidates the model cannot tell from the
+    best, then the rest in rank order)."""
+    ranking = modelled_ranking(store, model_backend, top)
+    return ranking, remeasure_order(ranking)[1][: max(top, 0)]
+
+
+def describe_plan(ranking: list[Ranked], top: int) -> str:
+    """One line for the user: which candidates remeasure starts with, and why."""
+    if not ranking:
+        return "no ranked modelled candidates to measure"
+    head = head_group(ranking)
+    best = f"#{head[0]}"
+    if len(head) == 1:
+        if ranking[0].model_error is None:
+            return f"the model's error is unknown for the best {best}: measuring in the model's rank order"
+        return f"the model tells the best {best} from the rest (beyond its calibration error): rank order"
+    ids = ", ".join(f"#{i}" for i in head[1:])
+    line = (
+        f"the model cannot tell {ids} from the best {best} (within its calibration error): "
+        "measuring these first, then the rest in rank order"
+    )
+    if len(head) > top:
+        line += f"; {len(head) - top} of them lie beyond --top {top}: pass --top {len(head)} to measure all"
+    return line
 
 
 def _measured(candidate: dict) -> bool:
@@ -265,6 +311,9 @@ def main_remeasure(args: argparse.Namespace) -> int:
                     print(f"measured #{cid} on {ev['backend']}: {ev['status']} fitness {ev.get('fitness', 0):.4f}",
                           file=sys.stderr)  # fmt: skip
 
+                backend = model_backend or _backends(store, "model:")
+                if backend is not None and args.top > 0:
+                    print(describe_plan(plan(store, backend, args.top)[0], args.top), file=sys.stderr)
                 measure = _cuda_measure(float(config.get("timeout_s") or 180.0))
                 done = remeasure(
                     store, task, args.top, measure, model_backend, report, getattr(args, "unranked", None)

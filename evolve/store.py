@@ -413,7 +413,8 @@ class Store:
 
     def top(self, k: int, backend: str | None = None, judge: str | None = None) -> list[dict]:
         """The k best evaluations on one backend (default: `default_backend()`), never mixing backends.
-        Rows: store_schema.row_dict, plus `stale` (judged by another judge than `judge`) and `rankable`.
+        Rows: store_schema.row_dict, plus `model_error` (the Evaluation's; None when measured, uncalibrated
+        or stored before model errors), `stale` (judged by another judge than `judge`) and `rankable`.
 
         Rankable rows come first, by fitness (ties: lower id): ok, verified (a provisional verdict passed
         the cheap checks only; stage "" was never verified) and, with `judge` (today's fingerprint,
@@ -428,13 +429,15 @@ class Store:
         first = () if judge is None else (judge,)
         # Two index walks (evaluations_ranked, evaluations_top), not a sort of the backend on a computed key
         q = f"{self._rows} WHERE e.backend = ? AND {rankable} ORDER BY e.fitness DESC, e.candidate_id LIMIT ?"
-        rows = [row_dict(r) for r in self._conn.execute(q, (backend, *first, int(k)))]
+        rows = [_with_model_error(r) for r in self._conn.execute(q, (backend, *first, int(k)))]
         if len(rows) < k:
             q = (
                 f"{self._rows} WHERE e.backend = ? AND NOT ({rankable})"
                 " ORDER BY e.fitness DESC, e.ok DESC, e.candidate_id LIMIT ?"
             )
-            rows += [row_dict(r) for r in self._conn.execute(q, (backend, *first, int(k) - len(rows)))]
+            rows += [
+                _with_model_error(r) for r in self._conn.execute(q, (backend, *first, int(k) - len(rows)))
+            ]
         for row in rows:
             row["stale"] = judge is not None and row["judge"] != judge
             row["rankable"] = row["status"] == "ok" and row["stage"] == "verified" and not row["stale"]
@@ -456,9 +459,10 @@ class Store:
 
     def all_evaluated(self) -> list[dict]:
         """Every evaluation of every candidate (by candidate id, then backend), for `--json` output.
-        Rows as store_schema.row_dict, plus `metrics` (the full Evaluation dict)."""
+        Rows as store_schema.row_dict, plus `metrics` (the full Evaluation dict) and `model_error` (as in top)."""
         q = f"{self._rows} ORDER BY e.candidate_id, e.backend"
-        return [row_dict(r, full=True) for r in self._conn.execute(q)]
+        rows = [row_dict(r, full=True) for r in self._conn.execute(q)]
+        return [{**row, "model_error": row["metrics"].get("model_error")} for row in rows]
 
     def counts_by_status(self, backend: str | None = None) -> dict[str, int]:
         """Number of evaluations per status (all backends unless one is named); "pending" is added."""
@@ -490,3 +494,11 @@ class Store:
         meta = dict(self._conn.execute("SELECT key, value FROM meta"))
         return {**info, "schema_version": int(meta["schema_version"]), "package": meta["package"],
                 "path": str(self.path)}  # fmt: skip
+
+
+def _with_model_error(r: tuple) -> dict:
+    """A row of ROW_SQL as row_dict makes it, plus the Evaluation's `model_error` (the relative error of a
+    modelled fitness ratio, evolve/model_error.py); None when measured, uncalibrated or an older record."""
+    row = row_dict(r, full=True)
+    row["model_error"] = row.pop("metrics").get("model_error")
+    return row

@@ -6,6 +6,7 @@ Apart from the command-line parser (evolve/cli.py, the top floor) so that the ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from evaluators.fingerprint import judge_fingerprint
 
 from .config import UsageError
+from .model_error import Ranked, format_error, head_group, leaderboard_flags, tie_flags
+from .verification import stands
 
 RUNS_DIR = Path("runs")
 
@@ -52,7 +55,9 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
     held-out figure (same unit and kind, never ranked); unranked rows (not ok) have no rank.
     Only verdicts of `judge` (default: today's, evaluators/fingerprint.py) are ranked; an ok
     verdict of another judge is listed after them as "ok, stale", and one that passed the cheap
-    checks only as "ok, provisional" (not verified), without a rank."""
+    checks only as "ok, provisional" (not verified), without a rank. On a modelled backend whose
+    verdicts carry the model's calibration error, a column shows it (±12%; ±? unknown) and marks
+    with ≈ a ranked row the model cannot tell from the row above (evolve/model_error.py)."""
     judge = judge if judge is not None else judge_fingerprint()
     info = store.run_info()
     backend = store.default_backend()
@@ -72,32 +77,24 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
         f"ranking on {backend} (fitness {kind}; held-out {kind}, shown beside it, never ranked; "
         "other backends are never mixed in)"
     )
+    rows = store.top(top, backend, judge)
+    ranked = [_ranked(r) for r in rows if r["rankable"]]
+    ties = tie_flags(ranked)
+    with_error = kind == "MODELLED" and any(r.get("model_error") is not None for r in rows)
     lines.append(
         f"{'#':>3} {'id':>5} {'gen':>4} {'isl':>3} {'proposer':<9} {'status':<15} {'fitness':>8} "
-        f"{'held-out':>8}  niche / figures"
+        + (f"{'±model':<7}" if with_error else "")
+        + f"{'held-out':>8}  niche / figures"
     )
     rank, stale, unverified = 0, 0, 0
-    for row in store.top(top, backend, judge):
-        train = [s for s in row["shapes"] if s.get("kind") == "train"]
-        figures = " ".join(
-            f"{tuple(s['shape'])}{s['layout']}:{s['tflops']:.0f}"
-            for s in train[:3]
-            if s.get("tflops") is not None
-        )
-        niche = "/".join(str(x) for x in row["niche"]) if row["niche"] else "-"
-        ranked = row["rankable"]
-        rank += ranked
+    for row in rows:
+        ranked_row = row["rankable"]
+        rank += ranked_row
         stale += row["status"] == "ok" and row["stale"]
-        unverified += row["status"] == "ok" and not row["stale"] and not ranked
-        status = f"{row['status']}, stale" if row["stale"] else row["status"]
-        if row["status"] == "ok" and not row["stale"] and not ranked:
-            status += f", {row['stage'] or 'unverified'}"
-        held_out = "-" if row.get("held_out") is None else f"{row['held_out']:.4f}"
-        lines.append(
-            f"{rank if ranked else '-':>3} {row['id']:>5} {row['generation']:>4} "
-            f"{row['island']:>3} {row['proposer']:<9} {status:<15} {row['fitness']:>8.4f} "
-            f"{held_out:>8}  {niche}  {figures}"
-        )
+        unverified += row["status"] == "ok" and not row["stale"] and not ranked_row
+        tied = rank > 1 and ranked_row and ties[row["id"]].within_model_error is True
+        error = _error_cell(row, tied) if with_error else ""
+        lines.append(_board_line(row, rank if ranked_row else "-", error))
     if stale:
         lines.append(
             f"stale: judged by another judge than today's ({judge}; the judge changed since), so never "
@@ -109,10 +106,96 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
             "would be elites or in its top few"
         )
     if kind == "MODELLED":
-        lines.append(
-            "TFLOP/s figures are modelled by evaluators/model/perf_model.py, not measured; use --device cuda"
-        )
+        lines += _model_notes(ranked, with_error)
     return "\n".join(lines)
+
+
+def leaderboard_json(rows: list[dict], judge: str | None = None) -> list[dict]:
+    """Store.all_evaluated() rows as `evolve leaderboard --json` prints them, judged against `judge`
+    (default: today's, evaluators/fingerprint.py).
+
+    held_out: the held-out shapes' figure in the fitness's unit and kind (fitness_kind), beside the
+    fitness and never in it; None when not judged (or not ok). judge: the fingerprint of the judge that
+    gave the verdict; stale: not today's judge (never ranked); stage: "provisional" (the cheap checks
+    only) or "verified" ("" before stages); rankable: ok, verified and today's judge's (only these are
+    ranked, evolve/verification.py). model_error: the relative error of a modelled fitness RATIO of two
+    candidates (the model's calibration error, out of sample, evaluators/model/classes.py); None when
+    measured, uncalibrated or an older record. within_model_error: true when the model cannot tell this
+    row from the next better-ranked row on its backend (the best: from the runner-up), i.e. the worse
+    fitness >= the better * (1 - e), e the larger of the two rows' model_error (evolve/model_error.py);
+    within_model_error_of_best: the same test against the best (the best: against every ranked row).
+    Both are null when unknown (a model_error missing) or not ranked, and false on measured rows (no
+    model error applies)."""
+    keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
+            "fitness_kind", "backend", "feedback", "shapes", "judge", "stage", "model_error")  # fmt: skip
+    judge = judge if judge is not None else judge_fingerprint()
+    flags = leaderboard_flags(rows, lambda r: stands(r, judge))
+    return [
+        {**{k: r.get(k) for k in keys}, "stale": r["judge"] != judge, "rankable": stands(r, judge),
+         **dataclasses.asdict(flags[r["id"], r["backend"]])}
+        for r in rows
+    ]  # fmt: skip
+
+
+def _ranked(row: dict) -> Ranked:
+    """A Store.top row as model_error.Ranked."""
+    return Ranked(row["id"], row["fitness"], row.get("model_error"))
+
+
+def _error_cell(row: dict, tied: bool) -> str:
+    """The ±model column: the verdict's model error (ok rows only) and ≈ when tied with the row above."""
+    if row["status"] != "ok":
+        return " " * 7
+    return f"{format_error(row.get('model_error')) + (' ≈' if tied else ''):<7}"
+
+
+def _board_line(row: dict, rank: int | str, error: str) -> str:
+    """One leaderboard row: rank, candidate, status, fitness (+ its model error), held-out, niche and
+    up to three training figures (modelled ones with their shape class's error of one figure)."""
+    train = [s for s in row["shapes"] if s.get("kind") == "train"]
+    figures = " ".join(
+        f"{tuple(s['shape'])}{s['layout']}:{s['tflops']:.0f}"
+        + ("" if s.get("model_error") is None else format_error(s["model_error"]))
+        for s in train[:3]
+        if s.get("tflops") is not None
+    )
+    niche = "/".join(str(x) for x in row["niche"]) if row["niche"] else "-"
+    status = f"{row['status']}, stale" if row["stale"] else row["status"]
+    if row["status"] == "ok" and not row["stale"] and not row["rankable"]:
+        status += f", {row['stage'] or 'unverified'}"
+    held_out = "-" if row.get("held_out") is None else f"{row['held_out']:.4f}"
+    return (
+        f"{rank:>3} {row['id']:>5} {row['generation']:>4} {row['island']:>3} {row['proposer']:<9} "
+        f"{status:<15} {row['fitness']:>8.4f} {error}{held_out:>8}  {niche}  {figures}"
+    )
+
+
+def _model_notes(ranked: list[Ranked], with_error: bool) -> list[str]:
+    """The notes under a modelled ranking: what the figures are and, with errors, what they mean and
+    which rows shown the model cannot tell from the best."""
+    notes = [
+        "TFLOP/s figures are modelled by evaluators/model/perf_model.py, not measured; use --device cuda"
+    ]
+    if not with_error:
+        return notes + [
+            "the model's error is unknown here (no calibrated error in these verdicts): its ranking may "
+            "order candidates it cannot tell apart"
+        ]
+    notes += [
+        "±model: the model's calibration error, out of sample (leave-one-out over its calibration table, "
+        "per shape class: evaluators/model/classes.py), of the RATIO of two candidates' modelled fitness "
+        "on this task",
+        "two rows within it of each other are not called better than each other (≈: within it of the row "
+        "above; ±?: not calibrated, unknown); a figure's ±: its shape class's error of one figure",
+    ]
+    head = head_group(ranked)
+    if len(head) > 1:
+        ids = ", ".join(f"#{i}" for i in head[1:])
+        notes.append(
+            f"the model cannot tell {ids} from the best #{head[0]} (within its error): "
+            "`evolve remeasure` on a GPU measures these first"
+        )
+    return notes
 
 
 class LiveDisplay:

@@ -261,3 +261,64 @@ def test_a_gpu_judge_that_raises_is_that_candidates_judge_error(monkeypatch, tas
     monkeypatch.setattr(evaluators, "evaluate", unsupported)
     with pytest.raises(UnsupportedEnvironment):  # no GPU judge here at all: the command's error
         rm._cuda_measure(30.0)("F=0.5\n", task)
+
+
+def add_modelled(store: Store, errors: dict[float, float | None]) -> dict[float, int]:
+    """Candidates with modelled fitness and the model's ratio error (Evaluation.model_error)."""
+    ids = {}
+    for i, (f, e) in enumerate(errors.items()):
+        cid = store.add_candidate(f"F={f}\n", proposer="mutator", island=0, generation=i)
+        store.add_evaluation(cid, {**modelled(f), "model_error": e})
+        ids[f] = cid
+    return ids
+
+
+def test_remeasure_starts_with_what_the_model_cannot_tell_apart(tmp_path, task):
+    """0.5 lies within its own wide error (50%) of the best 0.9: the model cannot tell them apart, so
+    it is measured before 0.8 and 0.7, which the model ranks below the best beyond their 5% error."""
+    store = Store.create(tmp_path / "run.sqlite", "r", {"name": "r", "task": TASK}, 0)
+    ids = add_modelled(store, {0.9: 0.05, 0.8: 0.05, 0.7: 0.05, 0.5: 0.5})
+    calls: list = []
+    assert rm.remeasure(store, task, 2, fake_measure(calls)) == [ids[0.9], ids[0.5]]
+    assert calls == ["F=0.9\n", "F=0.5\n"]
+    assert rm.remeasure(store, task, 4, fake_measure(calls)) == [ids[0.8], ids[0.7]]
+    ranking, take = rm.plan(store, MODEL, 3)
+    assert take == [ids[0.9], ids[0.5], ids[0.8]] and [r.id for r in ranking][:2] == [ids[0.9], ids[0.8]]
+    line = rm.describe_plan(ranking, 3)
+    assert f"cannot tell #{ids[0.5]} from the best #{ids[0.9]}" in line and "measuring these first" in line
+
+
+def test_remeasure_order_without_errors_is_the_rank_order(tmp_path, task):
+    store = Store.create(tmp_path / "run.sqlite", "r", {"name": "r", "task": TASK}, 0)
+    ids = add_modelled(store, {0.9: None, 0.8: None, 0.5: 0.5})
+    assert rm.plan(store, MODEL, 3)[1] == [ids[0.9], ids[0.8], ids[0.5]]
+    assert "error is unknown for the best" in rm.describe_plan(rm.plan(store, MODEL, 3)[0], 3)
+    clear = Store.create(tmp_path / "clear.sqlite", "r", {"name": "r", "task": TASK}, 0)
+    add_modelled(clear, {0.9: 0.01, 0.5: 0.01})
+    assert "tells the best" in rm.describe_plan(rm.plan(clear, MODEL, 2)[0], 2)
+    assert rm.describe_plan([], 2) == "no ranked modelled candidates to measure"
+
+
+def test_a_tie_larger_than_top_is_named_with_the_fix(tmp_path, task):
+    """Forty candidates within the model's error of the best: the ranking is read past `top` (and past
+    its first page) to find them all, and the user is told how to measure them all."""
+    store = Store.create(tmp_path / "run.sqlite", "r", {"name": "r", "task": TASK}, 0)
+    add_modelled(store, {round(0.9 - 0.001 * i, 3): 0.9 for i in range(40)})
+    ranking, take = rm.plan(store, MODEL, 2)
+    assert len(ranking) == 40 and len(take) == 2
+    assert "38 of them lie beyond --top 2: pass --top 40 to measure all" in rm.describe_plan(ranking, 2)
+
+
+def test_main_says_what_it_measures_first(tmp_path, monkeypatch, capsys):
+    store = Store.create(
+        tmp_path / "r" / "run.sqlite", "r", {"name": "r", "task": TASK, "timeout_s": 60.0}, 0
+    )
+    ids = add_modelled(store, {0.9: 0.1, 0.85: 0.1, 0.3: 0.1})
+    store.close()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(rm, "_cuda_available", lambda: True)
+    monkeypatch.setattr(rm, "_cuda_measure", lambda timeout_s: fake_measure([]))
+    assert rm.main_remeasure(_args(tmp_path / "r", top=3)) == 0
+    err = capsys.readouterr().err
+    assert f"the model cannot tell #{ids[0.85]} from the best #{ids[0.9]}" in err
+    assert err.index("cannot tell") < err.index("measured #")
