@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench lint test-compat gpu-check
+.PHONY: setup demo test test-slow bench lint test-compat gpu-check calibrate
 
 setup:
 	@VENV=$(VENV) bash .ci/setup-venv
@@ -35,3 +35,9 @@ test-compat:
 # model-vs-measured table and tutorial 03's autotune configs, < 4 min. Rerun: GPU_CHECK_ARGS=--quick.
 gpu-check:
 	PYTHONPATH=. python3 -m evaluators.gpu_check $(GPU_CHECK_ARGS)
+
+# Fit the offline model's constants to evaluators/model/figures.toml (and benchmarks/results/*/calibration.json
+# when gpu-check wrote any): writes evaluators/model/fitted.json and fit.md. Compile facts are cached in
+# .cache/model-fit (first run ~1 min on 2 cores, then seconds).
+calibrate: setup
+	$(PY) -m evaluators.model.fit $(CALIBRATE_ARGS)

@@ -1,0 +1,82 @@
+"""fitted.json (evaluators/model/fit.py) as markdown: constants, per-class and overall figures, the
+per-row table (published, modelled with the defaults, in sample and out of sample), ceilings."""
+
+from __future__ import annotations
+
+
+def _f(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x * 100:+.0f}%"
+
+
+def _abs_pct(x) -> str:
+    return "-" if x is None else f"{x * 100:.0f}%"
+
+
+def markdown(doc: dict) -> str:
+    """The fit's document as markdown (written to fit.md beside fitted.json)."""
+    lines = [
+        "# Model calibration (out of sample: leave-one-out over the fitted rows)",
+        "",
+        f"{doc['created']} · `{doc['command']}` · triton {doc['triton']} · facts compiled for sm_90",
+        "",
+        "## Constants",
+        "",
+        "| constant | default | fitted | bounds |",
+        "|---|---|---|---|",
+    ]
+    for name, value in doc["constants"].items():
+        lo, hi = doc["free"][name]
+        lines.append(f"| {name} | {doc['defaults'][name]:.4g} | {value:.4g} | {lo:g} .. {hi:g} |")
+    loss = doc["loss"]
+    lines += [
+        "",
+        f"Weighted mean squared log error: {_f(loss['default'], 4)} (defaults) -> {_f(loss['fitted'], 4)} (fitted).",
+    ]
+    o, t = doc["overall"], doc["targets"]
+    lines += [
+        "",
+        "## Figures per class",
+        "",
+        "| class | rows | error (p80, out of sample) | ratio error (same-shape pairs, p80) | max error | within ±35% | Spearman |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in [*doc["classes"].items(), ("all", o)]:
+        lines.append(
+            f"| {name} | {c['rows']} | {_abs_pct(c['error'])} | {_abs_pct(c['ratio_error'])} | {_abs_pct(c['max_error'])} | "
+            f"{c['within_35']}/{c['rows']} | {_f(c['spearman'], 2)} |"
+        )
+    lines += ["", "Within one shape (sources that give several kernels or configs for one shape):", ""]
+    lines += [
+        f"- {w['group']}: {w['rows']} rows, Spearman {_f(w['spearman'], 2)}" for w in doc["within_shape"]
+    ] or ["- none"]
+    lines += [
+        "",
+        "Targets (out of sample): each figure within ±35%: "
+        f"{'met' if t['each_within_35'] else 'not met'}; Spearman >= 0.85 over all rows: "
+        f"{'met' if t['spearman_all_0.85'] else 'not met'} ({_f(o['spearman'], 2)}; in sample {_f(o.get('spearman_in_sample'), 2)}); "
+        f"Spearman >= 0.8 within a shape: {'met' if t['spearman_within_shape_0.8'] else 'not met'}.",
+        "",
+        "## Rows (TFLOP/s; error = modelled / published - 1)",
+        "",
+        "| id | class | published | default | in sample | out of sample | error | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        out = _f(r["out_of_sample"]) if r["fitted"] else f"excluded: {r['excluded']}"
+        err = _pct(r["error"]) if r["fitted"] else _pct(r["error_in_sample"]) + " (in sample)"
+        lines.append(
+            f"| {r['id']} | {r['class']} | {_f(r['published'])} | {_f(r['modelled_default'])} | {_f(r['in_sample'])} | "
+            f"{out} | {err} | {r['source']} |"
+        )
+    if doc.get("ceilings"):
+        lines += ["", "## Ceilings (cuBLAS in the same sources; never fitted)", "", "| gpu | dtype | shape | library | TFLOP/s | source |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for c in doc["ceilings"]:
+            lines.append(
+                f"| {c['gpu']} | {c['dtype']} | {'x'.join(map(str, c['shape']))} | {c['library']} | {_f(c['tflops'])} | {c['source']} |"
+            )
+    return "\n".join(lines) + "\n"
