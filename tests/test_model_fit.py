@@ -95,6 +95,13 @@ def test_errors_name_the_file_the_row_and_the_field(tmp_path):
         load_figures(path)
 
 
+def test_the_command_stops_with_the_tables_problem(tmp_path, capsys):
+    path = _write(tmp_path, ROW.format(id="x", tflops=-1))
+    assert fit.main(["--figures", str(path), "--out", str(tmp_path / "fitted.json")]) == 1
+    assert f"{path}: row 0 (x): field 'tflops'" in capsys.readouterr().err
+    assert not (tmp_path / "fitted.json").exists()
+
+
 def test_render_names_the_setting_it_cannot_set():
     source = "CONFIG_INDEX = 0  # the config\nVARIANT = 'naive'\n"
     assert (

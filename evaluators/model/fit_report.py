@@ -30,7 +30,8 @@ def markdown(doc: dict) -> str:
     ]
     for name, value in doc["constants"].items():
         lo, hi = doc["free"][name]
-        lines.append(f"| {name} | {doc['defaults'][name]:.4g} | {value:.4g} | {lo:g} .. {hi:g} |")
+        at = " (at its bound)" if value in (lo, hi) else ""
+        lines.append(f"| {name} | {doc['defaults'][name]:.4g} | {value:.4g}{at} | {lo:g} .. {hi:g} |")
     loss = doc["loss"]
     lines += [
         "",
