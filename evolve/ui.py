@@ -94,7 +94,7 @@ def render_leaderboard(store, top: int, judge: str | None = None) -> str:
         unverified += row["status"] == "ok" and not row["stale"] and not ranked_row
         tied = rank > 1 and ranked_row and ties[row["id"]].within_model_error is True
         error = _error_cell(row, tied) if with_error else ""
-        lines.append(_board_line(row, rank if ranked_row else "-", error))
+        lines.append(_board_line(row, rank if ranked_row else "-", error, kind == "MODELLED"))
     if stale:
         lines.append(
             f"stale: judged by another judge than today's ({judge}; the judge changed since), so never "
@@ -149,13 +149,14 @@ def _error_cell(row: dict, tied: bool) -> str:
     return f"{format_error(row.get('model_error')) + (' ≈' if tied else ''):<7}"
 
 
-def _board_line(row: dict, rank: int | str, error: str) -> str:
+def _board_line(row: dict, rank: int | str, error: str, modelled: bool) -> str:
     """One leaderboard row: rank, candidate, status, fitness (+ its model error), held-out, niche and
-    up to three training figures (modelled ones with their shape class's error of one figure)."""
+    up to three training figures (`modelled`: each with its shape class's error of one figure, ±? when
+    the class has none)."""
     train = [s for s in row["shapes"] if s.get("kind") == "train"]
     figures = " ".join(
         f"{tuple(s['shape'])}{s['layout']}:{s['tflops']:.0f}"
-        + ("" if s.get("model_error") is None else format_error(s["model_error"]))
+        + (format_error(s.get("model_error")) if modelled else "")
         for s in train[:3]
         if s.get("tflops") is not None
     )
@@ -178,8 +179,9 @@ def _model_notes(ranked: list[Ranked], with_error: bool) -> list[str]:
     ]
     if not with_error:
         return notes + [
-            "the model's error is unknown here (no calibrated error in these verdicts): its ranking may "
-            "order candidates it cannot tell apart"
+            "the model's error of these fitness figures is unknown (a training shape's class has no "
+            "calibrated error, ±? on its figures: evaluators/model/classes.py), so its ranking may order "
+            "candidates it cannot tell apart"
         ]
     notes += [
         "±model: the model's calibration error, out of sample (leave-one-out over its calibration table, "
@@ -192,7 +194,7 @@ def _model_notes(ranked: list[Ranked], with_error: bool) -> list[str]:
     if len(head) > 1:
         ids = ", ".join(f"#{i}" for i in head[1:])
         notes.append(
-            f"the model cannot tell {ids} from the best #{head[0]} (within its error): "
+            f"of the rows shown, the model cannot tell {ids} from the best #{head[0]} (within its error): "
             "`evolve remeasure` on a GPU measures these first"
         )
     return notes

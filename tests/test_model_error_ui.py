@@ -164,16 +164,18 @@ def test_leaderboard_table_shows_the_error_and_the_tie(board):
     assert " 0.2000 ±10% " in by_id[ids[2]] and "≈" not in by_id[ids[2]]
     assert " 0.1900 ±? " in by_id[ids[3]]
     assert "nn:300±12%" in by_id[ids[0]]  # a figure carries its class's error of one figure
+    assert "nn:190±?" in by_id[ids[3]]  # and says when its class has none
     text = "\n".join(lines)
     assert "calibration error, out of sample" in text and "not called better than each other" in text
     assert f"the model cannot tell #{ids[1]} from the best #{ids[0]}" in text
+    assert f"#{ids[2]}" not in text.split("cannot tell")[1]
 
 
 def test_leaderboard_table_without_errors_says_unknown(tmp_path):
     store, ids = make_store(tmp_path / "run.sqlite", [modelled(0.3, None), modelled(0.29, None)])
     text = render_leaderboard(store, 10, JUDGE)
-    assert "±" not in text and "≈" not in text
-    assert "the model's error is unknown here" in text
+    assert "≈" not in text and "nn:300±?" in text
+    assert "the model's error of these fitness figures is unknown" in text
     header = next(line for line in text.splitlines() if "held-out" in line and "#" in line)
     assert "±model" not in header
 
