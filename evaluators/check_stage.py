@@ -101,6 +101,7 @@ class CheckStage:
             request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed, "inputs": kind}
             if round_kind == "reduced":  # which programs own C's last row and column (verify_stage.py)
                 request["owners"] = True
+                request["count_work"] = True  # and what each program executed (the model prices it)
             if keep:
                 request["keep"] = True
                 kept.append(
@@ -140,6 +141,8 @@ class CheckStage:
             verdict = self.judge_output(header, tensors, ref, shape, where)
             if header.get("owners"):
                 self.edge_owners[(shape[0], shape[1], layout)] = [int(p) for p in header["owners"]][:16]
+            if round_kind == "reduced" and isinstance(header.get("work"), list):
+                self.executed[(shape[0], shape[1], layout, "reduced")] = (shape[2], header["work"])
             signatures = header.get("launch_signatures")
             # Sliced inputs have other strides, so other launch arguments: they are compared with
             # calls on the same geometry, packed ones with packed ones (and with the meta capture,

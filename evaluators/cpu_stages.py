@@ -159,29 +159,45 @@ class CpuStages:
     def model(self) -> Evaluation:
         """Modelled fitness: geometric mean over training shapes and layouts of the modelled
         fraction of the GPU's dense peak (evaluators/model/perf_model.py). Labelled, never a measurement.
-        Held-out shapes are modelled the same way and reported beside it, never in it."""
+        Held-out shapes are modelled the same way and reported beside it, never in it. Verified: the
+        model prices what the programs executed (evaluators/model/executed.py), not what the IR could
+        do; each modelled figure carries its class's calibration error (evaluators/model/classes.py)."""
+        from .model.classes import class_errors, shape_class, shape_error
         from .model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]
+        errors = class_errors()
         estimates: dict[str, list] = {"train": [], "held_out": []}
+        ratio_errors: list[float | None] = []
+        unexecuted: list[str] = []
         for entry in self.launches:
             kind = entry.get("kind", "train")
             if kind not in estimates:
                 continue
-            launches = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
-            estimate = estimate_shape(
-                launches, tuple(entry["shape"]), self.task.dtype, gpu, self.task.allow_tf32
-            )
+            shape = tuple(entry["shape"])
+            works = self.executed_work(entry)
+            if self.options.stage == "verified" and not any(works):
+                unexecuted.append(f"{shape} {entry['layout']}")
+            launches = [
+                launch_from_facts(self.kernels[call["key"]], call["grid"], work)
+                for call, work in zip(entry["calls"], works, strict=True)
+            ]
+            estimate = estimate_shape(launches, shape, self.task.dtype, gpu, self.task.allow_tf32)
             estimates[kind].append(estimate)
+            error, ratio_error = shape_error(shape, errors)
+            if kind == "train":
+                ratio_errors.append(ratio_error)
             self.shapes.append(
                 ShapeResult(
-                    shape=tuple(entry["shape"]),
+                    shape=shape,
                     layout=entry["layout"],
                     kind=kind,
                     tflops=round(estimate.tflops, 2),
                     fraction_of_peak=round(estimate.fraction_of_peak, 4),
                     bound=estimate.bound,
+                    model_class=shape_class(shape),
+                    model_error=None if error is None else round(error, 4),
                 )
             )
         fitness = modelled_fitness(estimates["train"])
@@ -194,6 +210,16 @@ class CpuStages:
             f"{fitness:.3f} of dense peak over {len(estimates['train'])} training shape/layouts; weakest "
             f"{worst.shape} at {worst.tflops:.1f} TFLOP/s ({worst.bound}{': ' + reason if reason else ''})"
         )
+        known = [e for e in ratio_errors if e is not None]
+        model_error = round(sum(known) / len(known), 4) if known and len(known) == len(ratio_errors) else None
+        if model_error is not None:
+            text += f" (model error +-{model_error:.0%} on ratios of candidates)"
+        if self.options.stage == "verified":
+            text += (
+                "; priced by the work its programs executed"
+                if not unexecuted
+                else f"; from compile facts only (no program ran within the budgets) for {', '.join(unexecuted)}"
+            )
         if held_out is not None:
             text += f"; held-out shapes (not in the fitness): {held_out:.3f}"
         tuned = autotune.summary(self.choices)
@@ -208,7 +234,33 @@ class CpuStages:
             )
         evaluation = self.result("ok", text, fitness=fitness, kind="modelled")
         evaluation.held_out = held_out
+        evaluation.model_error = model_error
         return evaluation
+
+    def executed_work(self, entry: dict) -> list:
+        """ExecutedWork per call of a training or held-out entry (None per call when nothing ran for
+        it), from the whole grid at a reduced K of its layout and the full-size sample of its shape
+        (its own layout's, else another layout's: call_work matches launches by grid)."""
+        from .model.executed import call_work
+
+        M, N, K = entry["shape"]
+        reduced = self.executed.get((M, N, entry["layout"], "reduced"))
+        sampled = self.executed.get((M, N, entry["layout"], "sampled"))
+        if sampled is None:
+            sampled = next((v for (m, n, _, kind), v in self.executed.items()
+                            if (m, n, kind) == (M, N, "sampled")), None)  # fmt: skip
+        try:
+            works = call_work(entry["calls"], K, reduced, sampled)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            raise Stop("crashed", f"shape {tuple(entry['shape'])}: the child's work counts did not arrive "
+                       f"intact ({type(e).__name__}: {e})") from e  # fmt: skip
+        rows = self.provenance.setdefault("executed_work", [])
+        rows.append({"shape": list(entry["shape"]), "layout": entry["layout"], "calls": [
+            None if w is None else {"programs": w.programs, "working": w.working, "source": w.source,
+                                    "dot_gflop": round(sum(f for *_, f in w.dot_flops) / 1e9, 3),
+                                    "cuda_gflop": round(w.cuda_flops / 1e9, 3)}
+            for w in works]})  # fmt: skip
+        return works
 
     def compare_launches(self, compiled: list) -> None:
         """The code that was compiled must be the code that was checked: on the check shapes the

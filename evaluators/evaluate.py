@@ -209,6 +209,10 @@ class _Run(CpuStages, CheckStage, VerifyStage):
         self.kernels: dict = {}
         self.fresh: set = set()  # this evaluation's fresh shapes (evaluators/fresh_shapes.py)
         self.edge_owners: dict = {}  # (M, N, layout) -> programs storing C's last row/column (whole grids)
+        # CPU, verified: executed work per program (evaluators/work_count.py) of the whole grids at a
+        # reduced K, (M, N, layout, "reduced") -> (K_r, summary), and of the full-size sampled runs,
+        # (M, N, layout, "sampled") -> summary; what the model prices (evaluators/model/executed.py)
+        self.executed: dict = {}
         self.run_signatures: dict = {}  # (shape, layout, input strides/offsets) -> launches seen in the checked run
         self.children_cpu: float | None = None  # CPU seconds the sandboxed children used
         self.provenance = provenance(options.device)

@@ -190,7 +190,8 @@ class VerifyStage:
         # C's last row and column (the same launch, so the same owners), when it ran for this layout.
         owners = self.edge_owners.get((M, N, layout), [])
         request = {"cmd": "run", "shape": list(shape), "layout": layout, "seed": seed, "inputs": "normal",
-                   "sample": {"seed": secrets.randbits(63), "random": 1, "programs": owners}}  # fmt: skip
+                   "sample": {"seed": secrets.randbits(63), "random": 1, "programs": owners},
+                   "count_work": True}  # fmt: skip
         chosen = self.choices.get((shape, layout, entry.get("kind", "train")))
         if chosen:
             request["autotune"] = [c.index for c in chosen]
@@ -198,6 +199,8 @@ class VerifyStage:
         box.send(request)
         header, tensors = box.read(self.fresh_deadline(deadline))
         self.judge_facts(header, shape, where)
+        if isinstance(header.get("work"), list):  # what the sampled programs executed (the model prices it)
+            self.executed[(M, N, layout, "sampled")] = header["work"]
         a, b = layout_views(shape, layout, torch.float16)  # packed strides, as on meta
         self.run_signatures[(shape, layout, (a.stride(), b.stride(), 0, 0))] = header.get("launch_signatures")
         launches = header.get("sampled_launches") or []

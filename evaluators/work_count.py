@@ -21,8 +21,6 @@ a bitcast the precision rules see). `begin` / `end` bracket a counted call; `sum
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from . import compat
@@ -31,6 +29,7 @@ from . import compat
 # on cc 8.0-9.0 (CUDA C++ Programming Guide, "Arithmetic Instructions" throughput table), and an FMA
 # counts 2 flops.
 MUFU_FLOPS = 16
+RECENT_DOTS = 4  # dot results remembered for the add that folds into them
 _FLOAT_BINARY = ("create_fadd", "create_fsub", "create_fmul", "create_fdiv", "create_precise_divf",
                  "create_approx_divf", "create_frem", "create_minimumf", "create_maximumf",
                  "create_minnumf", "create_maxnumf")  # fmt: skip
@@ -59,7 +58,9 @@ class WorkCount:
         self.active = False
         self.launches: list[dict] = []
         self.grid = (1, 1, 1)
-        self.dot_results: weakref.WeakSet = weakref.WeakSet()
+        # The latest dot results (held, so their ids stay theirs): the add that folds one into an
+        # accumulator follows its dot at once. TensorHandle is not hashable, so ids are compared.
+        self.dot_results: list = []
 
     def install(self) -> None:
         builder_class, _, _, launch = compat.interpreter_accesses()
@@ -102,8 +103,8 @@ class WorkCount:
         self.active = False
 
     def summary(self) -> list[dict]:
-        """Per launch: {"grid": [x, y, z], "programs": {flat id: {"dot": {key: FLOPs}, "cuda": flops}}}
-        for the programs that ran (programs that executed no arithmetic appear with zeros)."""
+        """Per launch: {"grid": [x, y, z], "programs": {flat id: {"dot": {"RATE:MxNxK": FLOPs}, "cuda":
+        flops}}} for the programs that executed arithmetic (the others are absent: they did none)."""
         return [
             {"grid": list(launch["grid"]), "programs": {str(p): w for p, w in launch["programs"].items()}}
             for launch in self.launches
@@ -113,7 +114,7 @@ class WorkCount:
     def _launch(self, grid: tuple) -> None:
         self.grid = grid + (1,) * (3 - len(grid))
         self.launches.append({"grid": self.grid, "programs": {}})
-        self.dot_results = weakref.WeakSet()
+        self.dot_results = []
 
     def _program(self, builder) -> dict:
         if not self.launches:
@@ -139,16 +140,21 @@ class WorkCount:
                 if len(a_shape) >= 2 and len(b_shape) >= 2:
                     batch = int(np.prod(a_shape[:-2])) if len(a_shape) > 2 else 1
                     flops = 2 * batch * a_shape[-2] * b_shape[-1] * a_shape[-1]
-                    key = dot_key(a.dtype.name if hasattr(a.dtype, "name") else str(a.dtype), input_precision)
+                    rate = dot_key(
+                        a.dtype.name if hasattr(a.dtype, "name") else str(a.dtype), input_precision
+                    )
+                    key = f"{rate}:{a_shape[-2]}x{b_shape[-1]}x{a_shape[-1]}"  # rate and tile (M x N x K)
                     work = count._program(builder_self)["dot"]
                     work[key] = work.get(key, 0) + int(flops)
-                try:
-                    count.dot_results.add(out)
-                except TypeError:  # a handle type that cannot be weakly referenced: no fold
-                    pass
+                count.dot_results = [*count.dot_results[-(RECENT_DOTS - 1) :], out]
             return out
 
         return dot
+
+    def _folds(self, operands) -> bool:
+        """Whether an add takes a dot's result as an operand (the compiler folds it into the dot)."""
+        ids = {id(r) for r in self.dot_results}
+        return any(id(x) in ids for x in operands)
 
     def _wrap_float(self, original, name: str, flops: int):
         count = self
@@ -158,7 +164,7 @@ class WorkCount:
             out = original(builder_self, *args, **kwargs)
             if count.active:
                 data = np.asarray(getattr(out, "data", None))
-                if data.dtype.kind == "f" and not (adds and any(a in count.dot_results for a in args[:2])):
+                if data.dtype.kind == "f" and not (adds and count._folds(args[:2])):
                     count._add_cuda(builder_self, data.size * flops)
             return out
 

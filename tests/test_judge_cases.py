@@ -30,9 +30,7 @@ FOUND_WRONG = ("incorrect", "rejected")
 # Rows the judge does not meet yet, with the status it gives them today (2026-12-01, both pairs).
 # The test holds the judge to that status (so both pairs are seen to agree) and reports the row as
 # xfail; any change of verdict fails it, so a fix shows up and the entry goes.
-KNOWN_GAPS: dict[str, str] = {
-    "decoy_dot.py": "ok",  # ok, but its modelled fitness is not far below the seed's
-}
+KNOWN_GAPS: dict[str, str] = {}
 # decoy_dot's case is about the fitness layer. Its decoy multiplies a masked-off zero tile by B,
 # so an Inf in B (the nonfinite inputs) gives NaN where the exact product is Inf: incorrect, and
 # rightly (an overflowed value in a training step would turn into NaN). Judged on normal inputs,
