@@ -163,27 +163,41 @@ class CpuStages:
         model prices what the programs executed (evaluators/model/executed.py), not what the IR could
         do; each modelled figure carries its class's calibration error (evaluators/model/classes.py)."""
         from .model.classes import class_errors, shape_class, shape_error
-        from .model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
+        from .model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness, slowed
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]
         errors = class_errors()
         estimates: dict[str, list] = {"train": [], "held_out": []}
         ratio_errors: list[float | None] = []
-        unexecuted: list[str] = []
+        modelled, unexecuted, slowdown = [], [], 1.0
         for entry in self.launches:
             kind = entry.get("kind", "train")
             if kind not in estimates:
                 continue
             shape = tuple(entry["shape"])
-            works = self.executed_work(entry)
-            if self.options.stage == "verified" and not any(works):
-                unexecuted.append(f"{shape} {entry['layout']}")
-            launches = [
-                launch_from_facts(self.kernels[call["key"]], call["grid"], work)
-                for call, work in zip(entry["calls"], works, strict=True)
-            ]
-            estimate = estimate_shape(launches, shape, self.task.dtype, gpu, self.task.allow_tf32)
+            works = (
+                self.executed_work(entry)
+                if self.options.stage == "verified"
+                else [None] * len(entry["calls"])
+            )
+            compiled = [launch_from_facts(self.kernels[call["key"]], call["grid"]) for call in entry["calls"]]
+            estimate = estimate_shape(compiled, shape, self.task.dtype, gpu, self.task.allow_tf32)
+            if any(works):
+                launches = [launch_from_facts(self.kernels[call["key"]], call["grid"], work)
+                            for call, work in zip(entry["calls"], works, strict=True)]  # fmt: skip
+                ran = estimate_shape(launches, shape, self.task.dtype, gpu, self.task.allow_tf32)
+                if estimate.time_s > 0 and ran.time_s < float("inf"):
+                    slowdown = max(slowdown, ran.time_s / estimate.time_s)
+                estimate = ran
+            elif self.options.stage == "verified":
+                unexecuted.append(len(modelled))
+            modelled.append((entry, kind, shape, estimate))
+        for i in unexecuted:  # not run within the budgets: no better than what ran says
+            entry, kind, shape, estimate = modelled[i]
+            why = "not run within the budgets; slowed as much as the slowest shape that ran"
+            modelled[i] = (entry, kind, shape, slowed(estimate, slowdown, why))
+        for entry, kind, shape, estimate in modelled:
             estimates[kind].append(estimate)
             error, ratio_error = shape_error(shape, errors)
             if kind == "train":
@@ -200,6 +214,7 @@ class CpuStages:
                     model_error=None if error is None else round(error, 4),
                 )
             )
+        unexecuted_names = [f"{modelled[i][2]} {modelled[i][0]['layout']}" for i in unexecuted]
         fitness = modelled_fitness(estimates["train"])
         held_out = modelled_fitness(estimates["held_out"]) if estimates["held_out"] else None
         self.seconds["model"] = time.perf_counter() - start
@@ -215,11 +230,12 @@ class CpuStages:
         if model_error is not None:
             text += f" (model error +-{model_error:.0%} on ratios of candidates)"
         if self.options.stage == "verified":
-            text += (
-                "; priced by the work its programs executed"
-                if not unexecuted
-                else f"; from compile facts only (no program ran within the budgets) for {', '.join(unexecuted)}"
-            )
+            text += "; priced by the work its programs executed"
+            if unexecuted_names:
+                text += (
+                    f" (not run within the budgets, so priced from compile facts slowed x{slowdown:.2f} as the "
+                    f"shapes that ran were: {', '.join(unexecuted_names)})"
+                )
         if held_out is not None:
             text += f"; held-out shapes (not in the fitness): {held_out:.3f}"
         tuned = autotune.summary(self.choices)

@@ -144,6 +144,7 @@ class Constants:
     epilogue_latency: float = 500.0  # cycles for the last store of a tile to drain
     cta_start: float = 800.0  # cycles: CTA launch, program-id swizzle, address set-up
     l2_fit: float = 0.75  # fraction of L2 usable to keep A and B resident across waves
+    idle_cta_cycles: float = 300.0  # cycles an SM spends on a CTA that exits at once (launch, retire)
 
 
 SOURCES = {
@@ -158,6 +159,7 @@ SOURCES = {
     "epilogue_latency": "assumption: the last store of a tile drains (fitted)",
     "cta_start": "assumption: CTA launch and address set-up before the first load (fitted)",
     "l2_fit": "assumption: L2 share that keeps A and B resident across waves",
+    "idle_cta_cycles": "assumption: CTA dispatch and retire with no work (a few hundred cycles per CTA per SM)",
 }
 FITTED_PATH = Path(__file__).with_name("fitted.json")
 
@@ -411,6 +413,17 @@ def overlap(stages: int, resident: int) -> float:
     return 1 - (1 - o) / max(1, resident)
 
 
+def epilogue_cycles(tile_bytes: int, working: int, gpu: GpuSpec, c: Constants) -> float:
+    """Storing one tile of C: its bytes at the SM's share of HBM write bandwidth when the SMs of a wave
+    store at once (programs of a wave finish together), or at the L2->SM port rate if faster. A plain
+    kernel with one CTA per SM cannot overlap this with the next tile's loads."""
+    clock = gpu.clock_ghz * 1e9
+    port = 128 if gpu.has_wgmma else 64  # assumed L2<->SM bytes/clk per SM
+    storing = max(1, min(working, gpu.sm_count))
+    share = gpu.hbm_gbps * 1e9 * c.hbm_efficiency / (clock * storing)  # bytes/clk per SM
+    return tile_bytes / min(port, share)
+
+
 def ramp_cycles(tiles_per_prog: int, latency: float, epilogue: float, tma: bool, c: Constants) -> float:
     """Launch and ramp per program: a CTA starts once, fills its pipeline and drains its stores per
     tile; a persistent program (several tiles) starts once, and with TMA its next tile's loads also
@@ -530,10 +543,10 @@ def _estimate_launch(
     )
     rounds = g["waves"] * g["tiles_per_program"]  # C is stored in this many rounds; the last is exposed
     store_s = m * n * elem / rounds / hbm
-    epilogue = bm * bn * elem / mem["port"]  # registers -> global, issue-limited
+    epilogue = epilogue_cycles(bm * bn * elem, g["working"], gpu, c)
     ramp = ramp_cycles(g["tiles_per_program"], mem["latency_cycles"], epilogue, launch.uses_tma, c)
-    idle = g["programs"] - g["working"]  # programs that exit at once: a CTA start each, spread over SMs
-    ramp_s = (g["waves"] * ramp + _cdiv(idle, gpu.sm_count) * c.cta_start) / clock
+    idle = g["programs"] - g["working"]  # programs that exit at once: dispatched and retired, spread over SMs
+    ramp_s = (g["waves"] * ramp + _cdiv(idle, gpu.sm_count) * c.idle_cta_cycles) / clock
     splitk_s = splitk_seconds(g["split"], m, n, elem, launch.atomics, gpu, c)
     total = c.launch_s + body + spill_s + store_s + ramp_s + splitk_s
     return {
@@ -629,6 +642,21 @@ def estimate_shape(
     )
     bound = "latency" if bound == "launch" else bound
     return ShapeEstimate(shape, time_s, tflops, tflops / gpu.dense_tflops[key], bound, breakdown)
+
+
+def slowed(estimate: ShapeEstimate, factor: float, why: str) -> ShapeEstimate:
+    """`estimate` taken `factor` (>= 1) times slower, with the reason in its breakdown: a shape the
+    judge could not run is priced no better than the shapes it ran say (evaluators/cpu_stages.py)."""
+    if factor <= 1 or estimate.bound == "invalid":
+        return estimate
+    breakdown = {**estimate.breakdown, "slowed_by": factor, "slowed_why": why}
+    return dataclasses.replace(
+        estimate,
+        time_s=estimate.time_s * factor,
+        tflops=estimate.tflops / factor,
+        fraction_of_peak=estimate.fraction_of_peak / factor,
+        breakdown=breakdown,
+    )
 
 
 def modelled_fitness(estimates: list[ShapeEstimate]) -> float:
