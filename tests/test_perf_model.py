@@ -11,8 +11,6 @@ KernelLaunch facts are built by hand, except in the one test that compiles the s
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from evaluators.model.perf_model import (
@@ -199,21 +197,25 @@ def test_launch_from_facts_and_missing_dot():
     assert two.bound != "invalid" and two.breakdown["launches"] == 2
 
 
-def test_speed_24_shapes_x_3_launches():
-    shapes = [
-        (m, n, k)
-        for m in (1, 16, 128, 1024, 4096, 8192)
-        for n, k in ((4096, 4096), (8192, 1024), (1024, 8192), (3072, 3072))
-    ]
-    launches = [
-        launch((128, 128, 64), 8, 3, shape=BIG, regs=128),
-        launch((64, 64, 64), 4, 4, shape=BIG, regs=96),
-        launch((16, 64, 128), 4, 4, shape=BIG, regs=64, grid=(64, 4), atomics=True),
-    ]
-    start = time.perf_counter()
-    for shape in shapes:
-        estimate_shape(launches, shape, "bf16", H100)
-    assert time.perf_counter() - start < 0.05
+def test_published_orderings_persistent_split_k_and_tiles():
+    """Orderings of the calibration table (evaluators/model/figures.toml, shared/REFERENCES.md):
+    PR #5726 (H100 fp16 8192x8192x512): persistent (no TMA) 245 >= plain 218 TFLOP/s, one CTA start
+    per SM instead of per tile; at M = 16 with 64 tiles of 16x64 on 132 SMs, split-K 2 (atomics)
+    fills the idle SMs and beats the plain launch (vllm #27433, triton #3104: decode wants more
+    programs); 128x256x64 far above 32x32x32 at 8192^3 (tutorial 03's first config)."""
+    shape = (8192, 8192, 512)
+    plain = est(launch((128, 256, 64), 8, 3, shape=shape, regs=232), shape, dtype="fp16")
+    persistent = est(launch((128, 256, 64), 8, 3, shape=shape, grid=(132,), regs=232), shape, dtype="fp16")
+    assert persistent.breakdown["tiles_per_program"] > 1
+    assert persistent.time_s <= plain.time_s
+    skinny = (16, 4096, 4096)
+    one = est(launch((16, 64, 64), 4, 3, shape=skinny, wgmma=False), skinny)
+    split = est(launch((16, 64, 64), 4, 3, shape=skinny, grid=(128,), wgmma=False, atomics=True), skinny)
+    assert one.breakdown["split"] == 1 and split.breakdown["split"] == 2
+    assert split.time_s < one.time_s
+    big = est(launch((128, 256, 64), 8, 3, shape=BIG, regs=232), BIG)
+    tiny = est(launch((32, 32, 32), 4, 3, shape=BIG, regs=64, wgmma=False), BIG)
+    assert big.tflops > 3 * tiny.tflops
 
 
 def test_seed_compiled_offline_is_compute_bound():
