@@ -289,3 +289,34 @@ def test_tutorial09_kernels_compute_the_product_under_the_interpreter():
     code = INTERPRET.format(root=str(ROOT), path=str(path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+VLLM_INTERPRET = """
+import sys, types, torch
+torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(multi_processor_count=3)
+import importlib.util
+spec = importlib.util.spec_from_file_location("vm", {path!r})
+vm = importlib.util.module_from_spec(spec); spec.loader.exec_module(vm)
+torch.manual_seed(0)
+for m, cfg in ((5, (16, 64, 128, 4, 3)), (200, (64, 128, 64, 4, 3))):
+    a = torch.randn(m, 150, dtype=torch.float16)  # K = 150: a masked K tail in both configs
+    b = torch.randn(300, 150, dtype=torch.float16).t()  # B as the [K, N] view of a Linear weight [N, K]
+    bm, bn, bk, warps, stages = cfg
+    config = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+    c = vm.launch(a, b, config).float()
+    ref = a.float() @ b.float()
+    err = ((c - ref).abs().max() / ref.abs().max()).item()
+    assert err < 2e-3, (m, cfg, err)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_vllm_persistent_kernel_computes_the_product_under_the_interpreter():
+    """The vLLM batch-invariant baseline (figures.toml's vllm-bi rows): a skinny M = 5 launch with
+    16-row tiles and a 200-row one, both with a K tail and more tiles than programs (3 'SMs')."""
+    path = ROOT / "kernels" / "baselines" / "vllm_persistent_matmul.py"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = VLLM_INTERPRET.format(path=str(path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
