@@ -250,3 +250,22 @@ def test_seed_compiled_offline_is_compute_bound():
     e = estimate_shape([lc], (4096, 4096, 4096), "bf16", GPUS["h100"])
     assert e.bound == "compute", e.breakdown
     assert 0.40 <= e.fraction_of_peak <= 0.95, e
+
+
+def test_fitted_constants_load_with_errors_that_name_file_and_field(tmp_path):
+    from evaluators.model.perf_model import Constants, load_constants
+
+    assert load_constants(tmp_path / "absent.json") == Constants()
+    good = tmp_path / "fitted.json"
+    good.write_text('{"constants": {"cta_start": 1234}}')
+    assert load_constants(good).cta_start == 1234.0 and load_constants(good).l2_fit == Constants().l2_fit
+    for text, phrase in (
+        ('{"constants": {"bogus": 1}}', "constants.bogus is not a model constant"),
+        ('{"constants": {"cta_start": -1}}', "constants.cta_start = -1 must be a positive number"),
+        ('{"constants": [1]}', "field 'constants' must be an object"),
+        ("{not json", "not readable JSON"),
+    ):
+        good.write_text(text)
+        with pytest.raises(ValueError, match=phrase) as err:
+            load_constants(good)
+        assert str(good) in str(err.value)
