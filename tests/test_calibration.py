@@ -28,7 +28,7 @@ def test_ranks_spearman_kendall():
 
 
 NAMES = [("NVIDIA H200", "h200", False), ("NVIDIA H200 NVL", "h200", True), ("NVIDIA H100 80GB HBM3", "h100", False),
-         ("NVIDIA H100 PCIe", "h100", True), ("NVIDIA A100-SXM4-80GB", "a100", False),
+         ("NVIDIA H100 PCIe", "h100", True), ("NVIDIA H100 NVL", "h100_nvl", False), ("NVIDIA A100-SXM4-80GB", "a100", False),
          ("NVIDIA A100-PCIE-40GB", "a100", True)]  # fmt: skip
 
 

@@ -123,7 +123,7 @@ _GPU_RULES: tuple[tuple[str, str, str], ...] = (
         "h100",
         "H100 PCIe: 114 SMs and lower clocks than the SXM5 part the table models",
     ),
-    (r"\bH100\b.*\bNVL\b", "h100", "H100 NVL: other clocks and memory than the SXM5 part the table models"),
+    (r"\bH100\b.*\bNVL\b", "h100_nvl", ""),
     (r"\bH100\b", "h100", ""),
     (r"\bA100\b.*\bPCIE\b", "a100", "A100 PCIe: lower power limit than the SXM4 part the table models"),
     (r"\bA100\b", "a100", ""),

@@ -22,7 +22,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES_PATH = Path(__file__).with_name("figures.toml")
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-GPUS = ("h100", "h200")
+GPUS = ("h100", "h200", "h100_nvl")
 DTYPES = ("fp16", "bf16", "fp8")
 LAYOUTS = ("nn", "nt", "tn")
 MEASURED_WEIGHT = 4.0  # a row measured by `make gpu-check` counts as four published ones

@@ -54,6 +54,7 @@ BOUNDS = {
     "hbm_efficiency": (0.7, 0.95),
     "l2_fit": (0.3, 0.95),
     "cuda_core_efficiency": (0.3, 1.0),
+    "sm_port_bytes_per_clk": (16.0, 256.0),  # bytes per clock per SM from L2 / HBM
 }
 TARGET_ERROR, TARGET_SPEARMAN, TARGET_WITHIN_SHAPE = 0.35, 0.85, 0.8
 QUANTILE = 80  # the class error quoted: 80th percentile of the out-of-sample relative errors

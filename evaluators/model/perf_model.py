@@ -104,6 +104,16 @@ GPUS: dict[str, GpuSpec] = {
     "h100": H100,
     # H200 SXM: same GH100 compute as H100 SXM (datasheet 989 TFLOP/s dense bf16), HBM3e 4.8 TB/s, 141 GB.
     "h200": dataclasses.replace(H100, name="h200", hbm_gbps=4800.0),
+    # H100 NVL (PCIe, 94 GB, 350-400 W): GH100 with 132 SMs like the SXM5 but a lower tensor clock
+    # (datasheet: 1671 TFLOP/s bf16 with sparsity = 835.5 dense, 60 fp32, 3.9 TB/s HBM3).
+    "h100_nvl": dataclasses.replace(
+        H100,
+        name="h100_nvl",
+        clock_ghz=1.48,  # assumption: the peak's clock (below) x the SXM5's sustained/peak ratio (1.755/1.83)
+        dense_tflops={"fp16": 835.5, "bf16": 835.5, "fp8": 1670.5, "tf32": 417.5, "fp32": 60.0},
+        hbm_gbps=3900.0,
+        l2_gbps=11000.0 * 1.48 / 1.755,  # the SXM5's assumption at this clock
+    ),
     "a100": GpuSpec(
         name="a100",  # A100 SXM4 80GB
         sm_count=108,  # A100 datasheet / Ampere whitepaper
@@ -122,7 +132,8 @@ GPUS: dict[str, GpuSpec] = {
     ),
 }
 # Clock at which each datasheet peak is computed (whitepapers): flops/clk/SM = peak/(SMs*clock).
-_PEAK_CLOCK_GHZ = {"h100": 1.83, "h200": 1.83, "a100": 1.41}
+# H100 NVL: 835.5 TFLOP/s / (132 SMs x 4096 FLOP/clk/SM, the GH100's dense 16-bit rate) = 1.545 GHz.
+_PEAK_CLOCK_GHZ = {"h100": 1.83, "h200": 1.83, "h100_nvl": 1.545, "a100": 1.41}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +155,7 @@ class Constants:
     epilogue_latency: float = 500.0  # cycles for the last store of a tile to drain
     cta_start: float = 800.0  # cycles: CTA launch, program-id swizzle, address set-up
     l2_fit: float = 0.75  # fraction of L2 usable to keep A and B resident across waves
+    sm_port_bytes_per_clk: float = 128.0  # bytes an SM takes in from L2/HBM per clock (Hopper; Ampere half)
     idle_cta_cycles: float = 300.0  # cycles an SM spends on a CTA that exits at once (launch, retire)
 
 
@@ -159,6 +171,7 @@ SOURCES = {
     "epilogue_latency": "assumption: the last store of a tile drains (fitted)",
     "cta_start": "assumption: CTA launch and address set-up before the first load (fitted)",
     "l2_fit": "assumption: L2 share that keeps A and B resident across waves",
+    "sm_port_bytes_per_clk": "assumption: L2->SM fabric per SM (not published; A100's 64 B/clk doubled on Hopper)",
     "idle_cta_cycles": "assumption: CTA dispatch and retire with no work (a few hundred cycles per CTA per SM)",
 }
 FITTED_PATH = Path(__file__).with_name("fitted.json")
@@ -422,12 +435,17 @@ def overlap(stages: int, resident: int) -> float:
     return 1 - (1 - o) / max(1, resident)
 
 
+def _port(gpu: GpuSpec, c: Constants) -> float:
+    """Bytes per clock one SM moves to or from L2 (Constants.sm_port_bytes_per_clk; half before Hopper)."""
+    return c.sm_port_bytes_per_clk * (1.0 if gpu.has_wgmma else 0.5)
+
+
 def epilogue_cycles(tile_bytes: int, working: int, gpu: GpuSpec, c: Constants) -> float:
     """Storing one tile of C: its bytes at the SM's share of HBM write bandwidth when the SMs of a wave
     store at once (programs of a wave finish together), or at the L2->SM port rate if faster. A plain
     kernel with one CTA per SM cannot overlap this with the next tile's loads."""
     clock = gpu.clock_ghz * 1e9
-    port = 128 if gpu.has_wgmma else 64  # assumed L2<->SM bytes/clk per SM
+    port = _port(gpu, c)
     storing = max(1, min(working, gpu.sm_count))
     share = gpu.hbm_gbps * 1e9 * c.hbm_efficiency / (clock * storing)  # bytes/clk per SM
     return tile_bytes / min(port, share)
@@ -481,7 +499,7 @@ def memory_seconds(
     dram = min(requested, max(unique, rereads - fit * (rereads - unique))) if requested else unique
     l2_hit = max(0.0, 1.0 - dram / requested) if requested else 0.0
     c_bytes = m * n * (4 if g["split"] > 1 and not launch.atomics else elem)
-    port = 128 if gpu.has_wgmma else 64  # assumed L2->SM bytes/clk per SM
+    port = _port(gpu, c)
     latency = l2_hit * c.l2_latency + (1 - l2_hit) * c.dram_latency
     stages = launch.pipeline_stages if launch.pipeline_stages is not None else launch.num_stages
     return {
