@@ -5,7 +5,8 @@ has 24 training shapes x 3 layouts = 72 modelled entry-point calls.
 """
 
 from evaluators import load_task
-from evaluators.model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness
+from evaluators.model.constants import GPUS
+from evaluators.model.perf_model import estimate_shape, launch_from_facts, modelled_fitness
 
 # Compile facts of the seed's large-tile kernel for sm_90 (what evaluators/compile.py records).
 FACTS = {"shared": 98304, "num_warps": 8, "num_stages": 3, "uses_wgmma": True, "uses_tma": False,
@@ -18,7 +19,9 @@ def _model_all(task):
     for M, N, K in task.train:
         for _layout in task.layouts:
             grid = [-(-M // 128) * -(-N // 128)]
-            estimates.append(estimate_shape([launch_from_facts(FACTS, grid)], (M, N, K), "bf16", GPUS["h100"]))
+            estimates.append(
+                estimate_shape([launch_from_facts(FACTS, grid)], (M, N, K), "bf16", GPUS["h100"])
+            )
     return modelled_fitness(estimates)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .compat import UnsupportedEnvironment, require_tested_environment
 from .evaluate import EvalOptions, backend_label, evaluate
 from .evaluation import Evaluation
-from .model.perf_model import GPUS
+from .model.constants import GPUS
 from .task import TaskError, load_task, parse_shapes
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .model.perf_model import GpuSpec, estimate_shape, launch_from_facts
+from .model.constants import GpuSpec
+from .model.perf_model import estimate_shape, launch_from_facts
 from .targets import TargetLimits, limit_violations
 
 

@@ -107,7 +107,7 @@ class CpuStages:
     def resolve_compile(self, header: dict) -> None:
         """The compile child's reply (CPU): facts kept, autotuned launches resolved to the config
         the model ranks best per shape (evaluators/autotune.py)."""
-        from .model.perf_model import GPUS
+        from .model.constants import GPUS
 
         self.compile_header = header
         self.seconds["compile"] = float(header.get("seconds", 0.0))  # the child's own clock
@@ -163,7 +163,8 @@ class CpuStages:
         model prices what the programs executed (evaluators/model/executed.py), not what the IR could
         do; each modelled figure carries its class's calibration error (evaluators/model/classes.py)."""
         from .model.classes import class_errors, shape_class, shape_error
-        from .model.perf_model import GPUS, estimate_shape, launch_from_facts, modelled_fitness, slowed
+        from .model.constants import GPUS
+        from .model.perf_model import estimate_shape, launch_from_facts, modelled_fitness, slowed
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]

@@ -416,7 +416,7 @@ def backend_label(task: Task, options: EvalOptions) -> str:
 
 
 def _model_gpu(options: EvalOptions, task: Task) -> str | None:
-    from .model.perf_model import GPUS
+    from .model.constants import GPUS
 
     name = options.model_gpu
     if name == "auto":

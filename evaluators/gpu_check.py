@@ -10,7 +10,7 @@ was skipped for time, 2 on a bad command line (or no GPU without --dry-run):
 1. gpu_tests  the `gpu`-marked tests (`pytest -m gpu tests benchmarks`, log in gpu_tests.log).
 2. model      the seed and every baseline config compiled offline by the judge's own compile
               child (evaluators/child.py, compile mode: no interpreter, which numpy >= 2.4
-              breaks under triton 3.6) and modelled for the GPU present (perf_model.GPUS,
+              breaks under triton 3.6) and modelled for the GPU present (constants.GPUS,
               chosen from the device name by calibration.model_gpu_for: an H200 is `h200`).
 3. seed       the judge on the GPU: `evaluate(seed, task, EvalOptions(device="cuda"))`, as
               `python -m evaluators check ... --device cuda` does; fitness and per-shape
@@ -359,7 +359,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI body: 0 all steps passed, 1 a step failed or was skipped, 2 a bad command or no GPU."""
-    from .model.perf_model import GPUS
+    from .model.constants import GPUS
 
     args = parse_args(argv)
     try:

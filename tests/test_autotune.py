@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evaluators import autotune, standins
-from evaluators.model.perf_model import GPUS
+from evaluators.model.constants import GPUS
 from evaluators.targets import DEVICE_PROPERTIES, TARGET_LIMITS
 
 H100, SM90 = GPUS["h100"], TARGET_LIMITS["sm_90"]

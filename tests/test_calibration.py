@@ -39,7 +39,7 @@ def test_model_gpu_for_device_names(name, key, caveat):
 
 
 def test_h200_is_not_modelled_as_the_sm90_default():
-    from evaluators.model.perf_model import GPUS
+    from evaluators.model.constants import GPUS
 
     assert calibration.model_gpu_for("NVIDIA H200").key == "h200"
     assert GPUS["h200"].hbm_gbps != GPUS["h100"].hbm_gbps  # a different table, not a renamed default

@@ -350,7 +350,7 @@ def test_cli_refuses_clearly(tmp_path, tiny_task, capsys):
     assert main(["--dry-run", "--task", str(tiny_task), "--out", str(tmp_path)]) == 2
     assert "--dry-run needs --model-gpu" in capsys.readouterr().err
     assert main(["--dry-run", "--model-gpu", "v100", "--task", str(tiny_task)]) == 2
-    assert "--model-gpu 'v100' is unknown; known: a100, h100, h200" in capsys.readouterr().err
+    assert "--model-gpu 'v100' is unknown; known: a100, h100, h100_nvl, h200" in capsys.readouterr().err
     assert main(["--dry-run", "--model-gpu", "h200", "--task", str(tmp_path / "none.toml")]) == 2
     assert "none.toml" in capsys.readouterr().err
     args = parse_args(

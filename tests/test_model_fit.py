@@ -19,6 +19,7 @@ import pytest
 
 from evaluators.model import classes, fit, fit_rows
 from evaluators.model.calibration import SCHEMA as CALIBRATION_SCHEMA
+from evaluators.model.constants import FITTED_PATH, GPUS, Constants
 from evaluators.model.figures import (
     FIGURES_PATH,
     MEASURED_WEIGHT,
@@ -27,7 +28,7 @@ from evaluators.model.figures import (
     load_figures,
     measured_rows,
 )
-from evaluators.model.perf_model import FITTED_PATH, GPUS, Constants, KernelLaunch, estimate_shape
+from evaluators.model.perf_model import KernelLaunch, estimate_shape
 
 H100 = GPUS["h100"]
 

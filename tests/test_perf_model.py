@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from evaluators.model.constants import GPUS
 from evaluators.model.perf_model import (
-    GPUS,
     KernelLaunch,
     ShapeEstimate,
     estimate_shape,
@@ -253,7 +253,7 @@ def test_seed_compiled_offline_is_compute_bound():
 
 
 def test_fitted_constants_load_with_errors_that_name_file_and_field(tmp_path):
-    from evaluators.model.perf_model import Constants, load_constants
+    from evaluators.model.constants import Constants, load_constants
 
     assert load_constants(tmp_path / "absent.json") == Constants()
     good = tmp_path / "fitted.json"

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
+from evaluators.model.constants import GPUS
 from evaluators.model.perf_model import (
-    GPUS,
     ShapeEstimate,
     estimate_shape,
     launch_from_facts,

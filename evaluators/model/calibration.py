@@ -10,7 +10,7 @@ JSON format (`write_table` -> calibration.json; SCHEMA names the version):
     schema            "triton-evolve/calibration/1"
     created           UTC time, ISO 8601
     gpu               {"device_name": torch.cuda.get_device_name() or null (dry run),
-                       "model_gpu": key of perf_model.GPUS the model ran for, "model_note": caveat or ""}
+                       "model_gpu": key of constants.GPUS the model ran for, "model_note": caveat or ""}
     task              {"name", "dtype", "allow_tf32", "source"} of the task the shapes come from
     mode              "full" | "quick" | "dry-run"
     provenance        evaluators.provenance (torch, triton, python, triton_evolve, device; gpu, cuda, driver
@@ -109,7 +109,7 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 class ModelGpu:
     """The perf-model table chosen for a device name, and what differs from that table."""
 
-    key: str  # a key of evaluators.model.perf_model.GPUS
+    key: str  # a key of evaluators.model.constants.GPUS
     note: str  # "" when the table describes this part; else the known difference
 
 
@@ -131,7 +131,7 @@ _GPU_RULES: tuple[tuple[str, str, str], ...] = (
 
 
 def model_gpu_for(device_name: str) -> ModelGpu:
-    """The perf_model.GPUS entry for `torch.cuda.get_device_name()`, e.g. "NVIDIA H200" -> h200.
+    """The constants.GPUS entry for `torch.cuda.get_device_name()`, e.g. "NVIDIA H200" -> h200.
 
     Raises ValueError naming the device and the known tables when none fits (pass the key
     explicitly then, e.g. `--model-gpu h100`)."""
@@ -172,7 +172,8 @@ def model_launches(
     kernels: spec key -> compile facts; launches: [{"shape", "layout", "calls": [{"key", "grid"}]}]
     (the compile child's reply, evaluators/child.py `compile_offline`). Raises KeyError for a
     call whose key has no facts and for an unknown gpu_key."""
-    from .perf_model import GPUS, estimate_shape, launch_from_facts
+    from .constants import GPUS
+    from .perf_model import estimate_shape, launch_from_facts
 
     gpu = GPUS[gpu_key]
     out = {}

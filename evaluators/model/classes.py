@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .perf_model import FITTED_PATH
+from .constants import FITTED_PATH
 
 CLASSES = ("skinny", "small_k", "large", "medium")
 

@@ -30,8 +30,8 @@ import numpy as np
 from . import fit_rows
 from .calibration import spearman
 from .classes import CLASSES, shape_class
+from .constants import FITTED_PATH, Constants
 from .figures import FIGURES_PATH, RESULTS_DIR, ROOT, load_figures, measured_rows
-from .perf_model import FITTED_PATH, Constants
 
 SCHEMA = "triton-evolve/model-fit/1"
 # Free constants by default: few against the rows (7 fitted rows in figures.toml today), and the

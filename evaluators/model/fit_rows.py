@@ -17,8 +17,9 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+from .constants import GPUS, Constants
 from .figures import ROOT, Row
-from .perf_model import GPUS, Constants, estimate_shape, launch_from_facts
+from .perf_model import estimate_shape, launch_from_facts
 
 CACHE_DIR = ROOT / ".cache" / "model-fit"
 COMPILE_TIMEOUT_S = 600.0

@@ -1,202 +1,73 @@
 """Offline performance model: rank compiled matmul kernels on a named GPU without one.
 
-Input: what the offline compile produced for each kernel (tile, warps, stages, shared
-memory, registers, spills, wgmma/TMA/atomics) and the grid each launch used for a shape.
-Output: a modelled time per shape, labelled `model:<gpu>` by the caller; it ranks
-candidates, it does not replace a measurement.
+Input, per launch: what the offline compile produced (the main dot's tile and rate, warps, shared
+memory, registers, spills, wgmma / TMA from PTX instruction lines, the compiled pipeline's operand
+buffers, atomics), the grid it used for a shape, and, at the verified stage, what its programs
+executed (ExecutedWork: the busiest program's dot FLOPs by rate and tile and CUDA-core flops, and how
+many programs did any work; evaluators/work_count.py counts, evaluators/model/executed.py scales).
+Output: a modelled time per shape, labelled `model:<gpu>` by the caller; it ranks candidates, it does
+not replace a measurement. Tables and constants: evaluators/model/constants.py.
 
-Equations (per launch; one entry-point call sums its launches). Tile (BM, BN, BK),
-P = prod(grid) programs, T = cdiv(M,BM)*cdiv(N,BN) output tiles, split = P//T if P > T
-(split-K), tiles per program = cdiv(T, P) if P < T (persistent), S = k-steps per program.
+Equations (per launch; one entry-point call sums its launches). Tile (BM, BN, BK) of the main dot,
+P = prod(grid) programs, W = programs that work (P without executed work), T = cdiv(M,BM)*cdiv(N,BN)
+output tiles, split = W//T if W > T (split-K), tiles per program = cdiv(T, W) if W < T (persistent),
+S = k-steps of the busiest program (its main-dot FLOPs / 2*BM*BN*BK, or tiles*cdiv(K/split, BK)).
   occupancy  c = min(max_ctas, max_warps//warps, regs_per_sm//(regs*32*warps),
                      smem_per_sm//(shared+1 KiB))                 (CUDA occupancy rules)
-  waves      w = ceil(P / (SMs*c)); resident r = min(c, ceil(P/SMs)); CTAs per SM = w*r
-  compute    per k-step cycles = max(2*BM'*BN'*BK / (flops_per_clk_SM * eff_mma),
+  waves      w = ceil(W / (SMs*c)); resident r = min(c, ceil(W/SMs)); CTAs per SM = w*r
+  compute    per k-step cycles = max(2*BM'*BN'*BK / (flops_per_clk_SM(rate) * eff_mma),
                                      smem_bytes / 128 B/clk) + issue overhead
-             BM' = BM padded to the MMA shape (16 for mma.sync, 64 per warpgroup for
-             wgmma): a 128-row tile at M=1 does 128 rows of work. eff_mma = 0.97*N/(N+8)
-             with wgmma (N per instruction), gpu.mma_efficiency_no_wgmma without; fp32
-             without TF32 uses CUDA cores. smem_bytes: operand re-reads per warp layout.
-             compute_s = w*r*S*step / clock
+             BM' = BM padded to the MMA shape (16 for mma.sync, 64 per warpgroup for wgmma).
+             eff_mma = wgmma_efficiency*N/(N+8) with wgmma (N per instruction),
+             gpu.mma_efficiency_no_wgmma without; an fp32 IEEE dot runs on CUDA cores.
+             Executed work adds, per program, every other dot at its own rate and the CUDA-core
+             flops at the fp32 rate. compute_s = w*r*(S*step + extra) / clock
   traffic    each CTA loads (min(BM,M)*BK + BK*BN)*elem per k-step (L2 requests). DRAM:
              one wave reads the A/B panels of a square-ish block of tiles (grouped
-             ordering); across waves panels are re-read unless A+B fit in ~75% of L2.
-             l2_hit = 1 - dram/requested. dram_s = (dram + C store)/(0.92*HBM),
+             ordering); across waves panels are re-read unless A+B fit in ~l2_fit of L2.
+             l2_hit = 1 - dram/requested. dram_s = (dram + C store)/(hbm_efficiency*HBM),
              l2_s = requested/L2 bw, ingress_s = per-SM bytes/(SM port B/clk * clock).
-  pipeline   latency_s = w*S*L/(stages-1), L = hit*300 + (1-hit)*900 cycles (Little's law);
-             mem_s = max(dram_s, l2_s, ingress_s, latency_s); overlap o = 0 (1 stage),
+  pipeline   latency_s = w*S*L/(buffers-1), L = hit*l2_latency + (1-hit)*dram_latency (Little's
+             law); buffers = the compiled pipeline's (1 when nothing is copied asynchronously);
+             mem_s = max(dram_s, l2_s, ingress_s, latency_s); overlap o = 0 (1 buffer),
              0.5 (2), 1 (>=3), raised by resident CTAs: o' = 1-(1-o)/r;
              body = max(compute, mem) + (1-o')*min(compute, mem)
-  extras     spill_s = spill_bytes*threads*2 per k-step at 128 B/clk/SM (local memory,
-             not overlapped); store_s = last round's C store; splitk_s = split*M*N*4 B of
-             atomics (x2, at L2) plus C zeroing, or fp32 partials written and re-read;
-             ramp = (prologue latency + epilogue) per tile (once per program when
-             persistent), launch floor 4 us per launch (so tiny shapes are latency-bound).
+  extras     spill_s = spill_bytes*threads*2 per k-step at 128 B/clk/SM (local memory, not
+             overlapped); store_s = last round's C store; epilogue = a tile's C bytes at the SM's
+             share of HBM write bandwidth (a wave stores at once); ramp = CTA start + prologue
+             latency + epilogue + drain per tile (a persistent program starts once; with TMA its
+             next tile's loads overlap the epilogue); idle programs cost idle_cta_cycles each;
+             splitk_s = split*M*N*4 B of atomics (x2, at L2) plus C zeroing, or fp32 partials
+             written and re-read; launch floor launch_s per launch.
 Empty launches (a grid with a 0 dimension, e.g. the leftover-rows launch when M divides
 evenly) run nothing and are skipped; a shape whose launches are all empty, a negative grid,
 a tile or warp count below 1 are "invalid" with the reason, never a division by zero.
 bound: the largest term; "memory" = DRAM bandwidth/latency (HBM roofline), L2/SM-port/
 shared-memory feed limits count as "compute" (breakdown["limiter"] names the exact term),
-"latency" = launch floor + ramp dominate. A launch without tt.dot (a split-K reduce or
-an epilogue pass) costs the floor plus reading split fp32 partials and writing C. Invalid (shared > max per CTA, regs*threads >
-regs per SM, threads > 1024, no dot at all) -> bound "invalid", fraction 0, time inf.
+"latency" = launch floor + ramp dominate. A launch without tt.dot (a split-K reduce or an
+epilogue pass) costs the floor plus reading split fp32 partials and writing C. Invalid (shared >
+max per CTA, regs*threads > regs per SM, threads > 1024, no dot at all) -> bound "invalid",
+fraction 0, time inf.
 
-Constants: NVIDIA datasheets (H100 SXM5, H200, A100 SXM4 80GB), the Hopper and Ampere
-whitepapers (SM counts, L2 sizes, shared memory, tensor-core FMA/clk/SM) and the CUDA
-Programming Guide compute-capability tables; L2 bandwidth, latencies, issue overhead
-and efficiencies are not published by NVIDIA: they are assumptions calibrated to the
-figures in shared/REFERENCES.md (H100: ~800 TFLOP/s bf16 at 8192^3, Triton tutorial
-525 TFLOP/s fp16 at 3072^3, PR #5726). Expected error: 10-25% on large compute-bound
-shapes, up to 2x on small/latency-bound shapes and on kernels whose schedule the
-facts do not show (program order, warp specialisation, clusters). Use it to rank.
+Error: evaluators/model/fit.md, per shape class, out of sample (`make calibrate`); large
+compute-bound shapes within ~15%, small-K, skinny and medium shapes 1.5-3x optimistic today.
+Use it to rank, with the error each figure carries (evaluators/model/classes.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
-
-@dataclasses.dataclass(frozen=True)
-class GpuSpec:
-    name: str
-    sm_count: int
-    clock_ghz: float  # sustained boost under tensor load
-    dense_tflops: dict  # {"fp16","bf16","tf32","fp32"} dense tensor-core peak (fp32 = non-tensor)
-    hbm_gbps: float
-    l2_gbps: float
-    l2_bytes: int
-    smem_per_sm: int
-    max_smem_per_cta: int
-    regs_per_sm: int
-    max_warps_per_sm: int
-    max_ctas_per_sm: int
-    has_wgmma: bool
-    mma_efficiency_no_wgmma: float  # fraction of peak reachable with mma.sync only
-
-
-KIB, MIB = 1024, 1024 * 1024
-H100 = GpuSpec(
-    name="h100",  # H100 SXM5 80GB
-    sm_count=132,  # H100 datasheet / Hopper whitepaper (SXM5: 132 SMs)
-    clock_ghz=1.755,  # datasheet peaks assume 1.83 GHz; ~1.75 sustained at 700 W under GEMM (measured)
-    dense_tflops={
-        "fp16": 989.4,
-        "bf16": 989.4,
-        "fp8": 1978.9,
-        "tf32": 494.7,
-        "fp32": 66.9,
-    },  # datasheet, dense
-    hbm_gbps=3350.0,  # datasheet, HBM3
-    l2_gbps=11000.0,  # not published; assumed A100's 47 B/clk per SM x 132 SMs x 1.755 GHz
-    l2_bytes=50 * MIB,  # Hopper whitepaper
-    smem_per_sm=228 * KIB,  # CUDA Programming Guide, cc 9.0
-    max_smem_per_cta=227 * KIB,  # CUDA Programming Guide, cc 9.0 (opt-in)
-    regs_per_sm=65536,  # CUDA Programming Guide
-    max_warps_per_sm=64,  # CUDA Programming Guide, cc 9.0
-    max_ctas_per_sm=32,  # CUDA Programming Guide, cc 9.0
-    has_wgmma=True,  # sm_90a warpgroup MMA (Hopper whitepaper)
-    mma_efficiency_no_wgmma=0.62,  # mma.sync on Hopper reaches ~60-65% of peak (FlashAttention-3 paper, CUTLASS)
+from .constants import (
+    ELEM_BYTES,
+    KIB,
+    PEAK_CLOCK_GHZ,
+    SMEM_BYTES_PER_CLK,
+    Constants,
+    GpuSpec,
+    load_constants,
 )
-GPUS: dict[str, GpuSpec] = {
-    "h100": H100,
-    # H200 SXM: same GH100 compute as H100 SXM (datasheet 989 TFLOP/s dense bf16), HBM3e 4.8 TB/s, 141 GB.
-    "h200": dataclasses.replace(H100, name="h200", hbm_gbps=4800.0),
-    # H100 NVL (PCIe, 94 GB, 350-400 W): GH100 with 132 SMs like the SXM5 but a lower tensor clock
-    # (datasheet: 1671 TFLOP/s bf16 with sparsity = 835.5 dense, 60 fp32, 3.9 TB/s HBM3).
-    "h100_nvl": dataclasses.replace(
-        H100,
-        name="h100_nvl",
-        clock_ghz=1.48,  # assumption: the peak's clock (below) x the SXM5's sustained/peak ratio (1.755/1.83)
-        dense_tflops={"fp16": 835.5, "bf16": 835.5, "fp8": 1670.5, "tf32": 417.5, "fp32": 60.0},
-        hbm_gbps=3900.0,
-        l2_gbps=11000.0 * 1.48 / 1.755,  # the SXM5's assumption at this clock
-    ),
-    "a100": GpuSpec(
-        name="a100",  # A100 SXM4 80GB
-        sm_count=108,  # A100 datasheet / Ampere whitepaper
-        clock_ghz=1.41,  # datasheet boost; A100 holds it under load (peaks are computed at 1.41 GHz)
-        dense_tflops={"fp16": 312.0, "bf16": 312.0, "tf32": 156.0, "fp32": 19.5},  # datasheet, dense
-        hbm_gbps=2039.0,  # datasheet, HBM2e 80GB SXM4
-        l2_gbps=7200.0,  # Ampere whitepaper: L2 read bandwidth 5120 B/clk x 1.41 GHz
-        l2_bytes=40 * MIB,  # Ampere whitepaper
-        smem_per_sm=164 * KIB,  # CUDA Programming Guide, cc 8.0
-        max_smem_per_cta=163 * KIB,  # CUDA Programming Guide, cc 8.0 (opt-in)
-        regs_per_sm=65536,
-        max_warps_per_sm=64,
-        max_ctas_per_sm=32,
-        has_wgmma=False,
-        mma_efficiency_no_wgmma=0.9,  # mma.sync is Ampere's native path; cuBLAS reaches ~90% of peak
-    ),
-}
-# Clock at which each datasheet peak is computed (whitepapers): flops/clk/SM = peak/(SMs*clock).
-# H100 NVL: 835.5 TFLOP/s / (132 SMs x 4096 FLOP/clk/SM, the GH100's dense 16-bit rate) = 1.545 GHz.
-_PEAK_CLOCK_GHZ = {"h100": 1.83, "h200": 1.83, "h100_nvl": 1.545, "a100": 1.41}
-
-
-@dataclasses.dataclass(frozen=True)
-class Constants:
-    """The model's tunable constants, one table; SOURCES says where each value comes from.
-
-    Hardware facts (SM counts, peaks, shared memory) live in GpuSpec; these are the efficiencies,
-    latencies and overheads NVIDIA does not publish. `evaluators/model/fit.py` fits them to the
-    calibration table and writes FITTED_PATH, which this module reads at import."""
-
-    launch_s: float = 4e-6  # per-launch floor: launch + first-CTA start + drain
-    wgmma_efficiency: float = 0.97  # x N/(N+8) for a wgmma m64nNk16
-    cuda_core_efficiency: float = 0.8  # fp32 FMA path (no tensor cores)
-    hbm_efficiency: float = 0.92  # achievable fraction of HBM peak
-    issue_cycles: float = 24.0  # per k-step: loop, address arithmetic, barriers
-    issue_cycles_tma: float = 8.0  # per k-step with TMA: one thread issues the copies
-    dram_latency: float = 900.0  # cycles
-    l2_latency: float = 300.0  # cycles
-    epilogue_latency: float = 500.0  # cycles for the last store of a tile to drain
-    cta_start: float = 800.0  # cycles: CTA launch, program-id swizzle, address set-up
-    l2_fit: float = 0.75  # fraction of L2 usable to keep A and B resident across waves
-    sm_port_bytes_per_clk: float = 128.0  # bytes an SM takes in from L2/HBM per clock (Hopper; Ampere half)
-    idle_cta_cycles: float = 300.0  # cycles an SM spends on a CTA that exits at once (launch, retire)
-
-
-SOURCES = {
-    "launch_s": "CUDA-event timings of tiny kernels (~3-5 us per launch, REFERENCES.md timing protocol)",
-    "wgmma_efficiency": "CUTLASS/cuBLAS reach ~0.9-0.95 of clock peak with m64n256k16 (assumption, fitted)",
-    "cuda_core_efficiency": "assumption: FMA issue with operand loads from shared memory (fitted)",
-    "hbm_efficiency": "STREAM-like copies reach ~90-93% of HBM peak (assumption)",
-    "issue_cycles": "assumption: loop, address arithmetic and barriers per k-step (fitted)",
-    "issue_cycles_tma": "assumption: one thread issues TMA copies (fitted)",
-    "dram_latency": "microbenchmarks: ~500 ns HBM latency on Hopper/Ampere (fitted)",
-    "l2_latency": "microbenchmarks: ~200 ns L2 latency on Hopper/Ampere (fitted)",
-    "epilogue_latency": "assumption: the last store of a tile drains (fitted)",
-    "cta_start": "assumption: CTA launch and address set-up before the first load (fitted)",
-    "l2_fit": "assumption: L2 share that keeps A and B resident across waves",
-    "sm_port_bytes_per_clk": "assumption: L2->SM fabric per SM (not published; A100's 64 B/clk doubled on Hopper)",
-    "idle_cta_cycles": "assumption: CTA dispatch and retire with no work (a few hundred cycles per CTA per SM)",
-}
-FITTED_PATH = Path(__file__).with_name("fitted.json")
-
-
-def load_constants(path: Path = FITTED_PATH) -> Constants:
-    """Constants with the fitted values of `path` (JSON {"constants": {name: value}}) over the
-    defaults; the defaults when the file is absent. Raises ValueError naming the file and field
-    for an unknown name or a value that is not a positive number."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return Constants()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e}); rerun `make calibrate` to write it") from e
-    values = data.get("constants", {}) if isinstance(data, dict) else None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: field 'constants' must be an object of name -> value")
-    known = {f.name for f in dataclasses.fields(Constants)}
-    for name, value in values.items():
-        if name not in known:
-            raise ValueError(f"{path}: constants.{name} is not a model constant (known: {sorted(known)})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{path}: constants.{name} = {value!r} must be a positive number")
-    return Constants(**{k: float(v) for k, v in values.items()})
 
 
 def _fitted() -> tuple[Constants | None, str]:
@@ -209,9 +80,6 @@ def _fitted() -> tuple[Constants | None, str]:
 
 
 CONSTANTS, CONSTANTS_ERROR = _fitted()
-SMEM_BYTES_PER_CLK = 128  # 32 banks x 4 B per clock per SM (CUDA Programming Guide): hardware, not fitted
-
-ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4, "fp8": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +181,7 @@ def peak_tflops(gpu: GpuSpec, key: str) -> float:
 
 def _flops_per_clk(gpu: GpuSpec, key: str) -> float:
     """FLOPs per clock per SM at one rate key: the datasheet peak over SMs x the peak's clock."""
-    return peak_tflops(gpu, key) * 1e12 / (gpu.sm_count * _PEAK_CLOCK_GHZ.get(gpu.name, gpu.clock_ghz) * 1e9)
+    return peak_tflops(gpu, key) * 1e12 / (gpu.sm_count * PEAK_CLOCK_GHZ.get(gpu.name, gpu.clock_ghz) * 1e9)
 
 
 def _regs(launch: KernelLaunch) -> int:
