@@ -9,6 +9,8 @@ What goes in, and why:
   package, sorted; each path goes in with its bytes, so moving code between files counts too):
   the static rules, the compile, the checks, the guards, the timing protocol and the
   performance model are all code here, and any of them can turn a verdict or a fitness;
+- the model's fitted constants (evaluators/model/fitted.json, DATA_FILES): `make calibrate`
+  rewrites them, and they set every modelled fitness and the error it carries;
 - the versions of torch, triton and numpy (the installed distributions' versions): torch draws
   the inputs and computes the references, triton compiles and (on a CPU) interprets the kernels,
   and the interpreter does its arithmetic in numpy.
@@ -32,13 +34,16 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "triton", "numpy")  # whose versions decide verdicts (see the module docstring)
+DATA_FILES = ("fitted.json",)  # data files the judge reads, by name under the package (see the docstring)
 LENGTH = 16  # hex characters kept: 64 bits, short enough to print, far from any collision in a run
 
 
 def judge_sources(root: Path = PACKAGE_DIR) -> list[Path]:
-    """The Python files under `root` that make up the judge, sorted by their path relative to it."""
+    """The Python files (and DATA_FILES) under `root` that make up the judge, sorted by their path
+    relative to it."""
+    files = [*root.rglob("*.py"), *(p for name in DATA_FILES for p in root.rglob(name))]
     return sorted(
-        (p for p in root.rglob("*.py") if "__pycache__" not in p.parts),
+        (p for p in files if "__pycache__" not in p.parts),
         key=lambda p: p.relative_to(root).as_posix(),
     )
 

@@ -99,3 +99,15 @@ def test_every_verdict_fresh_or_memoised_names_todays_judge(tmp_path):
     again = evaluate(source, task, EvalOptions(prestart=False), cache=cache)
     assert again.provenance.get("memo_hit") and again.judge == judge_fingerprint()
     assert again.to_dict()["judge"] == judge_fingerprint()
+
+
+def test_the_models_fitted_constants_count(judge_copy):
+    """`make calibrate` rewrites evaluators/model/fitted.json: every modelled fitness changes with it."""
+    fitted = judge_copy / "model" / "fitted.json"
+    assert fitted in judge_sources(judge_copy)
+    before = fingerprint_of(judge_copy, VERSIONS)
+    fitted.write_text(fitted.read_text().replace('"constants"', '"constants" ', 1))
+    after = fingerprint_of(judge_copy, VERSIONS)
+    assert after != before
+    (judge_copy / "model" / "fit.md").write_text("a report, not read by the judge")
+    assert fingerprint_of(judge_copy, VERSIONS) == after
