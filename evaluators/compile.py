@@ -107,8 +107,8 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
 
 # Instruction lines of the PTX, never a substring of a symbol name (a kernel named "..._wgmma_..."
 # must not read as one that uses wgmma).
-_WGMMA = re.compile(r"^\s*wgmma\.mma_async\b", re.M)
-_TMA = re.compile(r"^\s*cp\.async\.bulk\.tensor\b", re.M)
+_WGMMA = re.compile(r"^\s*(?:@!?%\w+\s+)?wgmma\.mma_async\b", re.M)  # an optional predicate
+_TMA = re.compile(r"^\s*(?:@!?%\w+\s+)?cp\.async\.bulk\.tensor\b", re.M)  # issued by one thread: predicated
 _ASYNC_COPY = re.compile(r"\b(?:ttg\.async_copy_global_to_local|ttng\.async_tma_copy_global_to_local)\b")
 _BUFFERS = re.compile(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x\d+x\d+x")
 

@@ -123,3 +123,21 @@ def test_cuda_core_arithmetic_is_counted_and_a_folded_add_is_not():
     calls = [call for row in cuda.provenance["executed_work"] for call in row["calls"]]
     assert all(call["cuda_gflop"] > 0 for call in calls), calls
     assert cuda.fitness < 0.5 * dot.fitness
+
+
+def test_instruction_facts_read_instruction_lines_only():
+    """wgmma and TMA are PTX instructions, predicated or not (TMA is issued by one thread:
+    `@%p7 cp.async.bulk.tensor...`); a symbol or a comment that names them is not one."""
+    from evaluators.compile import compiled_facts
+
+    def facts(ptx: str) -> dict:
+        return compiled_facts({"ptx": ptx, "ttir": ""}, 0, 4, 3)
+
+    names = ".visible .entry matmul_wgmma_tma_kernel(\n// cp.async.bulk.tensor in a comment\n\tmov.u32 %r1, 0;\n"
+    assert not facts(names)["uses_wgmma"] and not facts(names)["uses_tma"]
+    issued = (
+        "\t@%p7 cp.async.bulk.tensor.2d.shared::cta.global.mbarrier::complete_tx::bytes [%r19], [%rd18];\n"
+        "\twgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%r1}, %rd20, %rd21, %p29, 1, 1, 0, 1;\n"
+    )
+    assert facts(issued)["uses_wgmma"] and facts(issued)["uses_tma"]
+    assert facts(issued)["pipeline_stages"] == 1  # no TTGIR given: nothing copied asynchronously

@@ -5,17 +5,19 @@ an `autotune` row once per index of the module's CONFIGS), grouped with the othe
 rendered source, dtype and layout, and compiled offline for sm_90 by the judge's compile child
 (evaluators/measure.py CompileChild) on all their shapes at once. The reply (facts without the
 TTIR text, launch grids) is cached in .cache/model-fit/<key>.json, the key hashing the source, the
-task and the Triton version, so a rerun compiles nothing.
+task, the Triton version and the judge code that finds the facts, so a rerun compiles nothing.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .constants import GPUS, Constants
 from .figures import ROOT, Row
@@ -80,8 +82,19 @@ def _task(dtype: str, layout: str, shapes: Sequence[tuple[int, int, int]]) -> di
             "stage": "provisional"}  # fmt: skip
 
 
+@functools.cache
+def facts_code() -> str:
+    """A hash of the judge code that produces compile facts (evaluators/*.py, the model's package
+    apart): a cache entry made by other fact-finding code (a fixed regex, a new fact) is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parents[1].glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _key(source: str, task: dict) -> str:
-    text = json.dumps({"source": source, "task": task, "triton": triton_version()}, sort_keys=True)
+    text = json.dumps({"source": source, "task": task, "triton": triton_version(), "facts_code": facts_code()},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
