@@ -56,3 +56,12 @@ def test_calls_match_counted_launches_by_grid():
     assert works[2].working == 1
     # a launch whose grid differs from the capture's is not matched: its compile facts stand
     assert call_work([{"grid": [8]}], 64, (64, summary), None) == [None]
+
+
+def test_a_sample_that_did_no_dot_work_at_full_k_scales_to_zero_without_failing():
+    # dots at the reduced K only (a K-keyed path); at full K the sampled program 0 did nothing and
+    # program 3, idle at K_r, did CUDA-core work only: the dot scale is 0 and nothing divides by it
+    reduced = (64, {0: _program(1), 1: _program(1)})
+    work = launch_work([4, 1, 1], 4096, reduced, {0: _program(0), 3: _program(0, cuda=5)})
+    assert work.dot_flops == () and work.cuda_flops == 5
+    assert work.working == 1  # program 3; programs 0 and 1 scaled to no work are not working

@@ -35,11 +35,11 @@ def _totals(programs: dict) -> tuple[float, float]:
     return dot, sum(float(w.get("cuda", 0)) for w in programs.values())
 
 
-def _busiest(programs: dict, dot_scale: float, cuda_scale: float) -> tuple[dict, float]:
+def _busiest(programs: dict) -> tuple[dict, float]:
     """The per-key dot FLOPs of the program with the most dot FLOPs and the largest CUDA-core count."""
     best = max(programs.values(), key=lambda w: sum(w.get("dot", {}).values()), default={})
     cuda = max((float(w.get("cuda", 0)) for w in programs.values()), default=0.0)
-    return {k: v * dot_scale for k, v in best.get("dot", {}).items()}, cuda * cuda_scale
+    return dict(best.get("dot", {})), cuda
 
 
 def _working(programs: dict) -> int:
@@ -61,28 +61,24 @@ def launch_work(
         how = f"every program at K = {k_r}"
         if sampled:
             full_dot, full_cuda = _totals(sampled)
-            same = {p: programs[p] for p in sampled if p in programs}
-            red_dot, red_cuda = _totals(same)
+            red_dot, red_cuda = _totals({p: programs[p] for p in sampled if p in programs})
             if red_dot > 0:
                 dot_scale = full_dot / red_dot
             if red_cuda > 0:
                 cuda_scale = full_cuda / red_cuda
             how += f", scaled by {len(sampled)} programs run at K = {k}"
-            extra = {p: w for p, w in sampled.items() if p not in programs}  # idle at K_r, working at K
-            if extra and _working(extra):
-                programs = {
-                    **programs,
-                    **{p: _scale(w, 1 / dot_scale, 1 / cuda_scale) for p, w in extra.items()},
-                }
         else:
             how += f", scaled by K / {k_r}"
-        dot, cuda = _busiest(programs, dot_scale, cuda_scale)
-        working = _working(programs)
+        # Every program at full K: its reduced-K work scaled; the sampled ones as they ran at full K
+        # (a program idle at K_r that the sample shows working is not idle).
+        full = {p: _scale(w, dot_scale, cuda_scale) for p, w in programs.items()}
+        full.update(sampled or {})
+        dot, cuda = _busiest(full)
+        working = _working(full)
     else:
         assert sampled is not None
-        dot, cuda = _busiest(sampled, 1.0, 1.0)
-        ran = max(1, len(sampled))
-        working = round(total * _working(sampled) / ran)
+        dot, cuda = _busiest(sampled)
+        working = round(total * _working(sampled) / max(1, len(sampled)))
         how = f"{len(sampled)} programs run at K = {k} (the whole grid at a reduced K did not run)"
     flops = []
     for key, value in sorted(dot.items()):
