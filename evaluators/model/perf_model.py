@@ -94,6 +94,11 @@ class ExecutedWork:
     cuda_flops: float  # busiest program: CUDA-core flop-equivalents (work_count.py)
     source: str = ""  # how it was counted, in words
 
+    @property
+    def main_dot(self) -> tuple[str, tuple[int, int, int], float] | None:
+        """(rate key, tile, FLOPs) of the dot that did the most work in the busiest program."""
+        return max(self.dot_flops, key=lambda x: x[2], default=None)
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
@@ -110,6 +115,11 @@ class KernelLaunch:
     pipeline_stages: int | None = None  # operand buffers the compiled loop cycles through (None: num_stages)
     dot_rate: str | None = None  # rate key of the main dot (dot_rate_key); None: the task's
     work: ExecutedWork | None = None  # verified stage: what ran
+
+    @property
+    def buffers(self) -> int:
+        """Operand buffers of the compiled pipeline (the launch's num_stages when not known)."""
+        return self.pipeline_stages if self.pipeline_stages is not None else self.num_stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +148,8 @@ def launch_from_facts(facts: dict, grid: list[int], work: ExecutedWork | None = 
     work: the one that did the most FLOPs), never the first one written."""
     dots = [d for d in facts.get("dots") or [] if d.get("tile") and len(d["tile"]) == 3]
     main = max(dots, key=lambda d: math.prod(d["tile"]), default=None)
-    if work is not None and work.dot_flops:
-        key, tile, _ = max(work.dot_flops, key=lambda x: x[2])
+    if work is not None and work.main_dot is not None:
+        key, tile, _ = work.main_dot
         main = {"tile": list(tile), "precision": key}
     stages = facts.get("pipeline_stages")
     return KernelLaunch(
@@ -280,15 +290,14 @@ def step_cycles(
     return max(mma, smem_bytes / SMEM_BYTES_PER_CLK) + issue, eff, wgmma
 
 
-def extra_work_cycles(
-    work: ExecutedWork, main: tuple[str, tuple] | None, gpu: GpuSpec, c: Constants
-) -> float:
+def extra_work_cycles(work: ExecutedWork, gpu: GpuSpec, c: Constants) -> float:
     """Compute beyond the main dot's k-steps, per busiest program: every other dot at its own
     type's rate, and the CUDA-core arithmetic at the fp32 FMA rate (a dot on zeros, a loop of
     multiply-adds: all executed work is priced)."""
     cycles = 0.0
+    main = work.main_dot
     for key, tile, flops in work.dot_flops:
-        if main is not None and (key, tuple(tile)) == main:
+        if main is not None and (key, tuple(tile)) == main[:2]:
             continue
         eff = c.cuda_core_efficiency if key == "fp32" else gpu.mma_efficiency_no_wgmma
         cycles += flops / (_flops_per_clk(gpu, key) * eff)
@@ -369,15 +378,13 @@ def memory_seconds(
     c_bytes = m * n * (4 if g["split"] > 1 and not launch.atomics else elem)
     port = _port(gpu, c)
     latency = l2_hit * c.l2_latency + (1 - l2_hit) * c.dram_latency
-    stages = launch.pipeline_stages if launch.pipeline_stages is not None else launch.num_stages
     return {
         "dram_s": (dram + c_bytes) / (gpu.hbm_gbps * 1e9 * c.hbm_efficiency),
         "l2_s": requested / (gpu.l2_gbps * 1e9),
         "ingress_s": g["per_sm"] * steps * step_bytes / (port * clock),
-        "latency_s": g["waves"] * steps * latency / max(1, stages - 1) / clock,
+        "latency_s": g["waves"] * steps * latency / max(1, launch.buffers - 1) / clock,
         "l2_hit": l2_hit,
         "latency_cycles": latency,
-        "port": port,
     }
 
 
@@ -395,9 +402,8 @@ def _geometry(launch: KernelLaunch, shape: tuple, gpu: GpuSpec) -> dict:
     tiles_per_prog = _cdiv(tiles, working) if working < tiles else 1
     k_prog = _cdiv(k, split)
     steps = tiles_per_prog * _cdiv(k_prog, bk)
-    if work is not None and work.dot_flops:
-        main = max(work.dot_flops, key=lambda x: x[2])
-        steps = max(1, round(main[2] / (2 * bm * bn * bk)))
+    if work is not None and work.main_dot is not None:
+        steps = max(1, round(work.main_dot[2] / (2 * bm * bn * bk)))
     elif work is not None:
         steps = 0  # no dot ran: CUDA-core work only (extra_work_cycles)
     occ = occupancy(launch, gpu)
@@ -424,13 +430,11 @@ def _estimate_launch(
     step, eff, wgmma = step_cycles(launch, gpu, rate, elem, c)
     program_cycles = g["steps"] * step
     if launch.work is not None:
-        main = max(launch.work.dot_flops, key=lambda x: x[2])[:2] if launch.work.dot_flops else None
-        program_cycles += extra_work_cycles(launch.work, main, gpu, c)
+        program_cycles += extra_work_cycles(launch.work, gpu, c)
     compute_s = g["per_sm"] * program_cycles / clock
     mem = memory_seconds(launch, shape, g, gpu, elem, c)
     mem_s = max(mem["dram_s"], mem["l2_s"], mem["ingress_s"], mem["latency_s"])
-    stages = launch.pipeline_stages if launch.pipeline_stages is not None else launch.num_stages
-    o = overlap(stages, g["resident"])
+    o = overlap(launch.buffers, g["resident"])
     body = max(compute_s, mem_s) + (1 - o) * min(compute_s, mem_s)
     threads = launch.num_warps * 32
     spill_s = (
@@ -451,7 +455,7 @@ def _estimate_launch(
         "split": g["split"],
         "tiles_per_program": g["tiles_per_program"],
         "working_programs": g["working"],
-        "pipeline_stages": stages,
+        "pipeline_stages": launch.buffers,
         "wgmma": wgmma,
         "mma_efficiency": eff,
         "step_cycles": step,
