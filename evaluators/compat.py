@@ -365,6 +365,27 @@ def interpreter_accesses():
     return interpreter.InterpreterBuilder, plain, atomics, "set_grid_dim"
 
 
+def on_interpreter_launch(callback) -> None:
+    """Call `callback(grid)` (the launch's grid, a tuple of ints) at the start of every interpreted
+    launch, before its first program (interpreter_accesses' launch method); wrappers installed later
+    run first."""
+    builder, _, _, launch = interpreter_accesses()
+    original = getattr(builder, launch)
+
+    def start(builder_self, *grid):
+        callback(tuple(int(g) for g in grid))
+        return original(builder_self, *grid)
+
+    setattr(builder, launch, start)
+
+
+def program_index(grid: tuple, index) -> int:
+    """Flat id of the program at grid index (x, y, z) of a 3-D `grid`: the interpreter runs programs
+    x-major, z fastest, so this is also their order."""
+    _, ny, nz = grid
+    return (int(index[0]) * ny + int(index[1])) * nz + int(index[2])
+
+
 def interpreter_grid() -> tuple[type, object]:
     """What evaluators/program_sample.py wraps to run only some programs of a launch, Triton 3.6-3.9:
     (GridExecutor, interpreter_builder). Each interpreted launch builds a GridExecutor(fn, arg_names,

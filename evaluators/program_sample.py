@@ -55,15 +55,8 @@ class ProgramSample:
                 ex.fn = _Sampled(ex.fn, sample, builder)
 
         executor.__init__ = init
-        builder_class, plain, atomics, launch = compat.interpreter_accesses()
-        original_launch = getattr(builder_class, launch)
-
-        def start(builder_self, *grid):
-            if sample.active:
-                sample._launch(tuple(int(g) for g in grid))
-            return original_launch(builder_self, *grid)
-
-        setattr(builder_class, launch, start)
+        builder_class, plain, atomics, _ = compat.interpreter_accesses()
+        compat.on_interpreter_launch(lambda grid: sample._launch(grid) if sample.active else None)
         for name, (kind, ptr_index, mask_index, _) in plain.items():
             if hasattr(builder_class, name):
                 setattr(
@@ -98,8 +91,7 @@ class ProgramSample:
             self.combines = "the call makes several launches (a later one may read an earlier one's partials)"
 
     def runs(self, index: tuple) -> bool:
-        _, ny, nz = self.grid
-        return (index[0] * ny + index[1]) * nz + index[2] in self.chosen
+        return compat.program_index(self.grid, index) in self.chosen
 
     def _wrap(self, original, kind: str, ptr_index: int, mask_index: int | None):
         sample = self

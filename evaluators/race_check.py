@@ -157,7 +157,7 @@ class RaceCheck:
 
     # -- set-up
     def install(self) -> None:
-        builder, plain, atomics, launch = compat.interpreter_accesses()
+        builder, plain, atomics, _ = compat.interpreter_accesses()
         for name, (kind, ptr_index, mask_index, value_index) in plain.items():
             if hasattr(builder, name):
                 wrapped = self._wrap_plain(getattr(builder, name), kind, ptr_index, mask_index, value_index)
@@ -167,13 +167,7 @@ class RaceCheck:
             if hasattr(builder, name):
                 original = getattr(builder, name)
                 setattr(builder, name, self._wrap_atomic(original, ptr_index, mask_index, sem_index))
-        original_launch = getattr(builder, launch)
-
-        def start(builder_self, *grid):
-            self._start(tuple(int(g) for g in grid))
-            return original_launch(builder_self, *grid)
-
-        setattr(builder, launch, start)
+        compat.on_interpreter_launch(self._start)
 
     def begin(self, kernel: str, arg_names, args: tuple, kwargs: dict) -> None:
         """Name the launch about to run (the child's launcher calls this): its kernel, its tensors."""
@@ -241,10 +235,9 @@ class RaceCheck:
         """The program running now; a new one starts with a clock of its own epoch only."""
         index = tuple(builder.grid_idx)
         if index != self.program:
-            _, ny, nz = self.grid
             self.program = index
-            self.flat = (index[0] * ny + index[1]) * nz + index[2]
-            self.clock = np.zeros(self.grid[0] * ny * nz, dtype=np.int64)
+            self.flat = compat.program_index(self.grid, index)
+            self.clock = np.zeros(self.grid[0] * self.grid[1] * self.grid[2], dtype=np.int64)
             self.clock[self.flat] = 1
 
     # -- wrappers

@@ -63,16 +63,9 @@ class WorkCount:
         self.dot_results: list = []
 
     def install(self) -> None:
-        builder_class, _, _, launch = compat.interpreter_accesses()
+        builder_class = compat.interpreter_accesses()[0]
         count = self
-        original_launch = getattr(builder_class, launch)
-
-        def start(builder_self, *grid):
-            if count.active:
-                count._launch(tuple(int(g) for g in grid))
-            return original_launch(builder_self, *grid)
-
-        setattr(builder_class, launch, start)
+        compat.on_interpreter_launch(lambda grid: count._launch(grid) if count.active else None)
         if hasattr(builder_class, "create_dot"):
             builder_class.create_dot = self._wrap_dot(builder_class.create_dot)
         for name in _FLOAT_BINARY:
@@ -119,9 +112,7 @@ class WorkCount:
     def _program(self, builder) -> dict:
         if not self.launches:
             self._launch((1, 1, 1))
-        x, y, z = tuple(builder.grid_idx)
-        _, ny, nz = self.grid
-        flat = (x * ny + y) * nz + z
+        flat = compat.program_index(self.grid, builder.grid_idx)
         programs = self.launches[-1]["programs"]
         if flat not in programs:
             programs[flat] = {"dot": {}, "cuda": 0}
