@@ -193,17 +193,17 @@ def measured_rows(folder: Path = RESULTS_DIR) -> tuple[list[Row], list[Ceiling]]
     """Rows from every `folder/*/calibration.json` (do_bench rows with a measured figure, kernels we
     have the source of), weighted MEASURED_WEIGHT; torch.matmul rows become ceilings. Raises
     FiguresError naming the file for a table that is not readable or not of the expected schema."""
-    from .calibration import SCHEMA
+    from .calibration import read_table
 
     rows: list[Row] = []
     ceilings: list[Ceiling] = []
     for path in sorted(Path(folder).glob("*/calibration.json")):
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            doc = read_table(path)  # the format's own reader: JSON, then its schema
+        except (OSError, json.JSONDecodeError) as e:
             raise FiguresError(f"{path}: not readable JSON ({e}); rerun `make gpu-check`") from None
-        if doc.get("schema") != SCHEMA:
-            raise FiguresError(f"{path}: schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+        except ValueError as e:  # another schema: read_table names the file and both schemas
+            raise FiguresError(str(e)) from None
         gpu = (doc.get("gpu") or {}).get("model_gpu")
         dtype = (doc.get("task") or {}).get("dtype")
         if gpu not in GPUS or dtype not in DTYPES:
