@@ -22,7 +22,7 @@ def make_proposers(config: RunConfig) -> list[tuple[Proposer, float]]:
     out = []
     for p in config.proposers:
         if p.kind == "mutator":
-            from .mutator import OfflineMutator
+            from .proposers.mutator import OfflineMutator
 
             out.append((OfflineMutator(**p.options), p.weight))
     return out

@@ -13,8 +13,8 @@ import pytest
 from evaluators import evaluate, load_task
 from evaluators.static_rules import check_source
 from evolve.candidate import Parent, ProposalContext
-from evolve.kernel_templates import Genome, adopt, parse_bounds, read_genome, render
-from evolve.mutator import (
+from evolve.proposers.kernel_templates import Genome, adopt, parse_bounds, read_genome, render
+from evolve.proposers.mutator import (
     TRANSFORMS,
     Env,
     OfflineMutator,

@@ -122,7 +122,7 @@ def read_genome(source: str) -> Genome | None:
 
 # ------------------------------------------------------------------------------ rendering
 
-_DOC = '''"""Matmul kernel rendered by evolve/mutator.py from the genome in the EVOLVE-BLOCK below.
+_DOC = '''"""Matmul kernel rendered by evolve/proposers/mutator.py from the genome in the EVOLVE-BLOCK below.
 
 C[M, N] = A[M, K] @ B[K, N] with any strides (layouts nn/nt/tn), fp32 accumulation, output in
 the input dtype. {what}
@@ -233,7 +233,7 @@ def _kernel(g: Genome) -> str:
 def _genome_block(g: Genome) -> str:
     lines = [
         "# EVOLVE-BLOCK-START",
-        "# Kernel genome (read back by evolve/mutator.py; keep these plain literals).",
+        "# Kernel genome (read back by evolve/proposers/mutator.py; keep these plain literals).",
         f'TEMPLATE = "{g.template}"  # "tiled", "splitk" or "persistent"',
         f"GROUPED = {g.grouped}  # grouped program ordering with GROUP_M",
         f"EVEN_MASKS = {g.even_masks}  # drop masks when the shape divides the tiles evenly",

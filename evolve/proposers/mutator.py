@@ -1,6 +1,6 @@
 """The offline mutator: a Proposer that needs no network and repeats exactly under a seed.
 
-It works on kernel genomes (evolve/kernel_templates.py): a template, feature switches and
+It works on kernel genomes (evolve/proposers/kernel_templates.py): a template, feature switches and
 a per-shape config table, rendered to a readable kernel module with the genome in its
 EVOLVE-BLOCK. A parent it rendered is read back with `ast.literal_eval`; a parent without
 a genome (the hand-written seed, an LLM's kernel) is adopted by extracting its
@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 
 from evolve.candidate import Parent, Proposal, ProposalContext, normalised_hash
-from evolve.kernel_templates import (
+from evolve.proposers.kernel_templates import (
     GROUP_SIZES,
     SPLITS,
     STAGES,
