@@ -234,6 +234,9 @@ class CheckStage:
     def judge_facts(self, header: dict, shape, where: str) -> None:
         """Everything the child says about one call but its values: errors, input writes, forbidden
         ops, launches, races, the output's type, shape, dtype and memory."""
+        outside = header.get("out_of_bounds") or []
+        if outside:  # before an error: the access raised (evaluators/bounds_check.py), or led to one
+            raise Stop("incorrect", f"{where}: {outside[0]}")
         if header.get("event") == "error":
             raise failures.from_child(header, interpreter=self.options.device == "cpu")
         writes = header.get("input_writes") or []

@@ -62,6 +62,7 @@ class Child:
         self.write_guard = None  # check and cuda modes: evaluators/write_guard.py
         self.written: dict = {}  # compiled kernel hash -> the pointer parameters it writes through
         self.race_check = None  # check mode: evaluators/race_check.py
+        self.bounds_check = None  # check mode: evaluators/bounds_check.py
         self.program_sample = None  # check mode: evaluators/program_sample.py (full-size sampled runs)
         self.work_count = None  # check mode: evaluators/work_count.py (executed work per program)
         from .standins import AutotuneStandIn
@@ -90,6 +91,8 @@ class Child:
                 self.current_kernel = fn_self.__name__
                 if self.race_check is not None:  # its bookkeeping starts afresh with each launch
                     self.race_check.begin(fn_self.__name__, fn_self.arg_names, args, kwargs)
+                if self.bounds_check is not None:
+                    self.bounds_check.begin(fn_self.__name__, fn_self.arg_names, args, kwargs)
                 try:
                     result = _original(fn_self, *args, **kwargs)
                 except BaseException:
@@ -190,6 +193,8 @@ class Child:
             self.write_guard.protect({"A": a, "B": b})
         if self.race_check is not None:
             self.race_check.clear()
+        if self.bounds_check is not None:
+            self.bounds_check.clear()
         sample = self.program_sample if "sample" in cmd else None
         if sample is not None:  # a full-size shape: only sampled programs run (program_sample.py)
             self.retain()  # the last trial's tensors go before full-size ones are drawn
@@ -212,6 +217,7 @@ class Child:
             torch.cuda.synchronize()
         race = self.race_check
         facts = {
+            "out_of_bounds": self.bounds_check.messages() if self.bounds_check is not None else [],
             "races": race.messages(out if type(out) is torch.Tensor else None) if race is not None else [],
             "race_check_errors": list(race.errors) if race is not None else [],
             "event": "result",
@@ -277,6 +283,8 @@ class Child:
             "failed_launch": self.failed_launch,  # the kernel whose launch raised, if one did
             "raised_in": _raised_in(e),  # the Triton file the innermost exception came from, if any
             "exception": type(_root_cause(e)).__name__,
+            # Kept when the candidate caught the access's exception and raised something else.
+            "out_of_bounds": self.bounds_check.messages() if self.bounds_check is not None else [],
         }
 
     def out_of_memory(self, e: BaseException) -> bool:
@@ -318,6 +326,12 @@ class Child:
                 self.race_check = RaceCheck()
                 self.race_check.install()
                 report["race_check"] = DESCRIPTION
+                from . import bounds_check
+
+                # After the race check, so an access out of bounds is named as such before its race.
+                self.bounds_check = bounds_check.BoundsCheck()
+                self.bounds_check.install()
+                report["bounds_check"] = bounds_check.DESCRIPTION
                 from .program_sample import ProgramSample
 
                 self.program_sample = ProgramSample()

@@ -100,6 +100,7 @@ class CpuStages:
             self.provenance["interp_fixes"] = fixes
             self.provenance["interp_bf16_dot"] = fixes.get("bf16_dot")
             self.provenance["race_check"] = header.get("race_check")  # races between programs: checked
+            self.provenance["bounds_check"] = header.get("bounds_check")  # memory outside the tensors
             autotuned = autotuned or bool(header.get("autotuned"))
         self.seconds["check_load"] = time.perf_counter() - start
         return autotuned

@@ -93,6 +93,29 @@ class TensorFacts:
         return f" (byte {address - self.storage[0]} of its storage, outside the view)"
 
 
+def launch_tensors(arg_names, args: tuple, kwargs: dict) -> tuple[TensorFacts, ...]:
+    """Where each CPU tensor a launch was given lies: tensor arguments, tensors inside tuple arguments,
+    the base tensor of a tensor descriptor (named `name.base`)."""
+    import torch
+
+    found: list[TensorFacts] = []
+
+    def visit(name: str, value, depth: int = 0) -> None:
+        base = getattr(value, "base", None)  # a tensor descriptor or a reinterpreting wrapper
+        if isinstance(base, torch.Tensor) and not isinstance(value, torch.Tensor):
+            name, value = f"{name}.base", base
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cpu":
+                found.append(TensorFacts.of(name, value))
+        elif isinstance(value, tuple | list) and depth < 4:
+            for i, item in enumerate(value):
+                visit(f"{name}[{i}]", item, depth + 1)
+
+    for name, value in [*zip(arg_names, args, strict=False), *kwargs.items()]:
+        visit(name, value)
+    return tuple(found)
+
+
 @dataclasses.dataclass(frozen=True)
 class Race:
     """One race: `program` met the write `other` made (grid indices), at `address`."""
@@ -171,18 +194,8 @@ class RaceCheck:
 
     def begin(self, kernel: str, arg_names, args: tuple, kwargs: dict) -> None:
         """Name the launch about to run (the child's launcher calls this): its kernel, its tensors."""
-        import torch
-
         self.kernel = kernel
-        named = [*zip(arg_names, args, strict=False), *kwargs.items()]
-        found = []
-        for name, value in named:
-            base = getattr(value, "base", None)  # a tensor descriptor: its base tensor
-            if isinstance(base, torch.Tensor) and not isinstance(value, torch.Tensor):
-                name, value = f"{name}.base", base
-            if isinstance(value, torch.Tensor) and value.device.type == "cpu":
-                found.append(TensorFacts.of(name, value))
-        self.arguments = tuple(found)
+        self.arguments = launch_tensors(arg_names, args, kwargs)
 
     def messages(self, output=None) -> list[str]:
         """Each race found since the last `clear`, in words (`output`: the call's result, named C)."""

@@ -39,7 +39,7 @@ def fresh_servers():
 
 def _load(box, source: str, deadline: float):
     box.wait_ready(deadline)
-    task = {"target": "sm_90", "dtype": "bf16", "train": [], "check": [], "layouts": []}
+    task = {"target": "sm_90", "dtype": "bf16", "train": [], "check": [], "layouts": [], "device": "cpu"}
     header, tensors = box.request({"cmd": "job", "mode": box.mode, "source": source, "task": task}, deadline)
     while header.get("event") in ("captured", "compiled"):  # the compile child's progress frames
         header, tensors = box.read(deadline)
@@ -119,6 +119,26 @@ def test_exit_code_signal_and_cpu_seconds_are_reported(fresh_servers):
     try:
         with pytest.raises(sandbox.ChildDied, match="killed by SIGSEGV"):
             _load(box, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", time.monotonic() + 120)
+    finally:
+        box.close()
+
+
+def test_a_child_dying_inside_a_run_request_is_reported_and_the_next_child_works(fresh_servers):
+    # The entry point kills its own process mid-request (the sandbox's concern: the static rules that
+    # would refuse `os` are the evaluator's); the next child from the same fork server is unaffected.
+    dying = "import os, signal\n\ndef matmul(a, b):\n    os.kill(os.getpid(), signal.SIGSEGV)\n"
+    box = sandbox.Sandbox("check")
+    try:
+        header, _ = _load(box, dying, time.monotonic() + 120)
+        assert header.get("event") == "loaded", header
+        box.send({"cmd": "run", "shape": [16, 16, 16], "layout": "nn", "seed": 1, "inputs": "normal"})
+        with pytest.raises(sandbox.ChildDied, match="killed by SIGSEGV.* before it reported a result"):
+            print(box.read(time.monotonic() + 120)[0])  # what came instead, should the test fail
+    finally:
+        box.close()
+    box = sandbox.Sandbox("check")
+    try:
+        assert _load(box, PROBE, time.monotonic() + 120)[0].get("event") == "loaded"
     finally:
         box.close()
 

@@ -1,7 +1,7 @@
-"""Cheat / crash: an unmasked load 2**40 elements past A; on the CPU interpreter this reads an
-unmapped address and kills the child with SIGSEGV (the os-free way to die mid-request).
+"""Cheat / crash: an unmasked load 2**40 elements past A; on the CPU interpreter this read an
+unmapped address and killed the child with SIGSEGV (the os-free way to die mid-request).
 Source: shared/REFERENCES.md ("a crash, hang or illegal memory access kills that process, not the run", DESIGN.md).
-Expected: crashed (killed by SIGSEGV), and the evaluator keeps working.
+Expected: incorrect (the bounds check stops the access first), and the evaluator keeps working.
 """
 
 import torch
