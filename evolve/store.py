@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from evolve.candidate import Proposal, normalised_hash
+from evolve.store_meta import MetaRecords
 from evolve.store_schema import (
     PACKAGE,
     ROW_SQL,
@@ -51,8 +52,9 @@ _CANDIDATE_COLS = "id, run, source, source_hash, parent_ids, island, generation,
 RETRYABLE = ("timeout", "crashed", "judge_error")
 
 
-class Store:
-    """One run's SQLite file. Build with `Store.create` (new run) or `Store.open` (resume/read)."""
+class Store(MetaRecords):
+    """One run's SQLite file. Build with `Store.create` (new run) or `Store.open` (resume/read).
+    LLM calls, bandit state and lessons: the methods of evolve/store_meta.py MetaRecords."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
         self._conn = conn
@@ -121,6 +123,11 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA journal_size_limit={64 << 20}")
         return conn
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open SQLite connection (for evolve/store_meta.py): write only inside `transaction()`."""
+        return self._conn
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -1,7 +1,7 @@
 """The run store's schema: its tables, the version check on open, migrations of older stores, and
 how a verdict maps to the evaluations columns and a ranked row back to a dict.
 
-Apart from evolve/store.py (the queries) so that each stays readable; only store.py uses it.
+Apart from evolve/store.py (the queries) so that each stays readable; only store.py and store_meta.py use it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ class StoreError(Exception):
 # 4: evaluations.stage (how far the judge went: "provisional" or "verified", evaluators/evaluation.py
 #    STAGES; "" for verdicts stored before: not verified, so never ranked) and the index that ranks
 #    the verified ok verdicts first.
-SCHEMA_VERSION = 4
+# 5: the LLM proposer's records (issue 12): llm_calls.proposer, template, status (the call's), edit_status
+#    (applying its answer), answer (zlib-compressed UTF-8), island, parent_id ("" / NULL for calls stored
+#    before); the tables bandit (the proposing bandit's JSON, evolve/meta/bandit.py, so a resumed run
+#    continues it) and lessons (each version of the run's lessons, evolve/meta/lessons.py).
+SCHEMA_VERSION = 5
 PACKAGE = "triton-evolve"
 
 SCHEMA = """
@@ -55,14 +59,33 @@ CREATE TABLE proposer_stats (
 CREATE TABLE llm_calls (
     id INTEGER PRIMARY KEY, candidate_id INTEGER, model TEXT NOT NULL, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost REAL, latency_s REAL, error TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL);
+    created REAL NOT NULL, proposer TEXT NOT NULL DEFAULT '', template TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT '', edit_status TEXT NOT NULL DEFAULT '', answer BLOB, island INTEGER,
+    parent_id INTEGER);
+"""
+
+# Schema 5's new llm_calls columns, as `migrate` adds them to an older store.
+LLM_CALL_COLUMNS_5 = (
+    ("proposer", "TEXT NOT NULL DEFAULT ''"),
+    ("template", "TEXT NOT NULL DEFAULT ''"),
+    ("status", "TEXT NOT NULL DEFAULT ''"),
+    ("edit_status", "TEXT NOT NULL DEFAULT ''"),
+    ("answer", "BLOB"),
+    ("island", "INTEGER"),
+    ("parent_id", "INTEGER"),
+)
+# Schema 5's new tables (IF NOT EXISTS: the same statements make a new store and upgrade an older one).
+TABLES_5 = """
+CREATE TABLE IF NOT EXISTS bandit (key TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS lessons (
+    version INTEGER PRIMARY KEY, evaluations INTEGER NOT NULL, text TEXT NOT NULL, created REAL NOT NULL);
 """
 
 
 def create_tables(conn: sqlite3.Connection, run_name: str, config: dict, seed: int) -> None:
     """Make a new store's tables and its run's row, in one transaction (a new, empty file)."""
     conn.execute("BEGIN IMMEDIATE")
-    for stmt in SCHEMA.split(";"):
+    for stmt in (SCHEMA + TABLES_5).split(";"):
         if stmt.strip():
             conn.execute(stmt)
     conn.executemany(
@@ -90,12 +113,25 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute(
                 "CREATE INDEX evaluations_ranked ON evaluations (backend, stage, ok, fitness DESC, candidate_id)"
             )
+        if version < 5:  # no LLM call so far says its proposer, status or answer: they read "" / NULL
+            have = table_columns(conn, "llm_calls")
+            for name, ddl in LLM_CALL_COLUMNS_5:
+                if name not in have:  # a store downgraded by hand may keep some
+                    conn.execute(f"ALTER TABLE llm_calls ADD COLUMN {name} {ddl}")
+            for stmt in TABLES_5.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The columns of one of the store's tables (empty when the store has no such table)."""
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def evaluation_columns(conn: sqlite3.Connection) -> set[str]:
