@@ -2,6 +2,7 @@
 
 evolve run runs/demo.toml [--name N] [--max-evals N] [--time-budget S] [--workers N]
                           [--seed N] [--device cpu|cuda] [--ray-address auto|HOST:PORT]
+                          [--proposer llm:MODEL|mutator|auto:MODEL ...] [--max-cost USD] [--max-tokens N]
 evolve run --resume runs/demo
 evolve leaderboard demo [--top N] [--json]
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
@@ -31,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where candidates are judged")
     run.add_argument("--ray-address", help="join a Ray cluster: auto or HOST:PORT (default: start one)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its store")
+    run.add_argument(
+        "--proposer",
+        action="append",
+        metavar="llm:MODEL|mutator|auto:MODEL",
+        help="replace the run file's proposers (repeatable); an LLM's endpoint and key come from "
+        "OPENAI_BASE_URL and OPENAI_API_KEY",
+    )
+    run.add_argument("--max-cost", type=float, help="USD the LLM proposers may spend (then they stop)")
+    run.add_argument("--max-tokens", type=int, help="tokens the LLM proposers may use (then they stop)")
     board = sub.add_parser("leaderboard", help="ranked candidates of a run (works while it runs)")
     board.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     board.add_argument("--top", type=int, default=10, help="how many rows (default 10)")

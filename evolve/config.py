@@ -1,30 +1,46 @@
 """Run configuration: one TOML file per run in runs/ (e.g. runs/demo.toml).
 
-    [run]
-    name = "demo"
-    task = "runs/demo_cpu.toml"      # a task file (evaluators/task.py)
-    seeds = ["kernels/seeds/tiled_matmul.py"]
-    seed = 0                          # randomness of selection and of the mutator
-    max_evals = 40                    # stop after this many evaluated candidates (all segments)
-    time_budget_s = 540               # stop after this many seconds of this segment (0: none)
-    target_fitness = 0                # stop once the best fitness reaches this (0: none)
-    workers = 2                       # evaluations in flight (default: one per core / per GPU)
-    device = "auto"                   # auto | cpu | cuda
-    model_gpu = "auto"                # without a GPU: the GPU the performance model ranks for
-    timeout_s = 180                   # hard limit per candidate evaluation
-    verify_programs = 2048            # CPU: programs a verification's whole grids (reduced K) may run
-    verify_sample_s = 30              # CPU: seconds a verification's full-size sampled programs may take
+[run]
+name = "demo"
+task = "runs/demo_cpu.toml"      # a task file (evaluators/task.py)
+seeds = ["kernels/seeds/tiled_matmul.py"]
+seed = 0                          # randomness of selection and of the mutator
+max_evals = 40                    # stop after this many evaluated candidates (all segments)
+time_budget_s = 540               # stop after this many seconds of this segment (0: none)
+target_fitness = 0                # stop once the best fitness reaches this (0: none)
+workers = 2                       # evaluations in flight (default: one per core / per GPU)
+device = "auto"                   # auto | cpu | cuda
+model_gpu = "auto"                # without a GPU: the GPU the performance model ranks for
+timeout_s = 180                   # hard limit per candidate evaluation
+verify_programs = 2048            # CPU: programs a verification's whole grids (reduced K) may run
+verify_sample_s = 30              # CPU: seconds a verification's full-size sampled programs may take
 
-    [[proposers]]                     # who writes candidates; weights share the proposals
-    kind = "mutator"
-    weight = 1.0
+max_cost = 0                      # USD: LLM proposers stop once their calls cost this (0: none)
+max_tokens = 0                    # LLM proposers stop once their calls used this many tokens (0: none)
 
-    [population]                      # evolve/population.py PopulationConfig
-    islands = 2
-    temperature = 0.3
-    explore_prob = 0.1
-    migration_interval = 10
-    parents_per_proposal = 2
+[[proposers]]                     # who writes candidates; weights are the bandit's prior shares
+kind = "mutator"
+weight = 1.0
+
+[[proposers]]                     # an LLM through any OpenAI-compatible endpoint
+kind = "llm"                      # or "auto": the LLM when an endpoint and key are set, else the mutator
+model = "gpt-4o-mini"
+base_url = "http://localhost:8000/v1"   # optional; default OPENAI_BASE_URL, else api.openai.com
+api_key_env = "OPENAI_API_KEY"    # the NAME of the variable holding the key, never the key
+temperature = 0.8
+max_tokens = 4096                 # per answer
+concurrency = 4                   # calls in flight through this proposer
+timeout_s = 120                   # per HTTP attempt (the client retries 429/5xx/timeouts itself)
+price_in = 0.15                   # USD per million prompt tokens (0: cost not tracked)
+price_out = 0.60                  # USD per million completion tokens
+templates = ["default", "rewrite"]  # prompt templates (evolve/prompts/) the bandit chooses among
+
+[population]                      # evolve/population.py PopulationConfig
+islands = 2
+temperature = 0.3
+explore_prob = 0.1
+migration_interval = 10
+parents_per_proposal = 2
 """
 
 from __future__ import annotations
@@ -45,7 +61,14 @@ class UsageError(Exception):
     """A command was given the wrong arguments (a missing run, a name taken); says the fix."""
 
 
-PROPOSER_KINDS = ("mutator",)  # later issues add "llm"
+PROPOSER_KINDS = ("mutator", "llm", "auto")
+# The fields of an LLM proposer (evolve/proposers/llm_client.py LLMSettings, plus the proposer's own),
+# with their types; model is required for "llm" ("auto" without one falls back to the mutator).
+LLM_FIELDS = {
+    "model": str, "base_url": str, "api_key_env": str, "temperature": float, "max_tokens": int,
+    "timeout_s": float, "max_retries": int, "price_in": float, "price_out": float, "stream": bool,
+    "concurrency": int, "templates": list,
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +94,8 @@ class RunConfig:
     # CPU verifications (the expensive stage, evaluators/verify_stage.py): their budgets
     verify_programs: int = 2048
     verify_sample_s: float = 30.0
+    max_cost: float = 0.0  # USD the LLM proposers may spend (0: no cap)
+    max_tokens: int = 0  # tokens the LLM proposers may use, in and out (0: no cap)
     proposers: tuple[ProposerConfig, ...] = (ProposerConfig("mutator"),)
     population: PopulationConfig = PopulationConfig()
     source: str = "<memory>"
@@ -102,7 +127,9 @@ def load_run_config(path: str | Path) -> RunConfig:
     data = read_toml(path, "run", "runs/demo.toml", ConfigError)
     unknown = set(data) - {"run", "proposers", "population"}
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; allowed: [run], [[proposers]], [population]")
+        raise ConfigError(
+            f"{path}: unknown table(s) {sorted(unknown)}; allowed: [run], [[proposers]], [population]"
+        )
     run = data.get("run")
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: missing [run] table with at least name and task")
@@ -124,11 +151,20 @@ def load_run_config(path: str | Path) -> RunConfig:
         if not isinstance(weight, int | float) or weight <= 0:
             raise ConfigError(f"{path}: proposers[{i}].weight must be a positive number")
         options = {k: v for k, v in p.items() if k not in ("kind", "weight")}
+        if p["kind"] in ("llm", "auto"):
+            _check_llm(path, i, p["kind"], options)
+        elif set(options) - {"weights"}:
+            raise ConfigError(
+                f"{path}: proposers[{i}] (mutator) has unknown field(s) {sorted(set(options) - {'weights'})}; "
+                "allowed: weight, weights (per transformation, evolve/proposers/mutator.py DEFAULT_WEIGHTS)"
+            )
         proposers.append(ProposerConfig(p["kind"], float(weight), options))
     pop = data.get("population", {})
     bad = set(pop) - _POP_FIELDS
     if bad:
-        raise ConfigError(f"{path}: unknown field(s) population.{sorted(bad)}; allowed: {sorted(_POP_FIELDS)}")
+        raise ConfigError(
+            f"{path}: unknown field(s) population.{sorted(bad)}; allowed: {sorted(_POP_FIELDS)}"
+        )
     try:
         population = PopulationConfig(**pop)
     except (TypeError, ValueError) as e:
@@ -137,9 +173,40 @@ def load_run_config(path: str | Path) -> RunConfig:
     return RunConfig(**fields, proposers=tuple(proposers), population=population, source=str(path))
 
 
+def _check_llm(path: Path, i: int, kind: str, options: dict) -> None:
+    """An LLM proposer's fields: known, of their type, a model for kind "llm"; the error names the field."""
+    if "api_key" in options or any(str(v).startswith("sk-") for v in options.values()):
+        raise ConfigError(f"{path}: proposers[{i}]: never put an API key in a run file; set api_key_env")
+    bad = set(options) - set(LLM_FIELDS)
+    if bad:
+        raise ConfigError(
+            f"{path}: proposers[{i}] has unknown field(s) {sorted(bad)}; allowed for kind {kind!r}: "
+            f"weight, {', '.join(LLM_FIELDS)}"
+        )
+    for field, value in options.items():
+        kind_ = LLM_FIELDS[field]
+        ok = isinstance(value, int | float) if kind_ is float else isinstance(value, kind_)
+        if not ok or (kind_ is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{path}: field 'proposers[{i}].{field}' must be a {kind_.__name__}")
+        if kind_ in (int, float) and value < 0:
+            raise ConfigError(f"{path}: field 'proposers[{i}].{field}' must not be negative")
+    if kind == "llm" and not options.get("model"):
+        raise ConfigError(
+            f'{path}: proposers[{i}] (kind llm) needs model = "..." (the endpoint\'s model name)'
+        )
+    if options.get("concurrency", 1) < 1:
+        raise ConfigError(f"{path}: field 'proposers[{i}].concurrency' must be at least 1")
+    templates = options.get("templates", [])
+    if not templates and "templates" in options or not all(isinstance(t, str) for t in templates):
+        raise ConfigError(
+            f"{path}: field 'proposers[{i}].templates' must be a non-empty list of template ids"
+        )
+
+
 def _check_types(path: Path, run: dict) -> None:
     numbers = {"seed": int, "max_evals": int, "workers": int, "time_budget_s": float, "target_fitness": float,
-               "timeout_s": float, "verify_programs": int, "verify_sample_s": float}  # fmt: skip
+               "timeout_s": float, "verify_programs": int, "verify_sample_s": float, "max_cost": float,
+               "max_tokens": int}  # fmt: skip
     for field, kind in numbers.items():
         if field in run:
             value = run[field]

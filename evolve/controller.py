@@ -49,6 +49,7 @@ from .candidate import Parent, Proposal, ProposalContext, Proposer
 from .config import RunConfig
 from .pool import Job
 from .population import Member, Population, niche_of
+from .proposing import Proposing
 from .store import Store
 from .verification import Verification, stands
 
@@ -72,6 +73,9 @@ class Progress:
     invalid_proposals: int = 0
     provisional: int = 0  # ok verdicts of today's judge not verified (never ranked)
     verifying: int = 0  # verifications queued or in flight
+    llm: str = ""  # the LLM proposers' calls, cost and state (evolve/proposing.py), "" without them
+    llm_window_s: float = 0.0  # evaluator-slot seconds while LLM calls were in flight ...
+    llm_idle_s: float = 0.0  # ... and of those, idle (a free evaluator waiting for a proposal)
 
     def evals_per_min(self) -> float:
         minutes = (time.monotonic() - self.started) / 60
@@ -91,7 +95,10 @@ class Controller:
         backend: str,
         on_progress: Callable[[Progress], None] | None = None,
         judge: str | None = None,
+        llms: list | None = None,
     ) -> None:
+        """`proposers`: the synchronous ones (the mutator) with their weights; `llms`: LLM proposers
+        (evolve/proposers/llm.py, started), whose calls run while the loop goes on."""
         self.config, self.task, self.store, self.population = config, task, store, population
         self.proposers, self.pool, self.eval_options = proposers, pool, eval_options
         self.on_progress = on_progress or (lambda p: None)
@@ -112,6 +119,8 @@ class Controller:
         self.deferred: set[int] = set()  # new candidates whose proposer statistics wait for verification
         self.rejudged: dict[str, int] = {}  # the verified verdicts of stale or earlier ones, by status
         self.foreign_judge = ""  # a fresh verdict's judge that was not ours (said once)
+        self.proposing = Proposing(store, task.to_dict(), population, proposers, list(llms or []), backend,
+                                   config.max_cost, config.max_tokens)  # fmt: skip
         best = store.best(backend, self.judge)
         if best:
             self.progress.best_fitness, self.progress.best_id = best["fitness"], best["id"]
@@ -128,6 +137,10 @@ class Controller:
             while self.pool.idle_slots() and self.queue and not self.stop_requested:
                 self._submit_existing(self.queue.pop(0))
             while self.pool.idle_slots() and not self._budget_spent():
+                spent = self.proposing.only_llm_left_spent()
+                if spent:
+                    self.request_stop(f"the LLM proposers' budget is spent: {spent}")
+                    break
                 if not self._propose_and_submit():
                     if not self.pool.in_flight() and not self.queue and not len(self.population):
                         # nothing to propose from and nothing coming: waiting would spin forever
@@ -138,7 +151,8 @@ class Controller:
                     break
             self._collect(timeout=0.5)
             if self.pool.in_flight() == 0 and not self.queue and self._budget_spent():
-                break
+                if not self.proposing.in_flight() or self.stop_requested:  # an answer may yet be a child
+                    break
         self._drain()
         if not self.stop_reason:
             self._should_stop(start)
@@ -172,6 +186,7 @@ class Controller:
 
     def _budget_spent(self) -> bool:
         queued = self.pool.in_flight() + len(self.queue) - len(self.verification.queued)  # new candidates
+        queued += self.proposing.in_flight()  # each LLM call in flight may become one
         return self.progress.evaluated + queued >= self.config.max_evals or self.stop_requested
 
     def _should_stop(self, start: float) -> bool:
@@ -194,7 +209,9 @@ class Controller:
         candidate queued stays pending for --resume), recorded as usual, unless stopping was forced."""
         while not self.force_stop:
             verifications = [cid for cid in self.queue if cid in self.verification.queued]
-            if not self.pool.in_flight() and not verifications:
+            # LLM calls in flight are waited for too: their cost is real and is recorded (their children
+            # are judged after a normal stop, left pending for --resume after a Ctrl-C)
+            if not self.pool.in_flight() and not verifications and not self.proposing.in_flight():
                 return
             for cid in verifications[: self.pool.idle_slots()]:
                 self.queue.remove(cid)
@@ -220,23 +237,23 @@ class Controller:
             self._collect(timeout=0.5)
         self.population.spread(list(self.population.elites()))
 
-    def _pick_proposer(self) -> Proposer:
-        total = sum(w for _, w in self.proposers)
-        x = self.rng.random() * total
-        for proposer, weight in self.proposers:
-            x -= weight
-            if x <= 0:
-                return proposer
-        return self.proposers[-1][0]
-
     def _propose_and_submit(self) -> bool:
-        """One proposal into the pool; False when nothing could be proposed this round."""
+        """One proposal into the pool, or one LLM call started; False when nothing could be proposed
+        this round (no parents, or no arm can take a proposal now: evolve/proposing.py)."""
+        if not len(self.population):
+            return False
+        arm = self.proposing.choose(self.rng, self.pool.idle_slots())
+        if arm is None:
+            return False
         island = self.population.next_island()
         members = self.population.select_parents(island, self.rng)
         if not members:
             return False
+        if arm not in self.proposing.sync:  # an LLM arm: its answer arrives later (_collect)
+            self.proposing.submit_llm(arm, island, members, max(m.generation for m in members) + 1)
+            return True
         parents = self._parents(members)
-        proposer = self._pick_proposer()
+        proposer = self.proposing.sync[arm]
         self.sequence += 1
         context = ProposalContext(
             task=self.task.to_dict(), island=island,
@@ -249,7 +266,9 @@ class Controller:
             self.store.update_proposer_stats(proposer.name, island, "invalid", False)
             return True
         for proposal in proposals:
-            self._add_and_submit(proposal, island, context.generation)
+            cid = self._add_and_submit(proposal, island, context.generation)
+            if cid is not None:
+                self.proposing.proposed(cid, arm, members[0].fitness)
         return True
 
     def _parents(self, members: list[Member]) -> list[Parent]:
@@ -261,30 +280,53 @@ class Controller:
             parents.append(Parent(m.id, row["source"], m.fitness, self.progress.backend, feedback, m.niche))
         return parents
 
-    def _add_and_submit(self, proposal: Proposal, island: int, generation: int) -> None:
+    def _add_and_submit(self, proposal: Proposal, island: int, generation: int) -> int | None:
+        """Store the proposal as pending and hand it to a free worker (else queue it); its id, or None
+        for a duplicate."""
         cid = self.store.add_proposal(proposal, island, generation, pending=True)
         if cid is None:  # same kernel as one already in the run (normalised source)
             self.barren += 1
             self.progress.duplicates += 1
             self.store.update_proposer_stats(proposal.proposer, island, "duplicate", False)
-            return
+            return None
         self.barren = 0
-        if self.pool.idle_slots():
+        if self.pool.idle_slots() and not self.stop_requested:  # an answer after a stop: left pending
             self._submit_existing(cid)
         else:
             self.queue.append(cid)  # stays pending in the store until a worker is free
+        return cid
 
     def _submit_existing(self, cid: int) -> None:
         row = self.store.candidate(cid)
         verify = cid in self.verification.queued or row["proposer"] == "seed"  # seeds: verified at once
         options = {**self.eval_options, "stage": "verified" if verify else "provisional"}
+        if row["proposer"].startswith("llm:") and row["parent_ids"]:  # its edits: inside the parent's regions
+            options["parent_source"] = self.store.candidate(row["parent_ids"][0])["source"]
         self.pool.submit(Job(cid, row["source"], self.task.to_dict(), options))
         self.progress.in_flight = self.pool.in_flight()
 
     # ---------------------------------------------------------------- results
     def _collect(self, timeout: float) -> None:
-        for cid, evaluation in self.pool.poll(timeout):
+        """Verdicts and LLM answers that arrived, waiting at most `timeout` s for the first: on the
+        pool while it judges, else on the LLM calls (they must never stall the loop)."""
+        started, idle, calls = time.monotonic(), self.pool.idle_slots(), self.proposing.in_flight()
+        calls = calls if not self._budget_spent() else 0  # idle for want of budget is not the calls' fault
+        for cid, evaluation in self.pool.poll(timeout if self.pool.in_flight() else 0.0):
             self._record(cid, evaluation)
+        wait = 0.0 if self.pool.in_flight() or not calls else timeout
+        for proposal, waiting, call_id in self.proposing.poll(wait):
+            cid = self._add_and_submit(proposal, waiting.island, waiting.generation)
+            if cid is not None:
+                self.store.set_llm_call_candidate(call_id, cid)
+                self.proposing.proposed(cid, waiting.arm, waiting.parent_fitness, waiting.cost)
+        unproductive = self.proposing.take_unproductive()
+        self.barren += unproductive
+        self.progress.invalid_proposals += unproductive
+        if calls:  # evaluator time while calls were in flight, and how much of it sat idle
+            elapsed = time.monotonic() - started
+            self.progress.llm_window_s += elapsed * self.pool.size
+            self.progress.llm_idle_s += elapsed * idle
+        self.progress.llm = self.proposing.state()
         self.progress.in_flight = self.pool.in_flight()
         self.progress.provisional = self.verification.provisional()
         self.progress.verifying = len(self.verification.queued)
@@ -332,6 +374,8 @@ class Controller:
                                    row["source_hash"], row["generation"]))  # fmt: skip
         if row["proposer"] != "seed" and status != "judge_error":  # the judge's bug: no one's score
             self.store.update_proposer_stats(row["proposer"], row["island"], status, improved)
+        self.proposing.judged(cid, status, fitness if standing else 0.0)
+        self.proposing.maybe_distil(self.progress.evaluated)
         if standing:
             self._stood(cid, fitness)
         if self.population.due_migration():

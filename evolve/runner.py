@@ -11,21 +11,91 @@ from evaluators.fingerprint import judge_fingerprint
 from evaluators.task import TaskError
 
 from .candidate import Proposer
-from .config import ConfigError, RunConfig, UsageError, load_run_config
+from .config import ConfigError, ProposerConfig, RunConfig, UsageError, load_run_config
 from .population import Member, Population
 from .store import Store
 from .verification import stands
 
 
-def make_proposers(config: RunConfig) -> list[tuple[Proposer, float]]:
-    """Proposers named in the run file, with their weights (kinds: evolve/config.py)."""
-    out = []
-    for p in config.proposers:
-        if p.kind == "mutator":
-            from .proposers.mutator import OfflineMutator
+def make_proposers(config: RunConfig, environ=None) -> tuple[list[tuple[Proposer, float]], list, list[str]]:
+    """The run file's proposers (kinds: evolve/config.py): the synchronous ones with their weights,
+    the LLM proposers' configs (evolve/proposers/llm.py LLMProposerConfig), and what `auto` chose and
+    why. The endpoint: `base_url`, else OPENAI_BASE_URL, else the openai client's default."""
+    from .proposers.llm import LLMProposerConfig
 
-            out.append((OfflineMutator(**p.options), p.weight))
-    return out
+    environ = os.environ if environ is None else environ
+    sync, llms, notes = [], [], []
+    for p in config.proposers:
+        options = dict(p.options)
+        if p.kind == "auto":
+            key_env = options.get("api_key_env", "OPENAI_API_KEY")
+            endpoint = options.get("base_url") or environ.get("OPENAI_BASE_URL") or ""
+            if options.get("model") and environ.get(key_env):
+                notes.append(
+                    f"auto: the LLM {options['model']} at {endpoint or 'api.openai.com'} ({key_env} is set)"
+                )
+            else:
+                missing = [
+                    w
+                    for w, ok in (("model", options.get("model")), (key_env, environ.get(key_env)))
+                    if not ok
+                ]
+                notes.append(f"auto: the offline mutator (no {' and no '.join(missing)} for an LLM)")
+                sync.append(_mutator(p.weight))
+                continue
+        if p.kind == "mutator":
+            sync.append(_mutator(p.weight, options))
+            continue
+        concurrency = int(options.pop("concurrency", 4))
+        templates = tuple(options.pop("templates", ("default", "rewrite")))
+        options["base_url"] = options.get("base_url") or environ.get("OPENAI_BASE_URL") or None
+        llms.append(LLMProposerConfig(options, p.weight, concurrency, templates))
+    return sync, llms, notes
+
+
+def _mutator(weight: float, options: dict | None = None) -> tuple[Proposer, float]:
+    from .proposers.mutator import OfflineMutator
+
+    return OfflineMutator(**(options or {})), weight
+
+
+def take_keys(llms: list, environ=None) -> dict[str, str]:
+    """The API key of each LLM proposer, by the NAME of its variable; every *_API_KEY variable and
+    those named leave `environ` (default: this process's) so that nothing started after this (Ray's
+    workers inherit the driver's environment; the judge's children scrub theirs anyway) sees a key.
+    UsageError naming the variable when one is unset."""
+    environ = os.environ if environ is None else environ
+    names = {c.settings.get("api_key_env", "OPENAI_API_KEY") for c in llms}
+    keys = {}
+    for name in sorted(names):
+        if not environ.get(name):
+            raise UsageError(
+                f"an LLM proposer reads its API key from {name}, which is not set: export {name}=... (a local "
+                "server such as vLLM or Ollama accepts any non-empty value), or use --proposer mutator"
+            )
+        keys[name] = environ[name]
+    for name in [n for n in environ if n.endswith("_API_KEY") or n in names]:
+        del environ[name]
+    return keys
+
+
+def parse_proposer_flags(flags: list[str] | None) -> tuple[ProposerConfig, ...] | None:
+    """`--proposer llm:MODEL | mutator | auto:MODEL` (repeatable): the proposers replacing the run
+    file's, None when not given. The endpoint and key come from the environment."""
+    if not flags:
+        return None
+    out = []
+    for flag in flags:
+        kind, _, model = flag.partition(":")
+        if kind == "mutator" and not model:
+            out.append(ProposerConfig("mutator"))
+        elif kind in ("llm", "auto") and (model or kind == "auto"):
+            out.append(ProposerConfig(kind, 1.0, {"model": model} if model else {}))
+        else:
+            raise UsageError(
+                f"--proposer {flag}: use llm:MODEL (e.g. llm:gpt-4o-mini), auto:MODEL or mutator"
+            )
+    return tuple(out)
 
 
 def resolve_device(device: str) -> str:
@@ -75,7 +145,7 @@ def launch(args) -> int:
 
     from .controller import Controller
     from .pool import RayMissing, WorkerPool, gpu_workers, require_ray, start_ray
-    from .ui import LiveDisplay, install_interrupt, render_leaderboard, run_dir
+    from .ui import LiveDisplay, install_interrupt, render_leaderboard, render_proposing_summary, run_dir
 
     try:
         ray = require_ray()  # before anything is created: no half-made run without a pool
@@ -98,7 +168,9 @@ def launch(args) -> int:
             raise UsageError(f"run {config.name!r} exists in {folder}; resume it with `evolve run --resume "
                              f"{folder}` or pick another --name")  # fmt: skip
     config = config.replace(max_evals=args.max_evals, time_budget_s=args.time_budget, workers=args.workers,
-                            seed=args.seed, device=args.device)  # fmt: skip
+                            seed=args.seed, device=args.device, max_cost=getattr(args, "max_cost", None),
+                            max_tokens=getattr(args, "max_tokens", None),
+                            proposers=parse_proposer_flags(getattr(args, "proposer", None)))  # fmt: skip
     try:
         task = load_task(config.task)
     except TaskError as e:
@@ -112,6 +184,8 @@ def launch(args) -> int:
     except UnsupportedEnvironment as e:
         raise UsageError(str(e)) from None
     workers = config.workers or default_workers(device)
+    sync, llm_configs, notes = make_proposers(config)
+    keys = take_keys(llm_configs)  # before Ray starts: its workers must not inherit a key
     start_ray(args.ray_address, workers)  # one evaluator actor per GPU: capped below, said at start
     if device == "cuda":
         try:
@@ -130,8 +204,15 @@ def launch(args) -> int:
         print(f"note: the workers' judge {judge} is not the evaluators/ here now ({judge_fingerprint()}): "
               "the files changed while the run started")  # fmt: skip
     population = rebuild_population(config, store, backend, judge)
-    proposers = make_proposers(config)
-    names = ", ".join(f"{p.name} (weight {w:g})" for p, w in proposers)
+    from .proposers.llm import LLMProposer
+
+    llms = [LLMProposer(c) for c in llm_configs]
+    for llm in llms:
+        llm.start(keys[llm.config.settings.get("api_key_env", "OPENAI_API_KEY")])
+    for note in notes:
+        print(note)
+    names = ", ".join([f"{p.name} (weight {w:g})" for p, w in sync]
+                      + [f"{c.name} (weight {c.weight:g}, {c.concurrency} calls at once)" for c in llm_configs])  # fmt: skip
     print(f"run {config.name}: task {task.name} ({task.dtype}, {len(task.train)} training shapes), "
           f"proposers: {names}, device {device}, backend {backend}, {workers} workers"
           + (f", resuming with {store.evaluated_count()} evaluated and {len(store.pending_ids())} pending"
@@ -139,16 +220,20 @@ def launch(args) -> int:
     if backend.startswith("model:"):
         print("no GPU: fitness is MODELLED by the performance model (label model:...), not measured")
     display = LiveDisplay(config.max_evals)
-    controller = Controller(config, task, store, population, proposers, pool,
-                            dataclasses.asdict(options), backend, display, judge=judge)  # fmt: skip
+    controller = Controller(config, task, store, population, sync, pool,
+                            dataclasses.asdict(options), backend, display, judge=judge, llms=llms)  # fmt: skip
     install_interrupt(controller)
     store.set_run_status("running")
     try:
         reason = controller.run()
     finally:
         display.close()
+        controller.proposing.shutdown()
         pool.shutdown()
     print(f"stopped: {reason or 'done'}")
     print(render_leaderboard(store, 5, judge))
+    summary = render_proposing_summary(store)
+    if summary and llms:
+        print(summary)
     store.close()
     return 0

@@ -60,6 +60,54 @@ class MetaRecords:
     def transaction(self):  # pragma: no cover - Store defines it
         raise NotImplementedError
 
+    # --------------------------------------------------------------- what prompts show
+
+    def evaluation_dict(self, candidate_id: int, backend: str | None = None) -> dict | None:
+        """The candidate's latest Evaluation as a dict (evaluators/evaluation.py, with its per-shape
+        rows), on `backend` when named; None when it has none."""
+        q = "SELECT metrics FROM evaluations WHERE candidate_id = ?"
+        args: tuple = (candidate_id,)
+        if backend is not None:
+            q, args = q + " AND backend = ?", (candidate_id, backend)
+        row = self.connection.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def recent_failures(self, island: int, limit: int) -> list[dict]:
+        """The island's `limit` latest children whose verdict was a failure of theirs (not ok, not
+        unsupported, not judge_error), oldest first: {id, status, feedback, note}."""
+        rows = self.connection.execute(
+            "SELECT c.id, e.status, e.feedback, c.note FROM evaluations e JOIN candidates c"
+            " ON c.id = e.candidate_id WHERE c.island = ? AND c.proposer != 'seed'"
+            " AND e.status NOT IN ('ok', 'unsupported', 'judge_error') ORDER BY e.id DESC LIMIT ?",
+            (island, int(limit)),
+        ).fetchall()
+        return [{"id": r[0], "status": r[1], "feedback": r[2], "note": r[3]} for r in reversed(rows)]
+
+    def outcomes(self, backend: str) -> list[dict]:
+        """Every judged child on `backend` in run order, as evolve/meta/lessons.py `Outcome` fields:
+        candidate, proposer, note, status, feedback, child_fitness, parent_fitness (its first parent's
+        fitness on the same backend; None when it has none)."""
+        rows = self.connection.execute(
+            "SELECT c.id, c.proposer, c.note, e.status, e.feedback, e.fitness, c.parent_ids FROM candidates c"
+            " JOIN evaluations e ON e.candidate_id = c.id WHERE e.backend = ? AND c.proposer != 'seed'"
+            " ORDER BY c.id",
+            (backend,),
+        ).fetchall()
+        fitness = dict(
+            self.connection.execute(
+                "SELECT candidate_id, fitness FROM evaluations WHERE backend = ?", (backend,)
+            )
+        )
+        out = []
+        for cid, proposer, note, status, feedback, child, parents in rows:
+            parent_ids = json.loads(parents)
+            out.append({
+                "candidate": str(cid), "proposer": proposer, "note": note, "status": status,
+                "feedback": feedback, "child_fitness": float(child or 0.0),
+                "parent_fitness": fitness.get(parent_ids[0]) if parent_ids else None,
+            })  # fmt: skip
+        return out
+
     # --------------------------------------------------------------- LLM calls
 
     def add_llm_call(

@@ -126,7 +126,7 @@ def leaderboard_json(rows: list[dict], judge: str | None = None) -> list[dict]:
     within_model_error_of_best: the same test against the best (the best: against every ranked row).
     Both are null when unknown (a model_error missing) or not ranked, and false on measured rows (no
     model error applies)."""
-    keys = ("id", "generation", "island", "niche", "proposer", "status", "fitness", "held_out",
+    keys = ("id", "generation", "island", "niche", "proposer", "model", "status", "fitness", "held_out",
             "fitness_kind", "backend", "feedback", "shapes", "judge", "stage", "model_error")  # fmt: skip
     judge = judge if judge is not None else judge_fingerprint()
     flags = leaderboard_flags(rows, lambda r: stands(r, judge))
@@ -219,6 +219,8 @@ class LiveDisplay:
             f"{progress.evals_per_min():.1f} evals/min  {failure_summary(progress.failures)}  "
             f"dup {progress.duplicates}  provisional {progress.provisional} (verifying {progress.verifying})"
         )
+        if getattr(progress, "llm", ""):
+            line += f"  {progress.llm}"
         if self.tty:
             print("\r" + line[: os.get_terminal_size().columns - 1].ljust(20), end="", flush=True)
         else:
@@ -255,3 +257,26 @@ def install_interrupt(controller) -> None:
             )
 
     signal.signal(signal.SIGINT, handler)
+
+
+def render_proposing_summary(store) -> str:
+    """What proposed in a run: the LLM calls per proposer (tokens, cost, how calls ended, how their edits
+    applied), the bandit's arms (pulls, mean reward, cost) and the latest lessons; "" when the run made
+    no LLM call and kept no bandit state."""
+    lines = []
+    for t in store.llm_totals_by_proposer():
+        ended = ", ".join(f"{k} {v}" for k, v in sorted(t["by_status"].items()))
+        applied = ", ".join(f"{k} {v}" for k, v in sorted(t["by_edit_status"].items()))
+        lines.append(
+            f"{t['proposer'] or 'llm'}: {t['calls']} calls, {t['prompt_tokens']} + {t['completion_tokens']} tokens, "
+            f"${t['cost']:.4f}; calls: {ended or 'none'}; edits: {applied or 'none'}"
+        )
+    state = store.load_bandit("arms")
+    if state and any(a["pulls"] for a in state["arms"]):
+        arms = sorted(state["arms"], key=lambda a: -a["pulls"])
+        lines.append("arms (pulls, mean reward, cost): " + "; ".join(
+            f"{a['arm']} {a['pulls']}, {a['mean']:+.3f}, ${a['cost']:.4f}" for a in arms))  # fmt: skip
+    lessons = store.latest_lessons()
+    if lessons:
+        lines.append(f"lessons v{lessons['version']}:\n" + lessons["text"])
+    return "\n".join(lines)

@@ -145,3 +145,15 @@ def test_reward_for_each_status():
         reward("fine", 1.0, 1.0)
     with pytest.raises(ValueError, match="cost"):
         reward("ok", 1.0, 1.0, cost_usd=-1.0)
+
+
+def test_choose_among_pulls_only_the_arms_allowed_now():
+    bandit = Bandit(["a", "b", "c"])
+    rng = random.Random(0)
+    for arm in ("a", "b", "c"):
+        bandit.update(arm, 0.5 if arm == "a" else 0.0)
+    picks = {bandit.choose(rng, among=["b", "c"]) for _ in range(50)}
+    assert picks <= {"b", "c"} and picks
+    assert bandit.choose(rng, among=["c"]) == "c"
+    with pytest.raises(ValueError, match="no arm to choose from"):
+        bandit.choose(rng, among=[])

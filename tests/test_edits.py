@@ -29,12 +29,17 @@ def judge_outside(source: str) -> list[str]:
     return [v.message for v in check_source(source, parent_source=SEED) if v.rule == "evolve-block"]
 
 
-def test_seed_regions_are_the_pick_config_body() -> None:
+def test_seed_regions_are_the_kernel_with_its_configs_and_the_entry_points_body() -> None:
     lines = SEED.split("\n")
-    [(first, last)] = evolve_regions(SEED)
+    [(first, last), (body_first, body_last)] = evolve_regions(SEED)
     assert lines[first - 2] == "# EVOLVE-BLOCK-START"
-    assert lines[first - 1].startswith("def pick_config(")
+    assert lines[first - 1] == "@triton.jit" and SIG in lines[first - 1 : last]
     assert lines[last] == "# EVOLVE-BLOCK-END"
+    assert (
+        lines[body_first - 3].startswith("def matmul(")
+        and lines[body_first - 2] == "    # EVOLVE-BLOCK-START"
+    )
+    assert lines[body_last - 1] == "    return c" and lines[body_last] == "    # EVOLVE-BLOCK-END"
     assert evolve_regions("import torch\n") == []
     assert evolve_regions("# EVOLVE-BLOCK-START\nx = 1\n") == []  # unbalanced: constrains nothing
 
@@ -133,9 +138,10 @@ def test_edit_of_an_import_line_is_outside_the_evolve_block() -> None:
 
 
 def test_copied_marker_context_is_fine_but_moving_a_marker_is_not() -> None:
-    ok = block(f"# EVOLVE-BLOCK-START\n{SIG}", f"# EVOLVE-BLOCK-START\nBIG = 4096\n\n\n{SIG}")
+    jit = "@triton.jit"
+    ok = block(f"# EVOLVE-BLOCK-START\n{jit}", f"# EVOLVE-BLOCK-START\nBIG = 4096\n\n\n{jit}")
     assert apply_answer(SEED, ok).status == "applied"
-    moved = block(f"# EVOLVE-BLOCK-START\n{SIG}", f"{SIG}\n# EVOLVE-BLOCK-START")
+    moved = block(f"# EVOLVE-BLOCK-START\n{jit}", f"{jit}\n# EVOLVE-BLOCK-START")
     result = apply_answer(SEED, moved)
     assert result.status == "outside_evolve_block", result.reason
     assert "marker" in result.reason
@@ -162,7 +168,7 @@ def test_rewrite_changing_the_entry_point_signature_is_outside() -> None:
     assert new != SEED.replace(LARGE_OLD, LARGE_NEW)
     result = apply_answer(SEED, f"```python\n{new}```")
     assert (result.status, result.mode, result.source) == ("outside_evolve_block", "rewrite", SEED)
-    assert "line 83" in result.reason
+    assert "line 83" in result.reason  # the entry point's signature
 
 
 def test_prose_only_is_no_code() -> None:

@@ -133,7 +133,9 @@ def test_instruction_facts_read_instruction_lines_only():
     def facts(ptx: str) -> dict:
         return compiled_facts({"ptx": ptx, "ttir": ""}, 0, 4, 3)
 
-    names = ".visible .entry matmul_wgmma_tma_kernel(\n// cp.async.bulk.tensor in a comment\n\tmov.u32 %r1, 0;\n"
+    names = (
+        ".visible .entry matmul_wgmma_tma_kernel(\n// cp.async.bulk.tensor in a comment\n\tmov.u32 %r1, 0;\n"
+    )
     assert not facts(names)["uses_wgmma"] and not facts(names)["uses_tma"]
     issued = (
         "\t@%p7 cp.async.bulk.tensor.2d.shared::cta.global.mbarrier::complete_tx::bytes [%r19], [%rd18];\n"

@@ -227,7 +227,7 @@ def test_inspirations_and_regions() -> None:
     assert prompt.inspirations([]) == ""
     regions = prompt.regions_text(SEED)
     first = SEED.split("\n").index("# EVOLVE-BLOCK-START") + 2
-    assert f"lines {first}-" in regions and "`def pick_config(M: int, N: int, K: int) -> dict:`" in regions
+    assert f"lines {first}-" in regions and "`@triton.jit`" in regions
     assert "no EVOLVE-BLOCK markers" in prompt.regions_text("def matmul(a, b):\n    pass\n")
 
 

@@ -146,16 +146,21 @@ class Bandit:
         prior = max(-MAX_PRIOR_MEAN, min(MAX_PRIOR_MEAN, WEIGHT_PRIOR * math.log(weight)))
         self._arms[arm] = _Arm(weight=float(weight), prior_mean=prior)
 
-    def choose(self, rng: random.Random) -> str:
+    def choose(self, rng: random.Random, among: Iterable[str] | None = None) -> str:
         """The arm to pull next: an unpulled arm if any (highest weight, then earliest added), else the
-        arm with the largest posterior draw (ties: earliest added). Deterministic given rng's state."""
+        arm with the largest posterior draw (ties: earliest added). Deterministic given rng's state.
+        `among`: only these arms may be pulled now (e.g. an LLM arm at its concurrency is not)."""
         if not self._arms:
             raise ValueError("the bandit has no arms; add_arm one first")
-        unpulled = [(-a.weight, i, name) for i, (name, a) in enumerate(self._arms.items()) if a.pulls == 0]
+        allowed = None if among is None else set(among)
+        arms = {n: a for n, a in self._arms.items() if allowed is None or n in allowed}
+        if not arms:
+            raise ValueError(f"no arm to choose from: none of {sorted(self._arms)} is in `among`")
+        unpulled = [(-a.weight, i, name) for i, (name, a) in enumerate(arms.items()) if a.pulls == 0]
         if unpulled:
             return min(unpulled)[2]
         best, best_draw = "", -math.inf
-        for name, a in self._arms.items():
+        for name, a in arms.items():
             draw = self._draw(a, rng)
             if draw > best_draw:
                 best, best_draw = name, draw

@@ -122,7 +122,7 @@ def read_genome(source: str) -> Genome | None:
 
 # ------------------------------------------------------------------------------ rendering
 
-_DOC = '''"""Matmul kernel rendered by evolve/proposers/mutator.py from the genome in the EVOLVE-BLOCK below.
+_DOC = '''"""Matmul kernel rendered by evolve/proposers/mutator.py from the genome below.
 
 C[M, N] = A[M, K] @ B[K, N] with any strides (layouts nn/nt/tn), fp32 accumulation, output in
 the input dtype. {what}
@@ -232,7 +232,6 @@ def _kernel(g: Genome) -> str:
 
 def _genome_block(g: Genome) -> str:
     lines = [
-        "# EVOLVE-BLOCK-START",
         "# Kernel genome (read back by evolve/proposers/mutator.py; keep these plain literals).",
         f'TEMPLATE = "{g.template}"  # "tiled", "splitk" or "persistent"',
         f"GROUPED = {g.grouped}  # grouped program ordering with GROUP_M",
@@ -245,7 +244,7 @@ def _genome_block(g: Genome) -> str:
         when = "{" + ", ".join(f'"{k}": {rule["when"][k]}' for k in BOUND_KEYS if k in rule["when"]) + "}"
         values = ", ".join(f'"{k}": {rule[k]}' for k in RULE_KEYS)
         lines.append(f'    {{"when": {when}, {values}}},')
-    return "\n".join([*lines, "]", "# EVOLVE-BLOCK-END"])
+    return "\n".join([*lines, "]"])
 
 
 _PICK = '''def rule_matches(when: dict, M: int, N: int, K: int) -> bool:
@@ -271,6 +270,7 @@ def _entry(g: Genome) -> str:
     w = _Lines()
     w("def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:")
     w.depth = 1
+    w("# EVOLVE-BLOCK-START")
     w("M, K = a.shape", "K2, N = b.shape", 'assert K == K2, "inner dimensions differ"')
     w(
         "cfg = pick_config(M, N, K)",
@@ -328,17 +328,20 @@ def _entry(g: Genome) -> str:
     )
     if g.template == "splitk":
         w("if split_k > 1:", "    c = out.sum(0).to(a.dtype)")
-    w("return c")
+    w("return c", "# EVOLVE-BLOCK-END")
     return "\n".join(w.out)
 
 
 def render(genome: Genome) -> str:
-    """The kernel module for a genome: docstring, imports, kernel, genome block, config picker, entry point."""
+    """The kernel module for a genome: docstring, imports, kernel, genome block, config picker, entry point.
+    Everything a proposer may change is inside EVOLVE-BLOCK regions (the kernel, the genome, the picker,
+    the entry point's body), so that an LLM child of a rendered module may edit all of it; the imports
+    and the entry point's signature stay outside."""
     parts = [
         _DOC.format(what=_WHAT[genome.template]),
-        _kernel(genome),
+        "# EVOLVE-BLOCK-START\n" + _kernel(genome),
         _genome_block(genome),
-        _PICK.rstrip(),
+        _PICK.rstrip() + "\n\n\n# EVOLVE-BLOCK-END",
         _entry(genome),
     ]
     return parts[0] + "\n\n" + "\n\n\n".join(parts[1:]) + "\n"

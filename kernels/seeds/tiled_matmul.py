@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 
+# EVOLVE-BLOCK-START
 @triton.jit
 def matmul_kernel(
     a_ptr,
@@ -66,7 +67,6 @@ def matmul_kernel(
     tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-# EVOLVE-BLOCK-START
 def pick_config(M: int, N: int, K: int) -> dict:
     """Tile sizes and launch options for one problem shape."""
     if M <= 64:
@@ -81,6 +81,7 @@ def pick_config(M: int, N: int, K: int) -> dict:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # EVOLVE-BLOCK-START
     M, K = a.shape
     K2, N = b.shape
     assert K == K2, "inner dimensions differ"
@@ -111,3 +112,4 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         num_stages=cfg["num_stages"],
     )
     return c
+    # EVOLVE-BLOCK-END

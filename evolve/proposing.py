@@ -1,0 +1,249 @@
+"""Who proposes next, and the LLM calls in flight: the controller's proposing, apart from its loop.
+
+Arms (evolve/meta/bandit.py) are the synchronous proposers by name ("mutator") and, per LLM
+proposer, one arm per prompt template ("llm:MODEL|default", "llm:MODEL|rewrite"): the template
+decides the edit mode (SEARCH/REPLACE diffs or a whole module). The bandit picks among the arms
+that can take a proposal now: an LLM arm whose proposer is at its concurrency, backing off after
+failures, past the run's budget, or already LOOKAHEAD calls ahead of each free evaluator, waits.
+A child's verdict rewards its arm (evolve/meta/bandit.py `reward`, the LLM call's cost subtracted
+at COST_WEIGHT); the bandit's state is saved in the store after each reward, so `--resume` goes on
+with it.
+
+An LLM call's answer comes back applied (evolve/proposers/llm.py): a child module, or the reason it
+was refused (no code, SEARCH text not found, an edit outside the EVOLVE-BLOCKs, cut off). Every
+call is recorded in the store (`llm_calls`: proposer, model, template, tokens, cost, latency,
+status, edit status, the answer); a refused edit's reason goes into that island's next prompts.
+Budgets (`max_cost` USD, `max_tokens`) stop new calls once the calls made, plus those in flight at
+the average cost of a call so far, would pass them: a run ends within about one call of its cap.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from .candidate import Proposal, Proposer
+from .meta.bandit import Bandit, reward
+from .meta.lessons import distil
+from .population import Member, Population
+from .proposers import prompt
+from .proposers.llm import LLMProposer, Waiting
+from .store import Store
+
+LOOKAHEAD = 2  # LLM calls in flight per free evaluator: enough to hide a call's latency, not a backlog
+COST_WEIGHT = 1.0  # reward lost per USD an LLM child cost (a $0.01 call weighs like a 1% slowdown)
+BANDIT_KEY = "arms"
+FAILURES_IN_PROMPT = 4  # the island's most recent failures a prompt shows
+LESSONS_EVERY = 10  # evaluations between two distillations of the lessons (enough new evidence to say more)
+
+
+class Proposing:
+    """The arms, the bandit over them, the LLM calls in flight and their budget."""
+
+    def __init__(
+        self,
+        store: Store,
+        task: dict,
+        population: Population,
+        proposers: list[tuple[Proposer, float]],
+        llms: list[LLMProposer],
+        backend: str,
+        max_cost: float = 0.0,
+        max_tokens: int = 0,
+    ) -> None:
+        self.store, self.task, self.population, self.backend = store, task, population, backend
+        self.sync = {p.name: p for p, _ in proposers}
+        self.llms = {p.name: p for p in llms}
+        self.max_cost, self.max_tokens = max_cost, max_tokens
+        saved = store.load_bandit(BANDIT_KEY)
+        self.bandit = Bandit.from_dict(saved) if saved else Bandit()
+        for proposer, weight in proposers:
+            self.bandit.add_arm(proposer.name, weight)
+        for llm in llms:
+            for template in llm.config.templates:
+                self.bandit.add_arm(f"{llm.name}|{template}", llm.config.weight / len(llm.config.templates))
+        totals = store.llm_totals()
+        self.calls, self.cost = int(totals.get("calls", 0)), float(totals.get("cost", 0.0))
+        self.tokens = int(totals.get("prompt_tokens", 0)) + int(totals.get("completion_tokens", 0))
+        self.rewards: dict[int, tuple[str, float, float]] = {}  # candidate -> (arm, parent fitness, cost)
+        self.refused: dict[int, list[dict]] = {}  # island -> recent refused edits (for its prompts)
+        self.tried: set[str] = set()  # arms chosen in this segment
+        self.unproductive = 0  # answers that became no child since the controller last took the count
+
+    # ------------------------------------------------------------------ choosing
+    def in_flight(self) -> int:
+        return sum(len(p.in_flight) for p in self.llms.values())
+
+    def budget_reason(self) -> str:
+        """Why no more LLM calls may start ("" while they may)."""
+        ahead = self.in_flight() * (self.cost / self.calls if self.calls else 0.0)
+        if self.max_cost and self.cost + ahead >= self.max_cost:
+            return f"max_cost ${self.max_cost:g} reached (${self.cost:.4f} spent)"
+        per_call = self.tokens / self.calls if self.calls else 0.0
+        if self.max_tokens and self.tokens + self.in_flight() * per_call >= self.max_tokens:
+            return f"max_tokens {self.max_tokens} reached ({self.tokens} used)"
+        return ""
+
+    def ready_arms(self, idle_slots: int) -> list[str]:
+        """Arms that can take a proposal now (see the module docstring)."""
+        arms = [name for name in self.sync]
+        if self.llms and not self.budget_reason() and self.in_flight() < LOOKAHEAD * max(idle_slots, 1):
+            now = time.monotonic()
+            for arm in self.bandit.arms:
+                name = arm.split("|")[0]
+                if name in self.llms and self.llms[name].capacity(now) > 0:
+                    arms.append(arm)
+        return arms
+
+    def choose(self, rng: random.Random, idle_slots: int) -> str | None:
+        """The arm to pull now, or None when none can take a proposal."""
+        arms = self.ready_arms(idle_slots)
+        if not arms:
+            return None
+        # Rewards arrive with verdicts, late: an arm chosen but not yet rewarded still reads "unpulled" to
+        # the bandit, which would choose it again and again; each arm is tried once before the draws.
+        pulls = {s.arm: s.pulls for s in self.bandit.stats()}
+        fresh = [a for a in arms if not pulls.get(a) and a not in self.tried]
+        arm = fresh[0] if fresh else self.bandit.choose(rng, among=arms)
+        self.tried.add(arm)
+        return arm
+
+    def only_llm_left_spent(self) -> str:
+        """The reason to stop the run: every proposer is an LLM and the budget is spent ("" else)."""
+        reason = self.budget_reason() if self.llms else ""
+        return reason if reason and not self.sync and not self.in_flight() else ""
+
+    # ------------------------------------------------------------------ LLM calls
+    def submit_llm(self, arm: str, island: int, members: list[Member], generation: int) -> None:
+        """Ask the arm's LLM for a child of the island's selected parent (the first member)."""
+        name, template = arm.split("|", 1)
+        llm = self.llms[name]
+        parent = members[0]
+        row = self.store.candidates([parent.id])[0]
+        evaluation = self.store.evaluation_dict(parent.id, self.backend) or {}
+        others = [m for m in self.population.elites() if m.id != parent.id and m.island != island][:1]
+        others += [m for m in members[1:2]]
+        inspirations = [
+            (f"candidate {r['id']} (fitness {m.fitness:.4g})", r["source"])
+            for m, r in zip(others, self.store.candidates([m.id for m in others]), strict=False)
+        ]
+        lessons = self.store.latest_lessons()
+        fields = prompt.PromptFields(
+            task_summary=prompt.task_summary(self.task, self.backend),
+            target=prompt.target_name(self.task, self.backend),
+            parent_source=row["source"],
+            parent_figures=prompt.figures(evaluation),
+            inspirations=prompt.inspirations(inspirations),
+            failures=prompt.failures(self._failures(island)),
+            lessons=lessons["text"] if lessons else "No lessons yet.",
+            evolve_regions=prompt.regions_text(row["source"]),
+        )
+        request = {
+            "system": prompt.render(prompt.system_prompt(), fields),
+            "user": prompt.render(prompt.load_template(template), fields),
+            "parent_source": row["source"],
+        }
+        waiting = Waiting(
+            island, parent.id, parent.fitness, row["source"], generation, template, arm, time.time()
+        )
+        llm.submit(request, waiting)
+
+    def poll(self, timeout: float) -> list[tuple[Proposal, Waiting, int]]:
+        """LLM answers that arrived (waits at most `timeout` s for the first): each recorded in the store;
+        the applied ones returned as (proposal, what was waiting, the llm_calls row id)."""
+        out = []
+        for llm in self.llms.values():
+            for waiting, result in llm.poll(timeout if not out else 0.0):
+                proposal, call_id = self._record(llm, waiting, result)
+                if proposal is not None:
+                    out.append((proposal, waiting, call_id))
+            timeout = 0.0 if out else timeout
+        for llm in self.llms.values():
+            reason = self.budget_reason()
+            if reason and not llm.stopped:
+                llm.stopped = reason
+        return out
+
+    def _record(self, llm: LLMProposer, waiting: Waiting, result: dict) -> tuple[Proposal | None, int]:
+        call, edit = result["call"], result.get("edit")
+        cost = float(call.get("cost_usd") or 0.0)
+        waiting.cost = cost
+        tokens = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
+        self.calls, self.cost, self.tokens = self.calls + 1, self.cost + cost, self.tokens + tokens
+        edit_status = edit["status"] if edit else ""
+        error = call.get("error") or ("" if not edit or edit_status == "applied" else edit["reason"])
+        call_id = self.store.add_llm_call(
+            proposer=llm.name, model=llm.model, template=waiting.template, status=call.get("status", ""),
+            edit_status=edit_status, prompt_tokens=int(call.get("prompt_tokens") or 0),
+            completion_tokens=int(call.get("completion_tokens") or 0), cost=cost,
+            latency_s=float(call.get("latency_s") or 0.0), error=error, answer=call.get("text") or "",
+            island=waiting.island, parent_id=waiting.parent_id,
+        )  # fmt: skip
+        if not edit or edit_status != "applied":
+            self.unproductive += 1
+            if edit:  # the model's answer did not apply: its arm pays, the reason goes to the next prompt
+                self._reward_arm(waiting.arm, "rejected", 0.0, waiting.parent_fitness, cost)
+                refused = self.refused.setdefault(waiting.island, [])
+                refused.append({"status": f"edit {edit_status}", "feedback": edit["reason"], "note": ""})
+                del refused[:-FAILURES_IN_PROMPT]
+                self.store.update_proposer_stats(llm.name, waiting.island, f"edit_{edit_status}", False)
+            return None, call_id
+        note = f"{edit['mode']} ({edit['edits']} edit(s)) by {llm.model}, template {waiting.template}"
+        proposal = Proposal(
+            source=edit["source"], parent_ids=(waiting.parent_id,), proposer=llm.name, note=note,
+            model=llm.model, template=waiting.template,
+        )  # fmt: skip
+        return proposal, call_id
+
+    def take_unproductive(self) -> int:
+        """Answers (or failed calls) that became no child since the last call: the controller counts
+        them as barren proposals, so a model whose edits never apply cannot keep a run calling forever."""
+        n, self.unproductive = self.unproductive, 0
+        return n
+
+    def _failures(self, island: int) -> list[dict]:
+        """The island's recent failed children (the judge's feedback) and refused edits, newest last."""
+        rows = self.store.recent_failures(island, FAILURES_IN_PROMPT)
+        return (rows + self.refused.get(island, []))[-FAILURES_IN_PROMPT:]
+
+    # ------------------------------------------------------------------ rewards
+    def proposed(self, cid: int, arm: str, parent_fitness: float, cost: float = 0.0) -> None:
+        """A child of `arm` entered the run: its verdict will reward the arm."""
+        self.rewards[cid] = (arm, parent_fitness, cost)
+
+    def judged(self, cid: int, status: str, fitness: float) -> None:
+        """A new candidate's verdict (as the controller admits it): reward its arm, save the bandit."""
+        if cid not in self.rewards:
+            return
+        arm, parent_fitness, cost = self.rewards.pop(cid)
+        self._reward_arm(arm, status, fitness, parent_fitness, cost)
+
+    def _reward_arm(self, arm: str, status: str, fitness: float, parent_fitness: float, cost: float) -> None:
+        if arm not in self.bandit.arms:
+            return
+        value = reward(status, fitness, parent_fitness, cost_usd=cost, cost_weight=COST_WEIGHT)
+        self.bandit.update(arm, value, cost)
+        self.store.save_bandit(BANDIT_KEY, self.bandit.to_dict())
+
+    # ------------------------------------------------------------------ lessons
+    def maybe_distil(self, evaluated: int) -> None:
+        """Every LESSONS_EVERY evaluations (with LLM proposers: only prompts read them), distil the run's
+        outcomes into a new version of the lessons (evolve/meta/lessons.py), kept in the store."""
+        if not self.llms or evaluated % LESSONS_EVERY:
+            return
+        latest = self.store.latest_lessons()
+        outcomes = self.store.outcomes(self.backend)
+        lessons = distil(outcomes, (latest["version"] + 1) if latest else 1)
+        self.store.add_lessons(lessons.version, lessons.evaluations, lessons.text)
+
+    # ------------------------------------------------------------------ display
+    def state(self) -> str:
+        """The live line's LLM part: calls, tokens, cost, and each proposer's state."""
+        if not self.llms:
+            return ""
+        states = "; ".join(p.state() for p in self.llms.values())
+        return f"llm calls {self.calls}, {self.tokens} tokens, ${self.cost:.4f}; {states}"
+
+    def shutdown(self) -> None:
+        for llm in self.llms.values():
+            llm.shutdown()
