@@ -4,7 +4,7 @@ evolve run runs/demo.toml [--name N] [--max-evals N] [--time-budget S] [--worker
                           [--seed N] [--device cpu|cuda] [--ray-address auto|HOST:PORT]
                           [--proposer llm:MODEL|mutator|auto:MODEL ...] [--max-cost USD] [--max-tokens N]
 evolve run --resume runs/demo
-evolve leaderboard demo [--top N] [--json]
+evolve leaderboard demo [--top N] [--json] [--summary]
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
 """
 
@@ -16,7 +16,7 @@ import sys
 
 from .config import ConfigError, UsageError
 from .store import StoreError
-from .ui import leaderboard_json, render_leaderboard, run_dir
+from .ui import leaderboard_json, render_leaderboard, render_proposing_summary, run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="every evaluated candidate as a JSON list (fitness, held_out, model_error, within_model_error, ...)",
     )
+    board.add_argument(
+        "--summary",
+        action="store_true",
+        help="also what proposed: LLM calls, tokens and cost per proposer, the bandit's arms, the lessons",
+    )
     from .remeasure import add_remeasure_parser, main_remeasure
 
     add_remeasure_parser(sub)
@@ -77,6 +82,8 @@ def leaderboard(args) -> int:
             print(json.dumps(leaderboard_json(store.all_evaluated())))
             return 0
         print(render_leaderboard(store, args.top))
+        if args.summary:
+            print(render_proposing_summary(store) or "no LLM call and no bandit state recorded in this run")
     return 0
 
 

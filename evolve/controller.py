@@ -221,6 +221,8 @@ class Controller:
     # ---------------------------------------------------------------- proposing
     def _seed_population(self) -> None:
         if self.store.evaluated_count() or self.store.pending_ids():
+            if not len(self.population) and not self.queue and not self.store.pending_ids():
+                self._judge_on_new_backend()
             return
         for i, path in enumerate(self.config.seeds):
             source = Path(path).read_text()
@@ -230,6 +232,27 @@ class Controller:
             )  # fmt: skip
             if cid is not None:
                 self.queue.append(cid)
+        self._wait_for_seeds()
+
+    def _judge_on_new_backend(self) -> None:
+        """A resume whose backend has no verdict yet (resumed on another device, or a GPU run resumed
+        without one): backends are never mixed, so the seeds and the other backend's best are judged
+        here first, and said so; the run stops (with the reason) only if none of them is ok here."""
+        other = self.store.default_backend()
+        if other is None or other == self.progress.backend:
+            return
+        rows = [r for r in self.store.population_rows(other) if r["status"] == "ok"]
+        best = sorted(rows, key=lambda r: -r["fitness"])[: self.verification.top_k]
+        ids = sorted({*self.store.seed_ids(), *(r["id"] for r in best)})
+        print(f"resumed on {self.progress.backend}, where this run has no verdict (its verdicts are on {other}, "
+              f"never mixed): judging its {len(self.store.seed_ids())} seed(s) and the {len(best)} best of "
+              f"{other} here before proposing", flush=True)  # fmt: skip
+        for cid in ids:  # pending in the store: a kill before their verdicts re-queues them on resume
+            self.store.mark_pending(cid)
+        self.queue.extend(ids)
+        self._wait_for_seeds()
+
+    def _wait_for_seeds(self) -> None:
         # Every island starts from the seeds once they are evaluated; wait for them.
         while (self.queue or self.pool.in_flight()) and not self.stop_requested:
             while self.pool.idle_slots() and self.queue:

@@ -72,6 +72,13 @@ class MetaRecords:
         row = self.connection.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return json.loads(row[0]) if row else None
 
+    def seed_ids(self) -> list[int]:
+        """The run's seed candidates, in id order."""
+        return [
+            r[0]
+            for r in self.connection.execute("SELECT id FROM candidates WHERE proposer = 'seed' ORDER BY id")
+        ]
+
     def recent_failures(self, island: int, limit: int) -> list[dict]:
         """The island's `limit` latest children whose verdict was a failure of theirs (not ok, not
         unsupported, not judge_error), oldest first: {id, status, feedback, note}."""

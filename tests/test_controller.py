@@ -342,3 +342,25 @@ def test_a_verdict_from_another_judge_never_stands_and_never_stalls_the_run(tmp_
     assert "a verdict came back from judge SOMEONEELSE, not this run's" in err
     assert {r["judge"] for r in store.all_evaluated()} == {"OLDJUDGE"}  # not replaced by a foreign one
     assert store.best("model:h100", judge) is None and not len(resumed.population)
+
+
+def test_a_resume_on_another_backend_judges_the_seeds_and_the_best_there_first(tmp_path, capsys):
+    controller, store, pool = _controller(tmp_path, FixedProposer(variants=1000), max_evals=6)
+    assert controller.run() == "max_evals 6 reached"
+    best_on_h100 = store.best("model:h100")["id"]
+
+    # resumed where no verdict exists yet: another backend label, as another device gives
+    class B200Pool(InlinePool):  # the same judge, on another device
+        def poll(self, timeout):
+            return [(cid, {**ev, "backend": "model:b200"}) for cid, ev in super().poll(timeout)]
+
+    population = Population(controller.config.population)
+    resumed = Controller(controller.config.replace(max_evals=12), load_task(controller.config.task), store,
+                         population, [(FixedProposer(variants=1000), 1.0)], B200Pool(2), {},
+                         "model:b200")  # fmt: skip
+    reason = resumed.run()
+    out = capsys.readouterr().out
+    assert "resumed on model:b200, where this run has no verdict (its verdicts are on model:h100" in out
+    judged = {r["id"] for r in store.population_rows("model:b200")}
+    assert {1, best_on_h100} <= judged  # the seed and the h100 best, judged on b200 before any proposal
+    assert reason == "max_evals 12 reached" and store.pending_ids() == []

@@ -128,8 +128,13 @@ def test_an_llm_run_records_every_call_judges_its_children_and_leaks_no_key(tmp_
         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert all({"proposer", "model"} <= set(r) for r in json.loads(board.stdout))
+    summary = subprocess.run(
+        [sys.executable, "-m", "evolve.cli", "leaderboard", "t", "--summary"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert f"llm:scripted: {len(calls)} calls" in summary and "arms (pulls, mean reward, cost)" in summary
     # the key nowhere a run leaves something
-    texts = [out, err, board.stdout]
+    texts = [out, err, board.stdout, summary]
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
