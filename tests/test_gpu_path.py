@@ -307,7 +307,8 @@ def _bare_child() -> tuple[Child, list]:
     child.torch, child.guards, child.previous = torch, guards, ()
     child.launch, child.launch_signatures = guards.LaunchDepth(), []
     child.autotune = AutotuneStandIn()
-    child.write_guard, child.race_check, child.current_kernel, child.kept = None, None, "?", []
+    child.write_guard, child.race_check, child.bounds_check = None, None, None
+    child.current_kernel, child.kept = "?", []
     child.send = lambda header, tensors=None: sent.append((header, tensors))
     return child, sent
 
