@@ -185,9 +185,13 @@ class Controller:
         self.stop_requested, self.stop_reason = True, reason
 
     def _budget_spent(self) -> bool:
+        return self._room() <= 0 or self.stop_requested
+
+    def _room(self) -> int:
+        """New candidates max_evals still allows, beside those judged, queued, in flight or being written."""
         queued = self.pool.in_flight() + len(self.queue) - len(self.verification.queued)  # new candidates
         queued += self.proposing.in_flight()  # each LLM call in flight may become one
-        return self.progress.evaluated + queued >= self.config.max_evals or self.stop_requested
+        return self.config.max_evals - self.progress.evaluated - queued
 
     def _should_stop(self, start: float) -> bool:
         if self.stop_requested:
@@ -397,7 +401,11 @@ class Controller:
                                    row["source_hash"], row["generation"]))  # fmt: skip
         if row["proposer"] != "seed" and status != "judge_error":  # the judge's bug: no one's score
             self.store.update_proposer_stats(row["proposer"], row["island"], status, improved)
-        self.proposing.judged(cid, status, fitness if standing else 0.0)
+        # the arm's reward: an ok verdict's figure even if provisional (it did not place: not a failure)
+        sweeps = self.proposing.judged(cid, status, fitness, row["source"])
+        for sweep in sweeps[: max(0, self._room())] if not self.stop_requested else []:
+            self.proposing.swept(cid, self._add_and_submit(sweep, row["island"], row["generation"] + 1))
+        self.proposing.settle(cid)
         self.proposing.maybe_distil(self.progress.evaluated)
         if standing:
             self._stood(cid, fitness)

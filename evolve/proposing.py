@@ -25,6 +25,7 @@ import time
 from .candidate import Proposal, Proposer
 from .meta.bandit import Bandit, reward
 from .meta.lessons import distil
+from .meta.sweeps import sweeps
 from .population import Member, Population
 from .proposers import prompt
 from .proposers.llm import LLMProposer, Waiting
@@ -34,6 +35,7 @@ LOOKAHEAD = 2  # LLM calls in flight per free evaluator: enough to hide a call's
 COST_WEIGHT = 1.0  # reward lost per USD an LLM child cost (a $0.01 call weighs like a 1% slowdown)
 BANDIT_KEY = "arms"
 FAILURES_IN_PROMPT = 4  # the island's most recent failures a prompt shows
+SWEEPS = 3  # constant sweeps an ok LLM child gets before its arm is rewarded (evolve/meta/sweeps.py)
 LESSONS_EVERY = 10  # evaluations between two distillations of the lessons (enough new evidence to say more)
 
 
@@ -66,6 +68,9 @@ class Proposing:
         self.calls, self.cost = int(totals.get("calls", 0)), float(totals.get("cost", 0.0))
         self.tokens = int(totals.get("prompt_tokens", 0)) + int(totals.get("completion_tokens", 0))
         self.rewards: dict[int, tuple[str, float, float]] = {}  # candidate -> (arm, parent fitness, cost)
+        self.distilled_at = store.evaluated_count()  # evaluations when the lessons were last distilled
+        self.groups: dict[int, dict] = {}  # an LLM child being swept -> its arm's reward, waiting
+        self.sweep_of: dict[int, int] = {}  # a sweep -> the LLM child it sweeps
         self.refused: dict[int, list[dict]] = {}  # island -> recent refused edits (for its prompts)
         self.tried: set[str] = set()  # arms chosen in this segment
         self.unproductive = 0  # answers that became no child since the controller last took the count
@@ -211,12 +216,50 @@ class Proposing:
         """A child of `arm` entered the run: its verdict will reward the arm."""
         self.rewards[cid] = (arm, parent_fitness, cost)
 
-    def judged(self, cid: int, status: str, fitness: float) -> None:
-        """A new candidate's verdict (as the controller admits it): reward its arm, save the bandit."""
+    def judged(self, cid: int, status: str, fitness: float, source: str = "") -> list[Proposal]:
+        """A new candidate's verdict (as the controller admits it): reward its arm and save the bandit;
+        an ok LLM child first gets up to SWEEPS constant sweeps (returned: the controller adds them as its
+        children and says which became candidates, `swept`), and its arm is rewarded by the best of the
+        child and its sweeps once they are judged: a good idea is not lost to a bad constant."""
+        if cid in self.sweep_of:
+            child = self.sweep_of.pop(cid)
+            group = self.groups[child]
+            group["left"].discard(cid)
+            if status == "ok":
+                group["best"] = max(group["best"], fitness)
+            self.settle(child)
+            return []
         if cid not in self.rewards:
-            return
+            return []
         arm, parent_fitness, cost = self.rewards.pop(cid)
-        self._reward_arm(arm, status, fitness, parent_fitness, cost)
+        variants = (
+            sweeps(source, SWEEPS, random.Random(cid)) if status == "ok" and arm.startswith("llm:") else []
+        )
+        if not variants:
+            self._reward_arm(arm, status, fitness, parent_fitness, cost)
+            return []
+        self.groups[cid] = {
+            "arm": arm,
+            "parent": parent_fitness,
+            "cost": cost,
+            "best": fitness,
+            "left": set(),
+        }
+        model = arm.split("|")[0].removeprefix("llm:")
+        return [Proposal(src, (cid,), "sweep", note, model=model) for src, note in variants]
+
+    def swept(self, child: int, sweep: int | None) -> None:
+        """One of `child`'s sweeps became candidate `sweep` (None: a duplicate, judged already)."""
+        if sweep is not None:
+            self.groups[child]["left"].add(sweep)
+            self.sweep_of[sweep] = child
+
+    def settle(self, child: int) -> None:
+        """Reward the LLM arm of `child` once none of its sweeps is waiting for a verdict."""
+        group = self.groups.get(child)
+        if group is not None and not group["left"]:
+            del self.groups[child]
+            self._reward_arm(group["arm"], "ok", group["best"], group["parent"], group["cost"])
 
     def _reward_arm(self, arm: str, status: str, fitness: float, parent_fitness: float, cost: float) -> None:
         if arm not in self.bandit.arms:
@@ -229,8 +272,9 @@ class Proposing:
     def maybe_distil(self, evaluated: int) -> None:
         """Every LESSONS_EVERY evaluations (with LLM proposers: only prompts read them), distil the run's
         outcomes into a new version of the lessons (evolve/meta/lessons.py), kept in the store."""
-        if not self.llms or evaluated % LESSONS_EVERY:
+        if not self.llms or evaluated - self.distilled_at < LESSONS_EVERY:
             return
+        self.distilled_at = evaluated
         latest = self.store.latest_lessons()
         outcomes = self.store.outcomes(self.backend)
         lessons = distil(outcomes, (latest["version"] + 1) if latest else 1)

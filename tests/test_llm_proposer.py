@@ -151,6 +151,16 @@ def test_every_answer_kind_is_recorded_and_applied_children_are_judged_in_their_
     # nothing of the key in what was stored
     raw = (tmp_path / "run.sqlite").read_bytes()
     assert KEY.encode() not in raw
+    # each ok LLM child got constant sweeps of its own source (evolve/meta/sweeps.py) before its arm was paid
+    evaluated = store.all_evaluated()
+    swept = [r for r in evaluated if r["proposer"] == "sweep"]
+    assert {r["parent_ids"][0] for r in swept} == {r["id"] for r in rows}
+    for r in swept:
+        child, parent = store.candidate(r["id"])["source"], store.candidate(r["parent_ids"][0])["source"]
+        assert (
+            r["note"].startswith("sweep: ")
+            and sum(a != b for a, b in zip(child.split("\n"), parent.split("\n"), strict=True)) == 1
+        )
     summary = render_proposing_summary(store)
     assert f"llm:test-model: {len(calls)} calls" in summary and "edits: applied 3" in summary
     assert "arms (pulls, mean reward, cost): llm:test-model|default" in summary
