@@ -201,6 +201,14 @@ def _check_llm(path: Path, i: int, kind: str, options: dict) -> None:
         raise ConfigError(
             f"{path}: field 'proposers[{i}].templates' must be a non-empty list of template ids"
         )
+    from .proposers.prompt import TEMPLATES
+
+    unknown = [t for t in templates if t not in TEMPLATES]
+    if unknown:
+        raise ConfigError(
+            f"{path}: field 'proposers[{i}].templates' names {unknown}; the templates are {', '.join(TEMPLATES)} "
+            "(evolve/prompts/)"
+        )
 
 
 def _check_types(path: Path, run: dict) -> None:

@@ -232,6 +232,7 @@ def test_run_file_llm_proposers_are_checked_field_by_field(tmp_path):
         '[[proposers]]\nkind = "llm"\nmodel = "m"\nconcurrency = "4"\n': "proposers[0].concurrency' must be a int",
         '[[proposers]]\nkind = "llm"\nmodel = "m"\nconcurrency = 0\n': "at least 1",
         '[[proposers]]\nkind = "mutator"\nmodel = "m"\n': "(mutator) has unknown field(s) ['model']",
+        '[[proposers]]\nkind = "llm"\nmodel = "m"\ntemplates = ["fancy"]\n': "names ['fancy']; the templates are",
     }
     for text, message in cases.items():
         with pytest.raises(ConfigError, match=None) as err:
