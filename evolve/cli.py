@@ -6,6 +6,7 @@ evolve run runs/demo.toml [--name N] [--max-evals N] [--time-budget S] [--worker
 evolve run --resume runs/demo
 evolve leaderboard demo [--top N] [--json] [--summary]
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
+evolve export-prompts demo [--out DIR]   (the prompt template the run's LLM arms were paid best for)
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also what proposed: LLM calls, tokens and cost per proposer, the bandit's arms, the lessons",
     )
+    export = sub.add_parser(
+        "export-prompts",
+        help="write the prompt template a run's LLM arms were paid best for, for the next run",
+    )
+    export.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    export.add_argument("--out", help="folder to write it to (default: runs/<name>/prompts)")
     from .remeasure import add_remeasure_parser, main_remeasure
 
     add_remeasure_parser(sub)
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return launch(args)
         if args.command == "remeasure":
             return main_remeasure(args)
+        if args.command == "export-prompts":
+            return export_prompts(args)
         return leaderboard(args)
     except (ConfigError, StoreError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -84,6 +93,36 @@ def leaderboard(args) -> int:
         print(render_leaderboard(store, args.top))
         if args.summary:
             print(render_proposing_summary(store) or "no LLM call and no bandit state recorded in this run")
+    return 0
+
+
+def export_prompts(args) -> int:
+    """`evolve export-prompts RUN`: the template (built-in or a variant an LLM wrote) whose arms were paid
+    best, pulled at least 3 times, written as a file a run file names as `templates = ["file:PATH"]`."""
+    from pathlib import Path
+
+    from .meta.prompt_evolution import best_variant
+    from .proposers.prompt import load_template
+    from .store import Store
+
+    folder = run_dir(args.run)
+    with Store.open(folder / "run.sqlite", readonly=True) as store:
+        state = store.load_bandit("arms") or {"arms": []}
+        variants = {v["id"]: v["text"] for v in store.prompt_variants()}
+    arms = [{"arm": a["arm"], "pulls": a["pulls"], "mean": a["mean"]} for a in state["arms"]]
+    best = best_variant(arms, min_pulls=3)
+    if best is None:
+        raise UsageError(
+            f"run {args.run}: no prompt template was tried 3 times yet (no LLM proposer, or too few calls)"
+        )
+    out = Path(args.out) if args.out else folder / "prompts"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{best}.md"
+    path.write_text(variants.get(best) or load_template(best), encoding="utf-8")
+    print(
+        f"{path}: template {best} ({'a variant an LLM wrote' if best in variants else 'built in'}), the best "
+        f"paid of the run's templates; use it with templates = [\"file:{path}\"] in a run file's [[proposers]]"
+    )
     return 0
 
 

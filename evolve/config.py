@@ -203,12 +203,17 @@ def _check_llm(path: Path, i: int, kind: str, options: dict) -> None:
         )
     from .proposers.prompt import TEMPLATES
 
-    unknown = [t for t in templates if t not in TEMPLATES]
+    unknown = [t for t in templates if t not in TEMPLATES and not _template_file(path, t)]
     if unknown:
         raise ConfigError(
             f"{path}: field 'proposers[{i}].templates' names {unknown}; the templates are {', '.join(TEMPLATES)} "
-            "(evolve/prompts/)"
+            "(evolve/prompts/), or file:PATH of an existing file (`evolve export-prompts RUN` writes one)"
         )
+
+
+def _template_file(path: Path, template: str) -> bool:
+    """A "file:PATH" template (exported by `evolve export-prompts`) whose file exists."""
+    return template.startswith("file:") and Path(template.removeprefix("file:")).is_file()
 
 
 def _check_types(path: Path, run: dict) -> None:

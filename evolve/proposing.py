@@ -23,6 +23,7 @@ import random
 import time
 
 from .candidate import Proposal, Proposer
+from .meta import prompt_evolution
 from .meta.bandit import Bandit, reward
 from .meta.lessons import distil
 from .meta.sweeps import sweeps
@@ -36,6 +37,7 @@ COST_WEIGHT = 1.0  # reward lost per USD an LLM child cost (a $0.01 call weighs 
 BANDIT_KEY = "arms"
 FAILURES_IN_PROMPT = 4  # the island's most recent failures a prompt shows
 SWEEPS = 3  # constant sweeps an ok LLM child gets before its arm is rewarded (evolve/meta/sweeps.py)
+EVOLUTION = "prompt-evolution"  # the template name of a call that asks for a prompt variant
 LESSONS_EVERY = 10  # evaluations between two distillations of the lessons (enough new evidence to say more)
 
 
@@ -64,10 +66,15 @@ class Proposing:
         for llm in llms:
             for template in llm.config.templates:
                 self.bandit.add_arm(f"{llm.name}|{template}", llm.config.weight / len(llm.config.templates))
+        self.variants = {v["id"]: v["text"] for v in store.prompt_variants()}  # templates LLMs wrote
+        for llm in llms:
+            for vid in self.variants:
+                self.bandit.add_arm(f"{llm.name}|{vid}", llm.config.weight / len(llm.config.templates))
         totals = store.llm_totals()
         self.calls, self.cost = int(totals.get("calls", 0)), float(totals.get("cost", 0.0))
         self.tokens = int(totals.get("prompt_tokens", 0)) + int(totals.get("completion_tokens", 0))
         self.rewards: dict[int, tuple[str, float, float]] = {}  # candidate -> (arm, parent fitness, cost)
+        self.evolved_at = self.calls  # LLM calls when a prompt variant was last asked for
         self.distilled_at = store.evaluated_count()  # evaluations when the lessons were last distilled
         self.groups: dict[int, dict] = {}  # an LLM child being swept -> its arm's reward, waiting
         self.sweep_of: dict[int, int] = {}  # a sweep -> the LLM child it sweeps
@@ -123,6 +130,9 @@ class Proposing:
         """Ask the arm's LLM for a child of the island's selected parent (the first member)."""
         name, template = arm.split("|", 1)
         llm = self.llms[name]
+        if self.calls - self.evolved_at >= prompt_evolution.EVOLVE_EVERY:  # this slot asks for a template
+            self._ask_for_variant(llm)
+            return
         parent = members[0]
         row = self.store.candidates([parent.id])[0]
         evaluation = self.store.evaluation_dict(parent.id, self.backend) or {}
@@ -145,13 +155,49 @@ class Proposing:
         )
         request = {
             "system": prompt.render(prompt.system_prompt(), fields),
-            "user": prompt.render(prompt.load_template(template), fields),
+            "user": prompt.render(self._template(template), fields),
             "parent_source": row["source"],
         }
         waiting = Waiting(
             island, parent.id, parent.fitness, row["source"], generation, template, arm, time.time()
         )
         llm.submit(request, waiting)
+
+    def _template(self, template_id: str) -> str:
+        return self.variants.get(template_id) or prompt.load_template(template_id)
+
+    def _ask_for_variant(self, llm: LLMProposer) -> None:
+        """Ask `llm` for a variant of the template whose arms were paid best (evolve/meta/prompt_evolution.py)."""
+        self.evolved_at = self.calls
+        arms = [{"arm": a.arm, "pulls": a.pulls, "mean": a.mean_reward} for a in self.bandit.stats()]
+        base = prompt_evolution.best_variant(arms, min_pulls=1) or llm.config.templates[0]
+        lessons = self.store.latest_lessons()
+        request = prompt_evolution.request(
+            base, self._template(base), arms, lessons["text"] if lessons else ""
+        )
+        request["parent_source"] = None  # the answer is a template, not a kernel
+        waiting = Waiting(-1, 0, 0.0, self._template(base), 0, f"{EVOLUTION}:{base}", "", time.time())
+        llm.submit(request, waiting)
+
+    def _record_variant(self, llm: LLMProposer, waiting: Waiting, call: dict) -> tuple[str, str]:
+        """A prompt variant's answer: kept as a new template (and an arm of every LLM proposer) when
+        usable; (edit status, why not)."""
+        if not call.get("text") or call.get("status") != "ok":
+            return "", ""
+        text, why = prompt_evolution.variant_from_answer(call["text"], waiting.parent_source)
+        if text is None:
+            return "prompt_refused", why
+        same = next((vid for vid, known in self.variants.items() if known.strip() == text.strip()), None)
+        if same is not None:
+            return "prompt_refused", f"the variant is template {same} again"
+        vid = f"v{len(self.variants) + 1}"
+        while vid in self.variants:
+            vid += "b"
+        self.store.add_prompt(vid, waiting.template.split(":", 1)[1], text, llm.name)
+        self.variants[vid] = text
+        for other in self.llms.values():
+            self.bandit.add_arm(f"{other.name}|{vid}", other.config.weight / len(other.config.templates))
+        return "prompt_variant", f"kept as template {vid}"
 
     def poll(self, timeout: float) -> list[tuple[Proposal, Waiting, int]]:
         """LLM answers that arrived (waits at most `timeout` s for the first): each recorded in the store;
@@ -177,13 +223,19 @@ class Proposing:
         self.calls, self.cost, self.tokens = self.calls + 1, self.cost + cost, self.tokens + tokens
         edit_status = edit["status"] if edit else ""
         error = call.get("error") or ("" if not edit or edit_status == "applied" else edit["reason"])
+        variant = waiting.template.startswith(EVOLUTION)
+        if variant:
+            edit_status, why = self._record_variant(llm, waiting, call)
+            error = call.get("error") or why
         call_id = self.store.add_llm_call(
             proposer=llm.name, model=llm.model, template=waiting.template, status=call.get("status", ""),
             edit_status=edit_status, prompt_tokens=int(call.get("prompt_tokens") or 0),
             completion_tokens=int(call.get("completion_tokens") or 0), cost=cost,
             latency_s=float(call.get("latency_s") or 0.0), error=error, answer=call.get("text") or "",
-            island=waiting.island, parent_id=waiting.parent_id,
+            island=None if variant else waiting.island, parent_id=None if variant else waiting.parent_id,
         )  # fmt: skip
+        if variant:
+            return None, call_id
         if not edit or edit_status != "applied":
             self.unproductive += 1
             if edit:  # the model's answer did not apply: its arm pays, the reason goes to the next prompt

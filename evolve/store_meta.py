@@ -265,6 +265,31 @@ class MetaRecords:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur]
 
+    # ------------------------------------------------------------------ prompt variants
+
+    def add_prompt(self, prompt_id: str, base: str, text: str, proposer: str) -> None:
+        """Keep a prompt template variant (`text`, a variant of template `base`, written by `proposer`);
+        StoreError when `prompt_id` is taken."""
+        with self.transaction():
+            try:
+                self.connection.execute(
+                    "INSERT INTO prompts (id, base, text, proposer, created) VALUES (?,?,?,?,?)",
+                    (prompt_id, base, scrub_keys(text), proposer, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(
+                    f"{self.path}: prompt variant {prompt_id!r} exists; pick another id"
+                ) from None
+
+    def prompt_variants(self) -> list[dict]:
+        """Every prompt template variant, {id, base, text, proposer, created}, oldest first ([] on an older
+        store)."""
+        if not table_columns(self.connection, "prompts"):
+            return []
+        q = "SELECT id, base, text, proposer, created FROM prompts ORDER BY created, id"
+        return [dict(zip(("id", "base", "text", "proposer", "created"), r, strict=True))
+                for r in self.connection.execute(q)]  # fmt: skip
+
 
 def _empty_totals() -> dict:
     return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "by_status": {},

@@ -25,7 +25,8 @@ class StoreError(Exception):
 # 5: the LLM proposer's records (issue 12): llm_calls.proposer, template, status (the call's), edit_status
 #    (applying its answer), answer (zlib-compressed UTF-8), island, parent_id ("" / NULL for calls stored
 #    before); the tables bandit (the proposing bandit's JSON, evolve/meta/bandit.py, so a resumed run
-#    continues it) and lessons (each version of the run's lessons, evolve/meta/lessons.py).
+#    continues it), lessons (each version of the run's lessons, evolve/meta/lessons.py) and prompts (the
+#    prompt template variants LLMs wrote, evolve/meta/prompt_evolution.py).
 SCHEMA_VERSION = 5
 PACKAGE = "triton-evolve"
 
@@ -79,6 +80,8 @@ TABLES_5 = """
 CREATE TABLE IF NOT EXISTS bandit (key TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lessons (
     version INTEGER PRIMARY KEY, evaluations INTEGER NOT NULL, text TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS prompts (
+    id TEXT PRIMARY KEY, base TEXT NOT NULL, text TEXT NOT NULL, proposer TEXT NOT NULL, created REAL NOT NULL);
 """
 
 

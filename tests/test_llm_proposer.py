@@ -270,3 +270,52 @@ def test_the_key_reaches_the_llm_actor_by_a_call_never_by_its_environment(cluste
         assert KEY not in ray.get(llm.actor.environ.remote())
     finally:
         llm.shutdown()
+
+
+VARIANT = """VARIANT-MARKER: think about tile occupancy first.
+$task_summary
+$parent_figures
+```python
+$parent_source
+```
+$failures
+$lessons
+$evolve_regions
+Answer with SEARCH/REPLACE blocks.
+"""
+
+
+def test_prompt_variants_are_written_kept_tried_and_exported(cluster, tmp_path, monkeypatch, capsys):
+    from evolve.cli import main
+    from evolve.meta import prompt_evolution
+
+    monkeypatch.setattr(prompt_evolution, "EVOLVE_EVERY", 3)
+    # one answer for every request: a kernel request finds no code in it, a variant request a template
+    answer = {"text": f"A clearer prompt:\n```markdown\n{VARIANT}```\n"}
+    with ScriptedServer([], default=answer) as server:
+        controller, store, _, reason = _run(tmp_path, server, max_evals=10, llm_options={"concurrency": 2})
+        requests = list(server.requests)
+    variants = store.prompt_variants()
+    assert variants and variants[0]["id"] == "v1" and variants[0]["base"] == "default"
+    assert variants[0]["text"].startswith("VARIANT-MARKER")
+    calls = store.llm_calls()
+    assert any(
+        c["edit_status"] == "prompt_variant" and c["template"] == "prompt-evolution:default" for c in calls
+    )
+    asked = [r for r in requests if "improve the prompt templates" in r.body["messages"][0]["content"]]
+    assert asked and "$parent_source" in asked[0].body["messages"][-1]["content"]
+    # the variant became an arm and was tried: a later kernel prompt is the variant's text
+    assert any(a["arm"] == "llm:test-model|v1" and a["pulls"] > 0 for a in store.load_bandit("arms")["arms"])
+    assert any(r.body["messages"][-1]["content"].startswith("VARIANT-MARKER") for r in requests)
+    # a variant that drops the parent's source is refused, with the reason recorded
+    text, why = prompt_evolution.variant_from_answer("```markdown\nno placeholders\n```", "base")
+    assert text is None and "$parent_source" in why
+    store.close()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "c").mkdir(parents=True)
+    (tmp_path / "run.sqlite").rename(tmp_path / "runs" / "c" / "run.sqlite")
+    assert main(["export-prompts", "c"]) == 0
+    written = capsys.readouterr().out.split(":")[0]
+    assert Path(written).read_text().startswith(("VARIANT-MARKER", "Make this Triton"))
+    good = _write(tmp_path, f'[[proposers]]\nkind = "llm"\nmodel = "m"\ntemplates = ["file:{written}"]\n')
+    assert load_run_config(good).proposers[0].options["templates"] == [f"file:{written}"]

@@ -76,12 +76,13 @@ class LLMActor:
 
     async def propose(self, request: dict) -> dict:
         """One call and its edit: {"call": CallResult fields, "edit": EditResult fields or None}.
-        `request`: system, user (the prompt), parent_source. Never raises for the endpoint's failures."""
+        `request`: system, user (the prompt), parent_source (None: the answer is not a kernel, e.g. a
+        prompt variant, and is returned as it is). Never raises for the endpoint's failures."""
         from .edits import apply_answer
 
         result = await self.client.complete(request["system"], request["user"])
         edit = None
-        if result.ok:
+        if result.ok and request.get("parent_source") is not None:  # None: not a kernel (a prompt variant)
             edit = dataclasses.asdict(
                 apply_answer(
                     request["parent_source"],

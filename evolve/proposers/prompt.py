@@ -14,6 +14,7 @@ import importlib.resources
 import math
 import re
 import string
+from pathlib import Path
 
 from evaluators.evaluation import Evaluation
 from evaluators.targets import DEVICE_PROPERTIES, TARGET_LIMITS
@@ -62,7 +63,13 @@ def _read(name: str) -> str:
 
 
 def load_template(template_id: str) -> str:
-    """The text of user template `template_id` (one of TEMPLATES); ValueError naming the ids otherwise."""
+    """The text of user template `template_id`: one of TEMPLATES, or "file:PATH" (a template a run
+    exported, `evolve export-prompts`); PromptError naming the ids or the file otherwise."""
+    if template_id.startswith("file:"):
+        path = Path(template_id.removeprefix("file:"))
+        if not path.is_file():
+            raise PromptError(f"prompt template {template_id!r}: {path} is not a file")
+        return path.read_text(encoding="utf-8")
     if template_id not in TEMPLATES:
         raise PromptError(
             f"unknown prompt template {template_id!r}; the templates are {', '.join(TEMPLATES)}"
