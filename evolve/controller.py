@@ -49,6 +49,7 @@ from .candidate import Parent, Proposal, ProposalContext, Proposer
 from .config import RunConfig
 from .pool import Job
 from .population import Member, Population, niche_of
+from .proposers.remote import Asked
 from .proposing import Proposing
 from .store import Store
 from .verification import Verification, stands
@@ -276,16 +277,20 @@ class Controller:
         members = self.population.select_parents(island, self.rng)
         if not members:
             return False
-        if arm not in self.proposing.sync:  # an LLM arm: its answer arrives later (_collect)
+        if arm not in self.proposing.sync and arm not in self.proposing.remote:  # an LLM arm: answers later
             self.proposing.submit_llm(arm, island, members, max(m.generation for m in members) + 1)
             return True
         parents = self._parents(members)
-        proposer = self.proposing.sync[arm]
+        proposer = self.proposing.sync.get(arm) or self.proposing.remote[arm]
         self.sequence += 1
         context = ProposalContext(
             task=self.task.to_dict(), island=island,
             generation=max(m.generation for m in members) + 1, seed=self.config.seed * 1_000_003 + self.sequence,
         )  # fmt: skip
+        if arm in self.proposing.remote:  # a proposer in a Ray actor: its proposals arrive later (_collect)
+            asked = Asked(island, members[0].fitness, context.generation, arm)
+            self.proposing.submit_remote(arm, parents, context, asked)
+            return True
         proposals = proposer.propose(parents, context)
         if not proposals:
             self.barren += 1
@@ -338,13 +343,20 @@ class Controller:
         pool while it judges, else on the LLM calls (they must never stall the loop)."""
         started, idle, calls = time.monotonic(), self.pool.idle_slots(), self.proposing.in_flight()
         calls = calls if not self._budget_spent() else 0  # idle for want of budget is not the calls' fault
-        for cid, evaluation in self.pool.poll(timeout if self.pool.in_flight() else 0.0):
+        # Wait on the evaluators while they all work; while a free one waits for a proposal being written
+        # (a remote mutator answers in milliseconds, an LLM in seconds), look at both often.
+        writing = self.proposing.in_flight() > 0
+        if writing and idle:
+            pool_wait, wait = 0.0, min(timeout, 0.05)
+        else:
+            pool_wait, wait = (timeout, 0.0) if self.pool.in_flight() else (0.0, timeout if writing else 0.0)
+        for cid, evaluation in self.pool.poll(pool_wait):
             self._record(cid, evaluation)
-        wait = 0.0 if self.pool.in_flight() or not calls else timeout
         for proposal, waiting, call_id in self.proposing.poll(wait):
             cid = self._add_and_submit(proposal, waiting.island, waiting.generation)
-            if cid is not None:
+            if cid is not None and call_id is not None:
                 self.store.set_llm_call_candidate(call_id, cid)
+            if cid is not None:
                 self.proposing.proposed(cid, waiting.arm, waiting.parent_fitness, waiting.cost)
         unproductive = self.proposing.take_unproductive()
         self.barren += unproductive

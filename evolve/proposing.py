@@ -56,7 +56,10 @@ class Proposing:
         max_tokens: int = 0,
     ) -> None:
         self.store, self.task, self.population, self.backend = store, task, population, backend
-        self.sync = {p.name: p for p, _ in proposers}
+        # synchronous proposers run in the controller; those run in a Ray actor (evolve/proposers/remote.py)
+        # answer later, like the LLMs; both are arms by their name
+        self.sync = {p.name: p for p, _ in proposers if not hasattr(p, "submit")}
+        self.remote = {p.name: p for p, _ in proposers if hasattr(p, "submit")}
         self.llms = {p.name: p for p in llms}
         self.max_cost, self.max_tokens = max_cost, max_tokens
         saved = store.load_bandit(BANDIT_KEY)
@@ -84,22 +87,26 @@ class Proposing:
 
     # ------------------------------------------------------------------ choosing
     def in_flight(self) -> int:
+        """Proposals being written: LLM calls and remote proposals in flight."""
+        return self.llm_in_flight() + sum(len(p.in_flight) for p in self.remote.values())
+
+    def llm_in_flight(self) -> int:
         return sum(len(p.in_flight) for p in self.llms.values())
 
     def budget_reason(self) -> str:
         """Why no more LLM calls may start ("" while they may)."""
-        ahead = self.in_flight() * (self.cost / self.calls if self.calls else 0.0)
+        ahead = self.llm_in_flight() * (self.cost / self.calls if self.calls else 0.0)
         if self.max_cost and self.cost + ahead >= self.max_cost:
             return f"max_cost ${self.max_cost:g} reached (${self.cost:.4f} spent)"
         per_call = self.tokens / self.calls if self.calls else 0.0
-        if self.max_tokens and self.tokens + self.in_flight() * per_call >= self.max_tokens:
+        if self.max_tokens and self.tokens + self.llm_in_flight() * per_call >= self.max_tokens:
             return f"max_tokens {self.max_tokens} reached ({self.tokens} used)"
         return ""
 
     def ready_arms(self, idle_slots: int) -> list[str]:
         """Arms that can take a proposal now (see the module docstring)."""
-        arms = [name for name in self.sync]
-        if self.llms and not self.budget_reason() and self.in_flight() < LOOKAHEAD * max(idle_slots, 1):
+        arms = [*self.sync, *(name for name, p in self.remote.items() if p.capacity() > 0)]
+        if self.llms and not self.budget_reason() and self.llm_in_flight() < LOOKAHEAD * max(idle_slots, 1):
             now = time.monotonic()
             for arm in self.bandit.arms:
                 name = arm.split("|")[0]
@@ -123,7 +130,7 @@ class Proposing:
     def only_llm_left_spent(self) -> str:
         """The reason to stop the run: every proposer is an LLM and the budget is spent ("" else)."""
         reason = self.budget_reason() if self.llms else ""
-        return reason if reason and not self.sync and not self.in_flight() else ""
+        return reason if reason and not self.sync and not self.remote and not self.in_flight() else ""
 
     # ------------------------------------------------------------------ LLM calls
     def submit_llm(self, arm: str, island: int, members: list[Member], generation: int) -> None:
@@ -199,10 +206,22 @@ class Proposing:
             self.bandit.add_arm(f"{other.name}|{vid}", other.config.weight / len(other.config.templates))
         return "prompt_variant", f"kept as template {vid}"
 
-    def poll(self, timeout: float) -> list[tuple[Proposal, Waiting, int]]:
-        """LLM answers that arrived (waits at most `timeout` s for the first): each recorded in the store;
-        the applied ones returned as (proposal, what was waiting, the llm_calls row id)."""
+    def submit_remote(self, arm: str, parents: list, context, asked) -> None:
+        """Ask the remote proposer `arm` (evolve/proposers/remote.py) for proposals; they arrive by `poll`."""
+        self.remote[arm].submit(parents, context, asked)
+
+    def poll(self, timeout: float) -> list[tuple[Proposal, Waiting, int | None]]:
+        """Proposals that arrived (waits at most `timeout` s for the first): LLM answers, each recorded in
+        the store, the applied ones returned as (proposal, what was waiting, the llm_calls row id); remote
+        proposals as (proposal, what was asked, None)."""
         out = []
+        for proposer in self.remote.values():
+            for asked, proposals in proposer.poll(0.0):
+                if not proposals:
+                    self.unproductive += 1
+                    self.store.update_proposer_stats(proposer.name, asked.island, "invalid", False)
+                out += [(proposal, asked, None) for proposal in proposals]
+        timeout = 0.0 if out else timeout
         for llm in self.llms.values():
             for waiting, result in llm.poll(timeout if not out else 0.0):
                 proposal, call_id = self._record(llm, waiting, result)
@@ -341,5 +360,5 @@ class Proposing:
         return f"llm calls {self.calls}, {self.tokens} tokens, ${self.cost:.4f}; {states}"
 
     def shutdown(self) -> None:
-        for llm in self.llms.values():
-            llm.shutdown()
+        for proposer in [*self.llms.values(), *self.remote.values()]:
+            proposer.shutdown()

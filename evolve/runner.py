@@ -205,7 +205,10 @@ def launch(args) -> int:
               "the files changed while the run started")  # fmt: skip
     population = rebuild_population(config, store, backend, judge)
     from .proposers.llm import LLMProposer
+    from .proposers.remote import RemoteProposer
 
+    # the mutator proposes in a Ray actor asking no CPU: the controller only selects, dispatches, records
+    sync = [(RemoteProposer(p), w) for p, w in sync]
     llms = [LLMProposer(c) for c in llm_configs]
     for llm in llms:
         llm.start(keys[llm.config.settings.get("api_key_env", "OPENAI_API_KEY")])
