@@ -264,7 +264,7 @@ class Proposing:
                 del refused[:-FAILURES_IN_PROMPT]
                 self.store.update_proposer_stats(llm.name, waiting.island, f"edit_{edit_status}", False)
             return None, call_id
-        note = f"{edit['mode']} ({edit['edits']} edit(s)) by {llm.model}, template {waiting.template}"
+        note = f"{_said(call.get('text') or '')} ({edit['mode']}, {edit['edits']} edit(s), {llm.model})"
         proposal = Proposal(
             source=edit["source"], parent_ids=(waiting.parent_id,), proposer=llm.name, note=note,
             model=llm.model, template=waiting.template,
@@ -362,3 +362,15 @@ class Proposing:
     def shutdown(self) -> None:
         for proposer in [*self.llms.values(), *self.remote.values()]:
             proposer.shutdown()
+
+
+def _said(answer: str) -> str:
+    """What the model said it changed: the first line of prose before its code (the prompts ask for one),
+    cut to 120 characters; the lessons group children by it (evolve/meta/lessons.py)."""
+    for line in answer.replace("\r\n", "\n").split("\n"):
+        text = line.strip()
+        if text.startswith(("```", "<<<<<<<")):
+            break
+        if text:
+            return text[:120]
+    return "an edit"

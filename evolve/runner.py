@@ -238,5 +238,8 @@ def launch(args) -> int:
     summary = render_proposing_summary(store)
     if summary and llms:
         print(summary)
+        p = controller.progress
+        print(f"evaluators idle {p.llm_idle_s:.1f} of {p.llm_window_s:.1f} slot-seconds while proposals were being "
+              f"written ({100 * p.llm_idle_s / max(p.llm_window_s, 1e-9):.0f}%)")  # fmt: skip
     store.close()
     return 0

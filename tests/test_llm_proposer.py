@@ -139,6 +139,7 @@ def test_every_answer_kind_is_recorded_and_applied_children_are_judged_in_their_
     rows = store.candidates([c["candidate_id"] for c in children])
     assert all(r["proposer"] == "llm:test-model" and r["model"] == "test-model" for r in rows)
     assert LARGE_NEW in rows[0]["source"] and SKINNY_NEW in rows[1]["source"]
+    assert rows[0]["note"] == "Wider tiles for large shapes. (diff, 1 edit(s), test-model)"  # what the model said
     # each LLM child was judged against its parent's EVOLVE-BLOCK regions
     jobs = {job.candidate_id: job for _, job in pool.started}
     parents = {r["id"]: store.candidate(r["parent_ids"][0])["source"] for r in rows}
@@ -169,6 +170,7 @@ def test_every_answer_kind_is_recorded_and_applied_children_are_judged_in_their_
     assert bandit and any(a["arm"] == "llm:test-model|default" and a["pulls"] >= 5 for a in bandit["arms"])
 
 
+@pytest.mark.slow  # ~30 s: `make test-slow`, which CI runs too
 def test_evaluators_stay_busy_while_slow_calls_are_in_flight(cluster, tmp_path):
     slow = {"text": diff(LARGE_OLD, LARGE_NEW), "delay_s": 1.5}
     with ScriptedServer([slow, slow], default={"text": "no code", "delay_s": 1.5}) as server:
