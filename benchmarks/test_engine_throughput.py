@@ -43,7 +43,7 @@ def _run(tmp_path, workers: int) -> float:
         tmp_path / f"w{workers}" / "run.sqlite", f"w{workers}", config.to_dict(), config.seed
     )
     pool = WorkerPool(workers, use_gpus=False)
-    controller = Controller(config, task, store, Population(config.population), make_proposers(config), pool,
+    controller = Controller(config, task, store, Population(config.population), make_proposers(config)[0], pool,
                             dataclasses.asdict(options), backend_label(task, options))  # fmt: skip
     pool.wait_ready()  # steady state: the workers' fork servers are up before the clock starts
     start = time.monotonic()

@@ -353,6 +353,8 @@ class Controller:
         for cid, evaluation in self.pool.poll(pool_wait):
             self._record(cid, evaluation)
         for proposal, waiting, call_id in self.proposing.poll(wait):
+            if self.stop_requested and call_id is None:  # a remote mutator's after a stop: it cost nothing
+                continue
             cid = self._add_and_submit(proposal, waiting.island, waiting.generation)
             if cid is not None and call_id is not None:
                 self.store.set_llm_call_candidate(call_id, cid)

@@ -105,7 +105,12 @@ class Proposing:
 
     def ready_arms(self, idle_slots: int) -> list[str]:
         """Arms that can take a proposal now (see the module docstring)."""
-        arms = [*self.sync, *(name for name, p in self.remote.items() if p.capacity() > 0)]
+        # a remote proposer writes no more at once than there are free evaluators to take its proposals
+        remote = sum(len(p.in_flight) for p in self.remote.values())
+        arms = [
+            *self.sync,
+            *(name for name, p in self.remote.items() if p.capacity() > 0 and remote < idle_slots),
+        ]
         if self.llms and not self.budget_reason() and self.llm_in_flight() < LOOKAHEAD * max(idle_slots, 1):
             now = time.monotonic()
             for arm in self.bandit.arms:

@@ -139,7 +139,9 @@ def test_every_answer_kind_is_recorded_and_applied_children_are_judged_in_their_
     rows = store.candidates([c["candidate_id"] for c in children])
     assert all(r["proposer"] == "llm:test-model" and r["model"] == "test-model" for r in rows)
     assert LARGE_NEW in rows[0]["source"] and SKINNY_NEW in rows[1]["source"]
-    assert rows[0]["note"] == "Wider tiles for large shapes. (diff, 1 edit(s), test-model)"  # what the model said
+    assert (
+        rows[0]["note"] == "Wider tiles for large shapes. (diff, 1 edit(s), test-model)"
+    )  # what the model said
     # each LLM child was judged against its parent's EVOLVE-BLOCK regions
     jobs = {job.candidate_id: job for _, job in pool.started}
     parents = {r["id"]: store.candidate(r["parent_ids"][0])["source"] for r in rows}

@@ -86,7 +86,7 @@ def _controller(config: RunConfig, store: Store, pool) -> Controller:
     options = {**dataclasses.asdict(eval_options(config, "cpu")), "memo": False}
     backend = backend_label(task, eval_options(config, "cpu"))
     population = rebuild_population(config, store, backend)
-    return Controller(config, task, store, population, make_proposers(config), pool, options, backend)
+    return Controller(config, task, store, population, make_proposers(config)[0], pool, options, backend)
 
 
 @pytest.mark.slow  # a whole run and its resume on a Ray cluster: `make test-slow`, which CI runs too
