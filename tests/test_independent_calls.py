@@ -53,7 +53,15 @@ def test_a_switch_after_some_calls_is_caught(monkeypatch):
     assert 'if CALLS["n"] > 32:' in source
     source = source.replace('if CALLS["n"] > 32:', f'if CALLS["n"] > {MANY_CALLS - 2}:')
     ev = judge(source, monkeypatch)
-    assert ev.status == "incorrect", ev.feedback
+    # Which check meets the switch first depends on the drawn order of the calls' input kinds: the
+    # half-K launch differs from an earlier call's on the same inputs (rejected), or its values are
+    # wrong (incorrect). Either way the switch is caught.
+    caught = {
+        "incorrect": ("max scaled error", "NaN/Inf where the exact product's differ", "results are biased"),
+        "rejected": ("launched different kernels on two calls with the same shape",),
+    }
+    assert ev.status in caught, ev.feedback
+    assert any(phrase in ev.feedback for phrase in caught[ev.status]), ev.feedback
 
 
 @pytest.mark.parametrize("name", ["tiled_matmul"])
