@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from llm_server import ScriptedServer
 
-from evolve.proposers.llm_client import CallResult, LLMClient, LLMSettings
+# the GPU image has no openai: these tests (and the LLM proposer) need it, the judge does not
+pytest.importorskip("openai", reason="needs openai (the LLM proposer's client), which is not installed here")
+
+from evolve.proposers.llm_client import CallResult, LLMClient, LLMSettings  # noqa: E402
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 FAST = LLMSettings(model="m-test", timeout_s=5.0, max_retries=0, price_in=2.0, price_out=10.0)
