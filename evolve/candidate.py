@@ -37,7 +37,7 @@ class Proposal:
     proposer: str  # "mutator", later "llm:<model>"
     note: str = ""  # what was changed, e.g. "tiles 128x128x64 -> 128x256x64 for M>=4096"
     model: str = ""  # LLM model name, empty for the mutator
-    template: str = ""  # prompt template id, empty for the mutator
+    template: str = ""  # the prompt template id (an LLM) or the transformation family (the mutator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,7 @@ class ProposalContext:
     generation: int
     seed: int  # proposers draw randomness only from this, so a run repeats under --seed
     count: int = 1  # how many proposals are wanted
+    family: str = ""  # the transformation family to try first (a bandit arm; "" = the proposer's own draw)
 
     def rng(self) -> random.Random:
         return random.Random(self.seed)

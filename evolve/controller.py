@@ -286,6 +286,7 @@ class Controller:
         context = ProposalContext(
             task=self.task.to_dict(), island=island,
             generation=max(m.generation for m in members) + 1, seed=self.config.seed * 1_000_003 + self.sequence,
+            family=self.proposing.choose_family(arm, self.rng),
         )  # fmt: skip
         if arm in self.proposing.remote:  # a proposer in a Ray actor: its proposals arrive later (_collect)
             asked = Asked(island, members[0].fitness, context.generation, arm)
@@ -300,7 +301,7 @@ class Controller:
         for proposal in proposals:
             cid = self._add_and_submit(proposal, island, context.generation)
             if cid is not None:
-                self.proposing.proposed(cid, arm, members[0].fitness)
+                self.proposing.proposed(cid, arm, members[0].fitness, family=proposal.template)
         return True
 
     def _parents(self, members: list[Member]) -> list[Parent]:
@@ -359,7 +360,9 @@ class Controller:
             if cid is not None and call_id is not None:
                 self.store.set_llm_call_candidate(call_id, cid)
             if cid is not None:
-                self.proposing.proposed(cid, waiting.arm, waiting.parent_fitness, waiting.cost)
+                self.proposing.proposed(
+                    cid, waiting.arm, waiting.parent_fitness, waiting.cost, proposal.template
+                )
         unproductive = self.proposing.take_unproductive()
         self.barren += unproductive
         self.progress.invalid_proposals += unproductive

@@ -6,7 +6,7 @@ so timings never share a device: `gpu_workers` caps the count at the cluster's G
 whatever `workers` asks (an actor beyond them would never be scheduled and the run
 would wait forever); without, one actor per worker slot (`num_cpus=1`).
 
-Ray is imported only when a pool is started (`require_ray`), so the rest of `evolve`
+Ray is imported only when a pool is started (`require_ray`, evolve/raytools.py), so the rest of `evolve`
 (and all of `evaluators`) imports where ray is not installed, e.g. the GPU image.
 Each actor judges one candidate at a time. An actor that dies is replaced; its
 candidate is tried once more and, if that also dies, recorded as `crashed`: never lost
@@ -21,28 +21,12 @@ import dataclasses
 import logging
 import os
 import sys
-from types import ModuleType
 
 from evaluators import Evaluation
 
+from .raytools import RayMissing, ready, require_ray
+
 MAX_ATTEMPTS = 2
-
-
-class RayMissing(RuntimeError):
-    """ray is not installed; the message says what needs it and what works without it."""
-
-
-def require_ray() -> ModuleType:
-    """The ray module, or RayMissing with one clear line (never a bare ModuleNotFoundError)."""
-    try:
-        import ray
-    except ImportError as e:
-        raise RayMissing(
-            f"`evolve run` needs ray for its worker pool, and it cannot be imported ({e}); install it "
-            "(pip install 'ray>=2.9') or judge single kernels without it: python -m evaluators check KERNEL.py "
-            "--task TASK.toml"
-        ) from None
-    return ray
 
 
 def gpu_workers(requested: int, gpus: int) -> tuple[int, str | None]:
@@ -186,12 +170,8 @@ class WorkerPool:
         if not self.busy:
             return []
         ray = require_ray()
-        # The first result wakes us at once; then whatever else is already done, without waiting.
-        ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
-        if ready:
-            ready, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=0)
         finished = []
-        for ref in ready:
+        for ref in ready(self.busy, timeout):
             index, job, attempt = self.busy.pop(ref)
             try:
                 result = ray.get(ref)

@@ -5,9 +5,12 @@ proposer, one arm per prompt template ("llm:MODEL|default", "llm:MODEL|rewrite")
 decides the edit mode (SEARCH/REPLACE diffs or a whole module). The bandit picks among the arms
 that can take a proposal now: an LLM arm whose proposer is at its concurrency, backing off after
 failures, past the run's budget, or already LOOKAHEAD calls ahead of each free evaluator, waits.
-A child's verdict rewards its arm (evolve/meta/bandit.py `reward`, the LLM call's cost subtracted
-at COST_WEIGHT); the bandit's state is saved in the store after each reward, so `--resume` goes on
-with it.
+A proposer with transformation families (the mutator: tiles, split_k, crossover, ...) has a second
+bandit over them (saved as "families:NAME"): pulling its arm then chooses the family to try, so its
+families compete without outnumbering the other proposers' arms at the first level. A child's verdict
+rewards its arm and its family (evolve/meta/bandit.py `reward`, the LLM call's cost subtracted at
+COST_WEIGHT); the bandits' states are saved in the store after each reward, so `--resume` goes on
+with them.
 
 An LLM call's answer comes back applied (evolve/proposers/llm.py): a child module, or the reason it
 was refused (no code, SEARCH text not found, an edit outside the EVOLVE-BLOCKs, cut off). Every
@@ -35,6 +38,7 @@ from .store import Store
 LOOKAHEAD = 2  # LLM calls in flight per free evaluator: enough to hide a call's latency, not a backlog
 COST_WEIGHT = 1.0  # reward lost per USD an LLM child cost (a $0.01 call weighs like a 1% slowdown)
 BANDIT_KEY = "arms"
+FAMILIES = "families:"  # + a proposer's name: the store key of the bandit over its transformation families
 FAILURES_IN_PROMPT = 4  # the island's most recent failures a prompt shows
 SWEEPS = 3  # constant sweeps an ok LLM child gets before its arm is rewarded (evolve/meta/sweeps.py)
 EVOLUTION = "prompt-evolution"  # the template name of a call that asks for a prompt variant
@@ -64,8 +68,15 @@ class Proposing:
         self.max_cost, self.max_tokens = max_cost, max_tokens
         saved = store.load_bandit(BANDIT_KEY)
         self.bandit = Bandit.from_dict(saved) if saved else Bandit()
+        self.families: dict[str, Bandit] = {}  # proposer -> the bandit over its transformation families
         for proposer, weight in proposers:
             self.bandit.add_arm(proposer.name, weight)
+            families = dict(getattr(proposer, "families", None) or {})
+            if families:
+                saved = store.load_bandit(f"{FAMILIES}{proposer.name}")
+                self.families[proposer.name] = Bandit.from_dict(saved) if saved else Bandit()
+                for family, share in families.items():
+                    self.families[proposer.name].add_arm(family, share)
         for llm in llms:
             for template in llm.config.templates:
                 self.bandit.add_arm(f"{llm.name}|{template}", llm.config.weight / len(llm.config.templates))
@@ -76,13 +87,15 @@ class Proposing:
         totals = store.llm_totals()
         self.calls, self.cost = int(totals.get("calls", 0)), float(totals.get("cost", 0.0))
         self.tokens = int(totals.get("prompt_tokens", 0)) + int(totals.get("completion_tokens", 0))
-        self.rewards: dict[int, tuple[str, float, float]] = {}  # candidate -> (arm, parent fitness, cost)
+        self.rewards: dict[
+            int, tuple[str, str, float, float]
+        ] = {}  # cid -> (arm, family, parent fitness, cost)
         self.evolved_at = self.calls  # LLM calls when a prompt variant was last asked for
         self.distilled_at = store.evaluated_count()  # evaluations when the lessons were last distilled
         self.groups: dict[int, dict] = {}  # an LLM child being swept -> its arm's reward, waiting
         self.sweep_of: dict[int, int] = {}  # a sweep -> the LLM child it sweeps
         self.refused: dict[int, list[dict]] = {}  # island -> recent refused edits (for its prompts)
-        self.tried: set[str] = set()  # arms chosen in this segment
+        self.tried: set[str] = set()  # arms (and "NAME|family" families) chosen in this segment
         self.unproductive = 0  # answers that became no child since the controller last took the count
 
     # ------------------------------------------------------------------ choosing
@@ -124,12 +137,20 @@ class Proposing:
         arms = self.ready_arms(idle_slots)
         if not arms:
             return None
+        return self._pick(self.bandit, arms, rng)
+
+    def choose_family(self, arm: str, rng: random.Random) -> str:
+        """The transformation family the proposer of `arm` should try ("" when it has none)."""
+        bandit = self.families.get(arm)
+        return self._pick(bandit, list(bandit.arms), rng, prefix=f"{arm}|") if bandit else ""
+
+    def _pick(self, bandit: Bandit, arms: list[str], rng: random.Random, prefix: str = "") -> str:
         # Rewards arrive with verdicts, late: an arm chosen but not yet rewarded still reads "unpulled" to
         # the bandit, which would choose it again and again; each arm is tried once before the draws.
-        pulls = {s.arm: s.pulls for s in self.bandit.stats()}
-        fresh = [a for a in arms if not pulls.get(a) and a not in self.tried]
-        arm = fresh[0] if fresh else self.bandit.choose(rng, among=arms)
-        self.tried.add(arm)
+        pulls = {s.arm: s.pulls for s in bandit.stats()}
+        fresh = [a for a in arms if not pulls.get(a) and prefix + a not in self.tried]
+        arm = fresh[0] if fresh else bandit.choose(rng, among=arms)
+        self.tried.add(prefix + arm)
         return arm
 
     def only_llm_left_spent(self) -> str:
@@ -288,9 +309,12 @@ class Proposing:
         return (rows + self.refused.get(island, []))[-FAILURES_IN_PROMPT:]
 
     # ------------------------------------------------------------------ rewards
-    def proposed(self, cid: int, arm: str, parent_fitness: float, cost: float = 0.0) -> None:
-        """A child of `arm` entered the run: its verdict will reward the arm."""
-        self.rewards[cid] = (arm, parent_fitness, cost)
+    def proposed(
+        self, cid: int, arm: str, parent_fitness: float, cost: float = 0.0, family: str = ""
+    ) -> None:
+        """A child of `arm` entered the run: its verdict will reward the arm, and the arm's `family` (the
+        proposal's `template`: the transformation family that made it) when the arm has families."""
+        self.rewards[cid] = (arm, family if arm in self.families else "", parent_fitness, cost)
 
     def judged(self, cid: int, status: str, fitness: float, source: str = "") -> list[Proposal]:
         """A new candidate's verdict (as the controller admits it): reward its arm and save the bandit;
@@ -307,7 +331,11 @@ class Proposing:
             return []
         if cid not in self.rewards:
             return []
-        arm, parent_fitness, cost = self.rewards.pop(cid)
+        arm, family, parent_fitness, cost = self.rewards.pop(cid)
+        if family and family in self.families[arm].arms:
+            value = reward(status, fitness, parent_fitness)
+            self.families[arm].update(family, value)
+            self.store.save_bandit(f"{FAMILIES}{arm}", self.families[arm].to_dict())
         variants = (
             sweeps(source, SWEEPS, random.Random(cid)) if status == "ok" and arm.startswith("llm:") else []
         )

@@ -144,7 +144,8 @@ def launch(args) -> int:
     import dataclasses
 
     from .controller import Controller
-    from .pool import RayMissing, WorkerPool, gpu_workers, require_ray, start_ray
+    from .pool import WorkerPool, gpu_workers, start_ray
+    from .raytools import RayMissing, require_ray
     from .ui import LiveDisplay, install_interrupt, render_leaderboard, render_proposing_summary, run_dir
 
     try:

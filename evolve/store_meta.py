@@ -232,6 +232,13 @@ class MetaRecords:
         row = self.connection.execute("SELECT state FROM bandit WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def bandits(self) -> dict[str, dict]:
+        """Every bandit state saved in the run, by key (the proposers' arms, each one's families)."""
+        if not table_columns(self.connection, "bandit"):
+            return {}
+        rows = self.connection.execute("SELECT key, state FROM bandit ORDER BY key").fetchall()
+        return {key: json.loads(state) for key, state in rows}
+
     # ----------------------------------------------------------------- lessons
 
     def add_lessons(self, version: int, evaluations: int, text: str) -> None:

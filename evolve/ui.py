@@ -271,10 +271,12 @@ def render_proposing_summary(store) -> str:
             f"{t['proposer'] or 'llm'}: {t['calls']} calls, {t['prompt_tokens']} + {t['completion_tokens']} tokens, "
             f"${t['cost']:.4f}; calls: {ended or 'none'}; edits: {applied or 'none'}"
         )
-    state = store.load_bandit("arms")
-    if state and any(a["pulls"] for a in state["arms"]):
+    for key, state in store.bandits().items():  # "arms", then "families:mutator" (evolve/proposing.py)
+        if not any(a["pulls"] for a in state["arms"]):
+            continue
         arms = sorted(state["arms"], key=lambda a: -a["pulls"])
-        lines.append("arms (pulls, mean reward, cost): " + "; ".join(
+        label = "arms" if key == "arms" else f"{key.split(':', 1)[-1]}'s transformation families"
+        lines.append(f"{label} (pulls, mean reward, cost): " + "; ".join(
             f"{a['arm']} {a['pulls']}, {a['mean']:+.3f}, ${a['cost']:.4f}" for a in arms))  # fmt: skip
     lessons = store.latest_lessons()
     if lessons:

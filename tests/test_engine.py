@@ -89,10 +89,25 @@ def test_short_run_end_to_end_then_resume(tmp_path):
     # a second launch under the same name is refused with the fix; resume continues
     again = _evolve(tmp_path, "run", str(run))
     assert again.returncode == 2 and "--resume" in again.stderr
+    before = _pulls(tmp_path)
     more = _evolve(tmp_path, "run", "--resume", "runs/t", "--max-evals", "7")
     assert more.returncode == 0, more.stderr[-3000:]
     rows2 = _board(tmp_path)
     assert len(rows2) == 7 and {r["id"] for r in rows} <= {r["id"] for r in rows2}
+    # the bandits go on where they stopped: the proposer's arm and its families (evolve/proposing.py)
+    after = _pulls(tmp_path)
+    assert before["arms"]["mutator"] >= 3 and after["arms"]["mutator"] > before["arms"]["mutator"]
+    for key in ("arms", "families:mutator"):
+        assert all(after[key][arm] >= n for arm, n in before[key].items()), (before, after)
+    for pulls in (before, after):  # every child rewarded the arm and the family that made it
+        assert sum(pulls["families:mutator"].values()) == pulls["arms"]["mutator"]
+    summary = _evolve(tmp_path, "leaderboard", "t", "--summary").stdout
+    assert "mutator's transformation families (pulls, mean reward, cost)" in summary
+
+
+def _pulls(tmp_path) -> dict[str, dict[str, int]]:
+    with Store.open(tmp_path / "runs" / "t" / "run.sqlite", readonly=True) as store:
+        return {key: {a["arm"]: a["pulls"] for a in state["arms"]} for key, state in store.bandits().items()}
 
 
 def test_leaderboard_names_existing_runs(tmp_path):

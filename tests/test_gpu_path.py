@@ -25,7 +25,8 @@ from evaluators.correctness import input_generator, make_inputs
 from evaluators.cuda_device import set_baseline_precision
 from evaluators.gpu_timing import WorkRates, gpu_budget
 from evaluators.timing import TimingProtocol
-from evolve.pool import RayMissing, gpu_workers
+from evolve.pool import gpu_workers
+from evolve.raytools import RayMissing
 
 ev_mod = importlib.import_module("evaluators.evaluate")  # the module (the package exports the function)
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -120,6 +121,31 @@ def test_weights_select_transformations():
     assert "hints on" in proposals[0].note
     with pytest.raises(ValueError):
         OfflineMutator({"unrolling": 1.0})
+
+
+def test_an_asked_family_is_tried_first_and_named_in_the_proposal():
+    mutator = OfflineMutator()
+    assert set(mutator.families) == set(NAMES) | {"crossover"}
+    for family in ("split_k", "hints", "grouping"):
+        ctx = dataclasses.replace(context(5, count=2), family=family)  # one child per parent
+        proposals = mutator.propose([parent(1, SEED), parent(2, RICH)], ctx)
+        assert proposals and all(p.template == family for p in proposals), [p.note for p in proposals]
+    free = OfflineMutator().propose([parent(1, SEED), parent(2, RICH)], context(5, count=12))
+    assert len({p.template for p in free}) > 1  # without a family the weights draw several
+
+
+def test_a_family_that_cannot_apply_falls_back_and_says_which_applied():
+    # crossover needs a second parent; with one the mutator draws another family, named in the proposal
+    ctx = dataclasses.replace(context(2, count=2), family="crossover")
+    proposals = OfflineMutator().propose([parent(1, SEED)], ctx)
+    assert len(proposals) == 2 and all(p.template not in ("", "crossover") for p in proposals)
+    # a kernel without a genome is edited in place whatever was asked
+    foreign = OfflineMutator().propose(
+        [parent(3, FOREIGN)], dataclasses.replace(context(1, 1), family="tiles")
+    )
+    assert [p.template for p in foreign] == ["numeric"]
+    # zero weights leave a family out of the arms
+    assert "hints" not in OfflineMutator({"hints": 0.0}).families
 
 
 # ------------------------------------------------------------------------------ each transformation

@@ -23,6 +23,8 @@ import dataclasses
 import os
 import time
 
+from evolve.raytools import ready
+
 BACKOFF_AFTER = 3  # failed calls in a row before a proposer pauses (one flaky answer is not a pattern)
 BACKOFF_FIRST_S = 15.0  # the first pause; doubled after each further failure, up to BACKOFF_MAX_S
 BACKOFF_MAX_S = 300.0
@@ -163,11 +165,8 @@ class LLMProposer:
 
         if not self.in_flight:
             return []
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
-        if ready:
-            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)
         done = []
-        for ref in ready:
+        for ref in ready(self.in_flight, timeout):
             waiting, actor = self.in_flight.pop(ref)
             try:
                 result = ray.get(ref)

@@ -10,7 +10,10 @@ integer literals of known config names inside the parent's EVOLVE-BLOCK, in plac
 Transformations (each a named function returning (genome, note) or None when it does
 not apply): tiles, grouping, split_k, persistent, even_masks, hints, rule_table and
 crossover (two parents: config rules from one, template and switches from the other).
-All randomness comes from `context.rng()`.
+Each is a family the proposing bandit chooses among (`families`, evolve/proposing.py): asked for one
+(`context.family`) the mutator tries it first and falls back to its own weighted draw when it does not
+apply to the parent; a proposal's `template` names the family that made it ("numeric" for an edit in
+place). All randomness comes from `context.rng()`.
 """
 
 from __future__ import annotations
@@ -406,6 +409,11 @@ class OfflineMutator:
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.invalid_count = 0  # attempts that produced nothing (transformation did not apply, duplicate)
 
+    @property
+    def families(self) -> dict[str, float]:
+        """The transformation families it may use, with their weights (> 0): the arms of its bandit."""
+        return {n: w for n, w in self.weights.items() if w > 0}
+
     def propose(self, parents: list[Parent], context: ProposalContext) -> list[Proposal]:
         rng = context.rng()
         if not parents:
@@ -415,32 +423,37 @@ class OfflineMutator:
         out: list[Proposal] = []
         for n in range(max(context.count, 0)):
             parent = parents[n % len(parents)]
-            for _ in range(self.attempts_per_proposal):
-                made = self._attempt(parent, parents, rng, context.task)
+            for attempt in range(self.attempts_per_proposal):
+                # the asked family for the first half of the attempts, then any (it may not apply)
+                family = context.family if attempt < self.attempts_per_proposal // 2 else ""
+                made = self._attempt(parent, parents, rng, context.task, family)
                 digest = normalised_hash(made[0]) if made else None
                 if made is None or digest in seen:
                     self.invalid_count += 1
                     continue
                 seen.add(digest)
-                out.append(Proposal(made[0], made[2], self.name, note=made[1]))
+                out.append(Proposal(made[0], made[2], self.name, note=made[1], template=made[3]))
                 break
         return out
 
     def _attempt(
-        self, parent: Parent, parents: list[Parent], rng: random.Random, task: dict
-    ) -> tuple[str, str, tuple[int, ...]] | None:
+        self, parent: Parent, parents: list[Parent], rng: random.Random, task: dict, family: str = ""
+    ) -> tuple[str, str, tuple[int, ...], str] | None:
+        """(source, note, parent ids, family) of one transformation of `parent`, or None."""
         env = Env.from_task(task)
         if genome_of(parent.source, env) is None:  # foreign kernel: edit its literals in place
             made = numeric_edit(parent.source, rng)
-            return (made[0], made[1], (parent.id,)) if made else None
+            return (made[0], made[1], (parent.id,), "numeric") if made else None
         others = [p for p in parents if p.id != parent.id and p.source != parent.source]
-        names = [n for n, w in self.weights.items() if w > 0 and (n != "crossover" or others)]
+        names = [n for n in self.families if n != "crossover" or others]
+        if family:
+            names = [n for n in names if n == family]
         if not names:
             return None
         name = rng.choices(names, [self.weights[n] for n in names])[0]
         if name == "crossover":
             other = rng.choice(others)
             made = mutate(parent.source, "crossover", rng, task, other.source)
-            return (made[0], f"{made[1]} #{other.id}", (parent.id, other.id)) if made else None
+            return (made[0], f"{made[1]} #{other.id}", (parent.id, other.id), name) if made else None
         made = mutate(parent.source, name, rng, task)
-        return (made[0], made[1], (parent.id,)) if made else None
+        return (made[0], made[1], (parent.id,), name) if made else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from evolve.candidate import Parent, Proposal, ProposalContext, Proposer
+from evolve.raytools import ready
 
 
 class ProposerActor:
@@ -42,6 +43,7 @@ class RemoteProposer:
         import ray
 
         self.name = proposer.name
+        self.families = dict(getattr(proposer, "families", None) or {})  # its transformation families
         self.lookahead = lookahead
         self.actor = ray.remote(ProposerActor).options(num_cpus=0, max_restarts=1).remote(proposer)
         self.in_flight: dict = {}  # ObjectRef -> Asked
@@ -58,11 +60,8 @@ class RemoteProposer:
 
         if not self.in_flight:
             return []
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
-        if ready:
-            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)
         done = []
-        for ref in ready:
+        for ref in ready(self.in_flight, timeout):
             asked = self.in_flight.pop(ref)
             try:
                 done.append((asked, list(ray.get(ref))))
