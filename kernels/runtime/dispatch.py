@@ -1,0 +1,274 @@
+"""Which path a matmul takes: the exported kernel where it was judged, `torch.matmul` elsewhere.
+
+`configure(entry, judged, namespace)` installs a kernel's entry point (`matmul(a, b)` of a candidate
+module) with `judged`, the facts of its verdict (see JUDGED_KEYS), and defines its custom op. Then:
+
+- `matmul(a, b)`: a of shape (..., K) (leading dims flattened, as nn.Linear passes them), b (K, N),
+  any strides; differentiable (dA = dC·Bᵀ, dB = Aᵀ·dC through the same op);
+- `explain(a, b, backward=False) -> str`: "triton: config ..." or "fallback: <reason>" (and, with
+  backward=True, the same for both backward products);
+- `recent_calls()`: what the last calls actually ran (path, reason, shape, layout).
+
+The Triton path is taken only for what the kernel was judged on: CUDA tensors (CPU tensors under
+TRITON_INTERPRET=1), the judged dtypes, the judged layouts (a and b row- or column-major, as the
+judge's inputs were, with any leading stride at least the row length), and shapes no smaller than the
+smallest one judged. Everything else runs `torch.matmul` and says why: never silently wrong.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+from .interp_fix import ensure_interpreter_fixes
+from .op import define_op
+
+# Every key a `judged` dict carries (the export writes them; see evolve/export/).
+JUDGED_KEYS = ("label", "kind", "gpu", "dtypes", "layouts", "min_shape", "max_elements")
+LAYOUT_WORDS = {"n": "row-major", "t": "column-major"}
+INT32_MAX = 2**31 - 1
+
+_RUNTIME: dict = {}
+_RECENT: collections.deque = collections.deque(maxlen=256)
+
+
+class Operand(NamedTuple):
+    """What the dispatch rules read of a 2-D operand (no data): explain() builds these for the
+    backward products without allocating them."""
+
+    device: torch.device
+    dtype: torch.dtype
+    shape: tuple[int, int]
+    stride: tuple[int, int]
+
+
+def configure(entry, judged: dict, namespace: str, pick_config=None) -> None:
+    """Install `entry(a, b)` (2-D, the candidate's entry point) as the kernel behind `matmul`, with
+    the facts it was judged on, and register its op `<namespace>::matmul`."""
+    missing = [k for k in JUDGED_KEYS if k not in judged]
+    if missing:
+        raise ValueError(f"judged facts lack {missing}; an export writes all of {list(JUDGED_KEYS)}")
+    _RUNTIME.update(
+        entry=entry,
+        pick_config=pick_config,
+        judged=dict(judged),
+        namespace=namespace,
+        op=define_op(namespace, run_2d),
+    )
+
+
+def _state() -> dict:
+    if "entry" not in _RUNTIME:
+        raise RuntimeError("no kernel configured: call configure(entry, judged, namespace) first")
+    return _RUNTIME
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; the variable before
+    runtime = getattr(knobs, "runtime", None)
+    if runtime is not None and hasattr(runtime, "interpret"):
+        return bool(runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def operand(t: torch.Tensor) -> Operand:
+    return Operand(
+        t.device, t.dtype, (int(t.shape[0]), int(t.shape[1])), (int(t.stride(0)), int(t.stride(1)))
+    )
+
+
+def _majors(x: Operand) -> list[str]:
+    """'n' if x is row-major, 't' if column-major (both for a vector-like x), each with a leading
+    stride of at least the row (column) length, as the judge's inputs had: sliced, never overlapping."""
+    (rows, cols), (s0, s1) = x.shape, x.stride
+    out = []
+    if (cols <= 1 or s1 == 1) and (rows <= 1 or s0 >= cols):
+        out.append("n")
+    if (rows <= 1 or s0 == 1) and (cols <= 1 or s1 >= rows):
+        out.append("t")
+    return out
+
+
+def _layout(a: Operand, b: Operand, judged: dict) -> tuple[str | None, str]:
+    """(layout, '') when a judged layout fits both operands' strides, else (None, why not)."""
+    for name, x in (("a", a), ("b", b)):
+        if not _majors(x):
+            return None, (
+                f"{name}'s strides {x.stride} for shape {x.shape} are neither row- nor column-major "
+                "(a stepped slice or a broadcast): not judged"
+            )
+    fits = [x + y for x in _majors(a) for y in _majors(b)]
+    for layout in fits:
+        if layout in judged["layouts"]:
+            return layout, ""
+    words = f"a {LAYOUT_WORDS[fits[0][0]]}, b {LAYOUT_WORDS[fits[0][1]]}"
+    return None, f"layout {fits[0]} ({words}) not judged (judged: {', '.join(judged['layouts'])})"
+
+
+def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
+    """(layout, '') when the Triton kernel runs on these operands, else (None, the reason)."""
+    judged = _state()["judged"]
+    if a.device != b.device:
+        return None, f"a on {a.device}, b on {b.device}"
+    kind = a.device.type
+    if kind == "cpu" and not interpreting():
+        return None, "CPU tensors run the Triton kernel only under TRITON_INTERPRET=1 (Triton's interpreter)"
+    if kind not in ("cuda", "cpu"):
+        return None, f"device {kind}: the kernel was judged on CUDA GPUs"
+    dtypes = judged["dtypes"]
+    if a.dtype != b.dtype or str(a.dtype).removeprefix("torch.") not in dtypes:
+        got = str(a.dtype).removeprefix("torch.")
+        if a.dtype != b.dtype:
+            got += f" x {str(b.dtype).removeprefix('torch.')}"
+        return None, f"dtype {got} not judged (judged: {', '.join(dtypes)})"
+    (m, k), n = a.shape, b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return None, f"empty product ({m}x{n}x{k})"
+    layout, why = _layout(a, b, judged)
+    if layout is None:
+        return None, why
+    small = judged["min_shape"]
+    if m * n * k < small[0] * small[1] * small[2]:
+        return None, (
+            f"too small: {m}x{n}x{k} is below the smallest shape the kernel was judged on "
+            f"({'x'.join(map(str, small))}, by M*N*K)"
+        )
+    elements = max(m * k, k * n, m * n)
+    if elements > INT32_MAX and elements > judged["max_elements"]:
+        return None, (
+            f"too large: a {elements}-element operand needs 64-bit offsets; the kernel was judged on at "
+            f"most {judged['max_elements']} elements"
+        )
+    return layout, ""
+
+
+def _config_text(m: int, n: int, k: int) -> str:
+    pick = _state()["pick_config"]
+    if pick is None:
+        return "chosen inside the kernel's entry point"
+    try:
+        config = pick(m, n, k)
+    except Exception as e:  # noqa: BLE001 - only for the text: the entry point picks its own config
+        return f"chosen inside the entry point (pick_config({m}, {n}, {k}) raised {type(e).__name__})"
+    if isinstance(config, dict):
+        return ", ".join(f"{key}={value}" for key, value in config.items())
+    return repr(config)
+
+
+def _gpu_note(device: torch.device, judged: dict) -> str:
+    if device.type != "cuda" or judged["kind"] != "measured":
+        return ""
+    here = torch.cuda.get_device_name(device)
+    if here == judged["gpu"]:
+        return ""
+    return f"; measured on {judged['gpu']}, this GPU is {here}: judged correct there, its speed here is unmeasured"
+
+
+def _describe(a: Operand, b: Operand) -> str:
+    layout, why = decide(a, b)
+    if layout is None:
+        return f"fallback: {why}"
+    judged = _state()["judged"]
+    (m, k), n = a.shape, b.shape[1]
+    text = f"triton: config {_config_text(m, n, k)} (layout {layout}, {str(a.dtype).removeprefix('torch.')}, "
+    text += f"M={m} N={n} K={k}; fitness {judged['label']}{_gpu_note(a.device, judged)})"
+    if judged["kind"] != "measured":
+        text += (
+            " [MODELLED, not measured: exported with allow_modelled; the performance model can be several "
+            "times too optimistic on small shapes]"
+        )
+    return text
+
+
+def _flat(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(-1, a.shape[-1])
+
+
+def _not_2d_reason(a: torch.Tensor, b: torch.Tensor) -> str:
+    if b.dim() != 2:
+        return f"b has {b.dim()} dimensions; the kernel takes b of shape (K, N)"
+    if a.dim() == 0:
+        return "a is a scalar"
+    return ""
+
+
+def explain(a: torch.Tensor, b: torch.Tensor, backward: bool = False) -> str:
+    """Which path `matmul(a, b)` takes and why: "triton: config ..." or "fallback: <reason>". With
+    backward=True, three lines: forward, then the backward products dA = dC·Bᵀ and dB = Aᵀ·dC."""
+    reason = _not_2d_reason(a, b)
+    if reason:
+        return f"fallback: {reason}"
+    a, b = _autocast(a, b)
+    a2 = _flat(a)
+    fa, fb = operand(a2), operand(b)
+    forward = _describe(fa, fb)
+    if not backward:
+        return forward
+    (m, k), n = fa.shape, fb.shape[1]
+    dc = Operand(fa.device, fa.dtype, (m, n), (n, 1))  # autograd's gradient: a fresh row-major tensor
+    grad_a = _describe(dc, Operand(fb.device, fb.dtype, (n, k), (fb.stride[1], fb.stride[0])))
+    grad_b = _describe(Operand(fa.device, fa.dtype, (k, m), (fa.stride[1], fa.stride[0])), dc)
+    return f"forward: {forward}\nbackward dA = dC·Bᵀ: {grad_a}\nbackward dB = Aᵀ·dC: {grad_b}"
+
+
+def run_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The op's real work on 2-D a, b: the kernel where `decide` allows it, else torch.matmul."""
+    state = _state()
+    fa, fb = operand(a), operand(b)
+    layout, why = decide(fa, fb)
+    record = {
+        "shape": (fa.shape[0], fb.shape[1], fa.shape[1]),
+        "layout": layout,
+        "dtype": str(a.dtype).removeprefix("torch."),
+        "device": str(a.device),
+    }
+    if layout is None:
+        _RECENT.append({**record, "path": "fallback", "reason": why})
+        return torch.matmul(a, b)
+    if interpreting() and a.device.type == "cpu":
+        ensure_interpreter_fixes()  # raises rather than let a wrong bf16 dot through
+    out = state["entry"](a, b)
+    _RECENT.append({**record, "path": "triton", "reason": ""})
+    return out
+
+
+def _autocast(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cast as autocast casts torch.matmul (to its lower precision), so the kernel sees what a
+    torch.matmul under the same autocast would compute with."""
+    kind = a.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        if a.is_floating_point() and b.is_floating_point():
+            return a.to(dtype), b.to(dtype)
+    return a, b
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., K) @ b (K, N) -> (..., N), differentiable; the Triton kernel where it was judged,
+    torch.matmul elsewhere (see explain)."""
+    state = _state()
+    if _not_2d_reason(a, b):
+        return torch.matmul(a, b)
+    a, b = _autocast(a, b)
+    lead = a.shape[:-1]
+    # Cast already: inside, autocast would cast the fallback's torch.matmul again, not the kernel.
+    off = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cuda", "cpu") else None
+    with off or contextlib.nullcontext():
+        out = state["op"](_flat(a), b)
+    return out.reshape(*lead, b.shape[1])
+
+
+def recent_calls() -> list[dict]:
+    """The last calls the op ran (oldest first): {path: 'triton'|'fallback', reason, shape (M, N, K),
+    layout, dtype, device}. Calls traced by torch.compile's fake tensors are not here, their runs are."""
+    return list(_RECENT)
+
+
+def clear_recent_calls() -> None:
+    _RECENT.clear()

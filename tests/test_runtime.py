@@ -1,0 +1,148 @@
+"""kernels/runtime in-process, with a stand-in entry point (no Triton launch here: the exported kernel
+itself runs under the interpreter in tests/test_export.py): which path each call takes and why,
+autograd through the op, nn.Linear patching, and that the runtime imports only torch and triton."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels.runtime as rt
+from kernels.runtime import dispatch
+
+RUNTIME = Path(rt.__file__).parent
+JUDGED = {
+    "label": "cuda:NVIDIA TEST (measured)",
+    "kind": "measured",
+    "gpu": "NVIDIA TEST",
+    "dtypes": ["bfloat16"],
+    "layouts": ["nn", "nt"],
+    "min_shape": [8, 8, 8],
+    "max_elements": 1 << 20,
+}
+ENTRY_CALLS: list[tuple] = []
+
+
+def stand_in(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes (in float64, rounded once), recording the strides it was handed."""
+    ENTRY_CALLS.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride()))
+    return (a.double() @ b.double()).to(a.dtype)
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    """The stand-in configured, with the interpreter said to be on (so CPU tensors take the kernel path)."""
+    rt.configure(stand_in, JUDGED, "evolve_test_runtime", pick_config=lambda m, n, k: {"BLOCK_M": 16})
+    monkeypatch.setattr(dispatch, "interpreting", lambda: True)
+    monkeypatch.setattr(dispatch, "ensure_interpreter_fixes", lambda: {})
+    ENTRY_CALLS.clear()
+    rt.clear_recent_calls()
+    yield rt
+
+
+def bf16(*shape) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))).to(torch.bfloat16)
+
+
+def test_runtime_imports_only_torch_triton_and_stdlib():
+    for path in RUNTIME.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom) and getattr(node, "level", 0) == 0:
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in ("evolve", "evaluators", "kernels"), f"{path.name} imports {name}"
+
+
+def test_paths_and_reasons(runtime):
+    a, b = bf16(32, 16), bf16(16, 24)
+    assert runtime.explain(a, b).startswith("triton: config BLOCK_M=16 (layout nn, bfloat16, M=32 N=24 K=16")
+    assert runtime.explain(a, bf16(24, 16).t()).startswith("triton: config BLOCK_M=16 (layout nt")
+    cases = {
+        "dtype float32 not judged (judged: bfloat16)": (a.float(), b.float()),
+        "layout tn (a column-major, b row-major) not judged (judged: nn, nt)": (bf16(16, 32).t(), b),
+        "too small: 4x4x4 is below the smallest shape the kernel was judged on (8x8x8": (
+            bf16(4, 4),
+            bf16(4, 4),
+        ),
+        "neither row- nor column-major": (bf16(32, 32)[:, ::2], b),
+        "b has 3 dimensions": (a, bf16(2, 16, 24)),
+        "empty product (0x24x16)": (bf16(0, 16), b),
+    }
+    for reason, (x, y) in cases.items():
+        text = runtime.explain(x, y)
+        assert text.startswith("fallback: ") and reason in text, (reason, text)
+        assert torch.equal(runtime.matmul(x, y), torch.matmul(x, y))  # the fallback is torch.matmul
+    assert "dtype bfloat16 x float16 not judged" in runtime.explain(a, b.half())
+    with pytest.raises(RuntimeError, match="same dtype"):  # as torch.matmul says it
+        runtime.matmul(a, b.half())
+    assert ENTRY_CALLS == []  # every one of them fell back
+    assert {c["path"] for c in runtime.recent_calls()} == {"fallback"}
+
+
+def test_broadcast_rows_fall_back(runtime):
+    row = bf16(1, 16).expand(32, 16)  # stride (0, 1): 32 rows on one storage row
+    assert "neither row- nor column-major" in runtime.explain(row, bf16(16, 24))
+
+
+def test_cpu_without_interpreter_falls_back(runtime, monkeypatch):
+    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
+    assert runtime.explain(bf16(32, 16), bf16(16, 24)) == (
+        "fallback: CPU tensors run the Triton kernel only under TRITON_INTERPRET=1 (Triton's interpreter)"
+    )
+
+
+def test_leading_dims_flattened_and_values(runtime):
+    a, b = bf16(2, 3, 16, 32), bf16(24, 32).t()  # b as nn.Linear passes it: Wᵀ
+    out = runtime.matmul(a, b)
+    assert out.shape == (2, 3, 16, 24)
+    assert ENTRY_CALLS == [((96, 32), (32, 1), (32, 24), (1, 32))]  # one launch, no copies
+    torch.testing.assert_close(out, (a.double() @ b.double()).to(torch.bfloat16), rtol=0, atol=0)
+    vec = runtime.matmul(bf16(32), bf16(32, 24))  # a 1-D a, as torch.matmul takes it
+    assert vec.shape == (24,)
+
+
+def test_autograd_through_the_op(runtime):
+    rt.configure(stand_in, {**JUDGED, "layouts": ["nn", "nt", "tn"]}, "evolve_test_runtime")
+    a = bf16(32, 16).requires_grad_()
+    b = bf16(24, 16).t().detach().requires_grad_()
+    (runtime.matmul(a, b).float() * bf16(32, 24).float()).sum().backward()
+    a2, b2 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    (a2 @ b2 * bf16(32, 24).double()).sum().backward()
+    torch.testing.assert_close(a.grad.double(), a2.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(b.grad.double(), b2.grad, rtol=1e-2, atol=1e-2)
+    assert [(c["layout"], c["shape"]) for c in runtime.recent_calls()] == [
+        ("nt", (32, 24, 16)),  # C = A·B
+        ("nn", (32, 16, 24)),  # dA = dC·Bᵀ
+        ("tn", (16, 24, 32)),  # dB = Aᵀ·dC
+    ]
+    text = runtime.explain(a, b, backward=True).splitlines()
+    assert [line.split(": ")[1] for line in text] == ["triton", "triton", "triton"]
+
+
+def test_backward_falls_back_where_tn_was_not_judged(runtime):
+    text = runtime.explain(bf16(32, 16), bf16(24, 16).t(), backward=True)
+    assert "backward dB = Aᵀ·dC: fallback: layout tn (a column-major, b row-major) not judged" in text
+    assert text.startswith("forward: triton")
+
+
+def test_fake_impl_for_meta_tensors(runtime):
+    out = torch.ops.evolve_test_runtime.matmul(
+        torch.empty(5, 7, device="meta", dtype=torch.bfloat16), torch.empty(7, 3, device="meta")
+    )
+    assert out.shape == (5, 3) and out.device.type == "meta"
+
+
+def test_patch_and_unpatch():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2, bias=False))
+    model.add_module("attn", torch.nn.MultiheadAttention(8, 2))  # out_proj: a subclass, left alone
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert rt.patch(model, filter=lambda name, m: name != "2") == 1
+    assert type(model[0]) is rt.Linear and type(model[2]) is torch.nn.Linear
+    assert rt.patch(model) == 1 and type(model[2]) is rt.Linear
+    assert type(model.attn.out_proj) is not rt.Linear
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rt.unpatch(model) == 2 and type(model[0]) is torch.nn.Linear
+    layer = rt.Linear(4, 8)
+    assert set(layer.state_dict()) == {"weight", "bias"}
