@@ -4,7 +4,11 @@ evolve run runs/demo.toml [--name N] [--max-evals N] [--time-budget S] [--worker
                           [--seed N] [--device cpu|cuda] [--ray-address auto|HOST:PORT]
                           [--proposer llm:MODEL|mutator|auto:MODEL ...] [--max-cost USD] [--max-tokens N]
 evolve run --resume runs/demo
-evolve leaderboard demo [--top N] [--json] [--summary]
+evolve leaderboard demo [--top N] [--status S[,S]] [--shape MxNxK] [--backend B] [--proposer PREFIX]
+                       [--json | --csv] [--summary]
+evolve show demo ID [--source]          (source, verdicts and per-shape metrics, feedback, parents, LLM answer)
+evolve diff demo ID [OTHER]             (unified diff against its first parent, or OTHER)
+evolve lineage demo ID [--backend B]    (ancestry up to the seed: fitness and change note per step)
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
 evolve export-prompts demo [--out DIR]   (the prompt template the run's LLM arms were paid best for)
 """
@@ -12,12 +16,28 @@ evolve export-prompts demo [--out DIR]   (the prompt template the run's LLM arms
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 
 from .config import ConfigError, UsageError
 from .store import StoreError
-from .ui import leaderboard_json, render_leaderboard, render_proposing_summary, run_dir
+from .ui import (
+    BoardFilter,
+    board_csv,
+    board_json,
+    board_records,
+    diff,
+    leaderboard_view,
+    lineage,
+    open_run,
+    parse_shape,
+    parse_statuses,
+    print_parts,
+    render_proposing_summary,
+    require_candidate,
+    run_dir,
+    show,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,19 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--max-cost", type=float, help="USD the LLM proposers may spend (then they stop)")
     run.add_argument("--max-tokens", type=int, help="tokens the LLM proposers may use (then they stop)")
-    board = sub.add_parser("leaderboard", help="ranked candidates of a run (works while it runs)")
-    board.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
-    board.add_argument("--top", type=int, default=10, help="how many rows (default 10)")
-    board.add_argument(
-        "--json",
-        action="store_true",
-        help="every evaluated candidate as a JSON list (fitness, held_out, model_error, within_model_error, ...)",
-    )
-    board.add_argument(
-        "--summary",
-        action="store_true",
-        help="also what proposed: LLM calls, tokens and cost per proposer, the bandit's arms, the lessons",
-    )
+    add_inspect_parsers(sub)
     export = sub.add_parser(
         "export-prompts",
         help="write the prompt template a run's LLM arms were paid best for, for the next run",
@@ -75,25 +83,111 @@ def main(argv: list[str] | None = None) -> int:
             return main_remeasure(args)
         if args.command == "export-prompts":
             return export_prompts(args)
-        return leaderboard(args)
+        return INSPECT[args.command](args)
     except (ConfigError, StoreError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `evolve show ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def add_inspect_parsers(sub) -> None:
+    """The read-only commands on a run (they work while it runs, and on a finished or killed run)."""
+    board = sub.add_parser("leaderboard", help="ranked candidates of a run (works while it runs)")
+    board.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    board.add_argument(
+        "--top", type=int, help="how many rows (default 10; --json/--csv: all, or the best N per backend)"
+    )
+    board.add_argument("--status", help="only these statuses, e.g. ok or incorrect,timeout")
+    board.add_argument("--shape", help="show this shape's figure and rank by it, e.g. 4096x4096x4096")
+    board.add_argument(
+        "--backend", help="the backend to rank, e.g. model:h100 (default: the one with most ok)"
+    )
+    board.add_argument(
+        "--proposer", help="only candidates whose proposer starts with this, e.g. llm or mutator"
+    )
+    fmt = board.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--json",
+        action="store_true",
+        help="every verdict as a JSON list (fitness, held_out, rank, model_error, within_model_error, ...)",
+    )
+    fmt.add_argument("--csv", action="store_true", help="every verdict as CSV, one column per training shape")
+    board.add_argument(
+        "--summary",
+        action="store_true",
+        help="also what proposed: LLM calls, tokens and cost per proposer, the bandit's arms, the lessons",
+    )
+    one = sub.add_parser(
+        "show", help="one candidate: source, verdicts, per-shape metrics, feedback, LLM answer"
+    )
+    one.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    one.add_argument("id", type=int, help="candidate id (see `evolve leaderboard`)")
+    one.add_argument(
+        "--source", action="store_true", help="print only its source (e.g. to save it to a file)"
+    )
+    two = sub.add_parser("diff", help="unified diff of a candidate against its first parent (or another)")
+    two.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    two.add_argument("id", type=int, help="candidate id")
+    two.add_argument(
+        "other", type=int, nargs="?", help="compare with this candidate (default: its first parent)"
+    )
+    line = sub.add_parser(
+        "lineage", help="a candidate's ancestry up to the seed, with fitness and change notes"
+    )
+    line.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
+    line.add_argument("id", type=int, help="candidate id")
+    line.add_argument("--backend", help="whose verdicts to show (default: the run's, with most ok)")
 
 
 def leaderboard(args) -> int:
-    """`evolve leaderboard RUN`: the table (ui.render_leaderboard), or with --json every evaluation."""
-    from .store import Store
-
-    folder = run_dir(args.run)
-    with Store.open(folder / "run.sqlite", readonly=True) as store:
-        if args.json:
-            print(json.dumps(leaderboard_json(store.all_evaluated())))
+    """`evolve leaderboard RUN`: the table (evolve/ui/leaderboard.py), or with --json / --csv every verdict."""
+    flt = BoardFilter(
+        top=args.top if args.top is not None or args.json or args.csv else 10,
+        status=parse_statuses(args.status) if args.status else (),
+        shape=parse_shape(args.shape) if args.shape else None,
+        backend=args.backend,
+        proposer=args.proposer,
+    )
+    with open_run(args.run) as store:
+        if args.json or args.csv:
+            records = board_records(store, flt)
+            print(board_json(records) if args.json else board_csv(records), end="\n" if args.json else "")
             return 0
-        print(render_leaderboard(store, args.top))
+        print_parts(leaderboard_view(store, flt))
         if args.summary:
             print(render_proposing_summary(store) or "no LLM call and no bandit state recorded in this run")
     return 0
+
+
+def show_command(args) -> int:
+    """`evolve show RUN ID`: evolve/ui/inspect.py show, or with --source the source alone."""
+    with open_run(args.run) as store:
+        if args.source:
+            print(require_candidate(store, args.id)["source"], end="")
+            return 0
+        parts = show(store, args.id)
+    print_parts(parts, soft_wrap=True)
+    return 0
+
+
+def diff_command(args) -> int:
+    """`evolve diff RUN ID [OTHER]`: evolve/ui/inspect.py diff."""
+    with open_run(args.run) as store:
+        print(diff(store, args.id, args.other))
+    return 0
+
+
+def lineage_command(args) -> int:
+    """`evolve lineage RUN ID`: evolve/ui/inspect.py lineage."""
+    with open_run(args.run) as store:
+        parts = lineage(store, args.id, args.backend)
+    print_parts(parts)
+    return 0
+
+
+INSPECT = {"leaderboard": leaderboard, "show": show_command, "diff": diff_command, "lineage": lineage_command}
 
 
 def export_prompts(args) -> int:

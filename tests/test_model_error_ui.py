@@ -1,5 +1,5 @@
 """The model's calibration error on the user's side: ties in the leaderboard (table and --json) and the
-order remeasure takes (evolve/model_error.py, evolve/ui.py, evolve/cli.py)."""
+order remeasure takes (evolve/model_error.py, evolve/ui/, evolve/cli.py)."""
 
 import json
 
@@ -147,7 +147,7 @@ def test_leaderboard_json_through_the_cli(board, capsys, monkeypatch):
     store, ids = board
     folder = store.path.parent
     store.close()
-    monkeypatch.setattr("evolve.ui.judge_fingerprint", lambda: JUDGE)
+    monkeypatch.setattr("evolve.ui.board_data.judge_fingerprint", lambda: JUDGE)
     assert cli.main(["leaderboard", str(folder), "--json"]) == 0
     rows = {(r["id"], r["backend"]): r for r in json.loads(capsys.readouterr().out)}
     assert rows[ids[1], MODEL]["within_model_error"] is True
