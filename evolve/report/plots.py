@@ -147,7 +147,10 @@ def shape_heatmap(data: ReportData) -> bytes | None:
         fontsize=7,
     )
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"#{r['id']} ({r['fitness']:.3g})" for r in rows], fontsize=8)
+    ax.set_yticklabels(
+        [f"#{r['id']} ({r['fitness']:.3g}{'' if r['rankable'] else ', not ranked'})" for r in rows],
+        fontsize=8,
+    )
     held = [j for j, (k, _, _) in enumerate(cols) if k == "held_out"]
     if held and held[0] > 0:
         ax.axvline(held[0] - 0.5, color="black", linewidth=2)
@@ -203,11 +206,12 @@ def lineage_tree(data: ReportData) -> bytes | None:
         by_gen[node.generation].append(node)
     pos: dict[int, tuple[float, float]] = {}
     width = max(len(v) for v in by_gen.values())
+    gens = sorted(by_gen)
+    row = {g: r for r, g in enumerate(gens)}  # one row per generation present: no empty rows for skipped ones
     for gen, nodes in by_gen.items():
         nodes.sort(key=lambda n: n.id)
         for i, node in enumerate(nodes):
-            pos[node.id] = ((i + 1) * (width + 1) / (len(nodes) + 1), -gen)
-    gens = sorted(by_gen)
+            pos[node.id] = ((i + 1) * (width + 1) / (len(nodes) + 1), -row[gen])
     fig = Figure(figsize=(min(16.0, max(6.0, 1.3 * width + 2)), min(30.0, max(3.0, 0.9 * len(gens) + 1.5))))
     ax = fig.subplots()
     for node in data.lineage:
@@ -246,11 +250,11 @@ def lineage_tree(data: ReportData) -> bytes | None:
             va="center",
             fontsize=6 if small else 8,
         )
-    ax.set_yticks([-g for g in gens])
+    ax.set_yticks([-row[g] for g in gens])
     ax.set_yticklabels([f"gen {g}" for g in gens], fontsize=8)
     ax.set_xticks([])
     ax.set_xlim(0, width + 1)
-    ax.set_ylim(-max(gens) - 0.8, -min(gens) + 0.5)
+    ax.set_ylim(-len(gens) + 0.3, 0.7)
     fig.colorbar(points, ax=ax, label=_wrap(data.unit, 40))
     cut = " (cut: older ancestors not drawn)" if data.lineage_cut else ""
     ax.set_title(f"Lineage of the winner #{winner} ({len(data.lineage)} candidates){cut}")
