@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 from typing import NamedTuple
 
@@ -187,7 +188,8 @@ def _describe(a: Operand, b: Operand) -> str:
 
 
 def _flat(a: torch.Tensor) -> torch.Tensor:
-    return a.reshape(-1, a.shape[-1])
+    """(..., K) -> (M, K), M the product of the leading dims (explicit: -1 is ambiguous when K = 0)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def _not_2d_reason(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -204,6 +206,8 @@ def explain(a: torch.Tensor, b: torch.Tensor, backward: bool = False) -> str:
     reason = _not_2d_reason(a, b)
     if reason:
         return f"fallback: {reason}"
+    if a.shape[-1] != b.shape[0]:
+        return f"error: inner dimensions differ (a {tuple(a.shape)}, b {tuple(b.shape)}); matmul raises"
     a, b = _autocast(a, b)
     a2 = _flat(a)
     fa, fb = operand(a2), operand(b)

@@ -1,0 +1,73 @@
+"""write_export and the `evolve export` subcommand.
+
+evolve export ID --run RUN [-o my_matmul.py] [--allow-modelled] [--task TASK.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import UsageError
+from .facts import run_folder, verdict_facts
+from .writer import module_text
+
+
+def write_export(
+    run_folder: str | Path,
+    candidate_id: int,
+    out_path: str | Path,
+    allow_modelled: bool = False,
+    task_path: str | Path | None = None,
+) -> Path:
+    """Write candidate `candidate_id` of the run in `run_folder` (a name, folder or run.sqlite) to
+    `out_path` as one self-contained module and return its path. Only a measured verdict ships unless
+    `allow_modelled` (then the header and explain() say MODELLED); `task_path` replaces the run's task
+    file when it moved. A missing run or candidate, or a verdict that cannot ship: UsageError."""
+    out = Path(out_path)
+    if out.suffix != ".py" or not out.stem.isidentifier():
+        raise UsageError(
+            f"{out}: the export is a Python module; name it like my_matmul.py (an identifier + .py)"
+        )
+    facts = verdict_facts(run_folder, candidate_id, allow_modelled, task_path)
+    text = module_text(facts, out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # never a half-written module where the user imports it
+    return out
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `export` subcommand to `evolve`'s subparsers; dispatch to `main_export(args)`."""
+    p = subparsers.add_parser(
+        "export", help="write a candidate kernel as one module for training code (custom op, nn.Linear)"
+    )
+    p.add_argument("id", type=int, help="candidate id (see `evolve leaderboard RUN`)")
+    p.add_argument("--run", required=True, help="run name or folder, e.g. demo or runs/demo")
+    p.add_argument("-o", "--output", help="module to write (default: runs/<run>/exports/candidate_<id>.py)")
+    p.add_argument(
+        "--allow-modelled",
+        action="store_true",
+        help="export a winner whose fitness is only modelled (never measured); says so in its header and explain()",
+    )
+    p.add_argument("--task", help="the run's task file, when it is no longer where the run's config says")
+    return p
+
+
+def main_export(args: argparse.Namespace) -> int:
+    """CLI body of `evolve export`: 0 written, 2 on a usage error (printed, with the fix)."""
+    try:
+        out = args.output or run_folder(args.run) / "exports" / f"candidate_{args.id}.py"
+        path = write_export(args.run, args.id, out, bool(args.allow_modelled), getattr(args, "task", None))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = path.stem
+    print(f"wrote {path}")
+    print(f"use it (imports only torch and triton): put {path.name} on your path, then")
+    print(
+        f"    import {name}\n    {name}.patch(model)\n    print({name}.explain(x, layer.weight.t(), backward=True))"
+    )
+    return 0
