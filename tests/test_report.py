@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +335,17 @@ def test_empty_run_and_missing_backend(tmp_path):
         pass
     text = write_report(tmp_path / "e", judge=JUDGE).read_text(encoding="utf-8")
     assert "No ranked kernel yet" in text and "Nothing to draw yet" in text and "<img" not in text
+    with Store.open(tmp_path / "e" / "run.sqlite", readonly=False) as store:  # only failures so far
+        cid = store.add_candidate(source(0), proposer="seed", island=0, generation=0)
+        store.add_evaluation(cid, modelled(0.0, status="judge_error"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "no artists with labels" for an empty legend
+        text = write_report(tmp_path / "e", judge=JUDGE).read_text(encoding="utf-8")
+    assert (
+        text.count("<img") == 1
+        and '<img alt="cumulative verdicts per status' in text
+        and "judge_error" in text
+    )
     store, _ = build_run(tmp_path / "other")
     store.close()
     from evolve.config import UsageError

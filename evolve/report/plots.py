@@ -47,8 +47,8 @@ def _minutes(data: ReportData) -> list[float]:
 
 def fitness_progress(data: ReportData) -> bytes | None:
     """Best (rankable) and median (ok) fitness so far, against evaluations and against wall time."""
-    if not data.points:
-        return None
+    if not any(p.status == "ok" for p in data.points):
+        return None  # no fitness yet: only failures (the verdicts figure shows them)
     best, median = running_best_and_median(data.points)
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
