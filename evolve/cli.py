@@ -27,6 +27,7 @@ from .ui import (
     board_json,
     board_records,
     diff,
+    diff_text,
     leaderboard_view,
     lineage,
     open_run,
@@ -175,7 +176,11 @@ def show_command(args) -> int:
 def diff_command(args) -> int:
     """`evolve diff RUN ID [OTHER]`: evolve/ui/inspect.py diff."""
     with open_run(args.run) as store:
-        print(diff(store, args.id, args.other))
+        text = diff(store, args.id, args.other)
+    if sys.stdout.isatty():
+        print_parts([diff_text(text)], soft_wrap=True)
+    else:  # as difflib wrote it (trailing spaces and all), for patch and scripts
+        print(text)
     return 0
 
 

@@ -14,7 +14,7 @@ from evaluators.fingerprint import judge_fingerprint
 from evolve import cli
 from evolve.controller import Progress
 from evolve.store import Store
-from evolve.ui import LiveDisplay, status_line
+from evolve.ui import LiveDisplay, diff_text, status_line
 
 MODEL, GPU = "model:h100", "cuda:FAKE GPU"
 BIG, SKINNY, HELD = (4096, 4096, 4096), (16, 4096, 4096), (8192, 8192, 1024)
@@ -340,3 +340,15 @@ def test_live_display_on_a_terminal_draws_bars_against_the_budgets():
 def test_status_line_names_the_time_budget_only_when_there_is_one():
     assert "time " not in status_line(progress(3), 10)
     assert "/540 s" in status_line(progress(3), 10, 540)
+
+
+def test_a_diff_on_a_terminal_is_coloured_by_line():
+    text = diff_text("--- #1\n+++ #2\n@@ -1 +1 @@\n-old\n+new\n same")
+    styles = {text.plain[s.start : s.end].strip(): str(s.style) for s in text.spans}
+    assert styles == {
+        "--- #1": "bold",
+        "+++ #2": "bold",
+        "@@ -1 +1 @@": "cyan",
+        "-old": "red",
+        "+new": "green",
+    }

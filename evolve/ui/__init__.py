@@ -10,7 +10,7 @@ terminal, plain lines when piped) · statuses (counts, failures) · board (which
 from .board import Board, BoardFilter, parse_shape, parse_statuses, select
 from .board_data import board_csv, board_json, board_records, leaderboard_json
 from .console import make_console, print_parts, to_text
-from .inspect import diff, lineage, show
+from .inspect import diff, diff_text, lineage, show
 from .interrupt import install_interrupt
 from .leaderboard import leaderboard_view, render_leaderboard
 from .live import LiveDisplay, status_line
@@ -20,7 +20,7 @@ from .summary import render_proposing_summary
 
 __all__ = [
     "APART", "RUNS_DIR", "Board", "BoardFilter", "LiveDisplay", "board_csv", "board_json", "board_records",
-    "diff", "failure_summary", "install_interrupt", "leaderboard_json", "leaderboard_view", "lineage",
+    "diff", "diff_text", "failure_summary", "install_interrupt", "leaderboard_json", "leaderboard_view", "lineage",
     "make_console", "open_run", "parse_shape", "parse_statuses", "print_parts", "render_leaderboard",
     "render_proposing_summary", "require_backend", "require_candidate", "run_dir", "select", "show",
     "status_line", "status_summary", "to_text",

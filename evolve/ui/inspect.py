@@ -187,6 +187,16 @@ def diff(store: Store, candidate_id: int, other_id: int | None = None) -> str:
     return text or f"#{other_id} and #{candidate_id} have the same source"
 
 
+def diff_text(text: str) -> Text:
+    """A unified diff coloured for a terminal: removed lines red, added green, hunk headers cyan."""
+    out = Text()
+    for line in text.splitlines(keepends=True):
+        style = "bold" if line.startswith(("---", "+++")) else ""
+        style = style or {"-": "red", "+": "green", "@": "cyan"}.get(line[:1], "")
+        out.append(line, style=style)
+    return out
+
+
 def lineage(store: Store, candidate_id: int, backend: str | None = None) -> list[RenderableType]:
     """`evolve lineage RUN ID`: the first-parent chain from the seed down to ID, one row per step: id,
     generation, proposer, verdict and fitness on `backend` (default: the run's), the change in fitness
