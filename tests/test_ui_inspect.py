@@ -134,7 +134,7 @@ def test_leaderboard_filters_hide_rows_and_keep_the_ranks(run, capsys):
     _, out, _ = evolve(capsys, "leaderboard", "demo", "--proposer", "llm")
     rows = table_rows(out)
     assert set(rows) == {3} and rows[3][0] == "2"  # still #2 on the whole backend
-    assert "filtered: proposer llm*" in out
+    assert "filtered: proposer llm*; 1 of 5 rows shown" in out
     _, out, _ = evolve(capsys, "leaderboard", "demo", "--status", "incorrect")
     rows = table_rows(out)
     assert set(rows) == {4}

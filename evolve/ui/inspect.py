@@ -200,7 +200,7 @@ def diff_text(text: str) -> Text:
 def lineage(store: Store, candidate_id: int, backend: str | None = None) -> list[RenderableType]:
     """`evolve lineage RUN ID`: the first-parent chain from the seed down to ID, one row per step: id,
     generation, proposer, verdict and fitness on `backend` (default: the run's), the change in fitness
-    from the step above, and the change note (other parents named in it)."""
+    from the nearest step above with one, and the change note (other parents named in it)."""
     backend = backend if backend is not None else store.default_backend()
     chain = [require_candidate(store, candidate_id)]
     seen = {candidate_id}

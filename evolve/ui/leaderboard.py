@@ -61,7 +61,8 @@ def leaderboard_view(store: Store, flt: BoardFilter, judge: str | None = None) -
         )
     if flt.status or flt.proposer:
         lines.append(
-            f"filtered: {flt.describe()}; {len(board.rows)} rows shown; ranks are over the whole backend"
+            f"filtered: {flt.describe()}; {len(board.rows)} of {board.fetched} rows shown; ranks are over the whole "
+            "backend"
         )
     out: list[RenderableType] = [Text("\n".join(lines))]
     out.append(_table(board) if board.rows else Text(f"no row on {board.backend} matches {flt.describe()}"))
