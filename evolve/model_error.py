@@ -13,7 +13,7 @@ most 1 the model cannot say `better` is better, i.e. when worse >= better * (1 -
 Measured fitness carries no model error: measured rows are never within it (False).
 
 Used by the leaderboard (`evolve leaderboard --json`: `model_error`, `within_model_error`,
-`within_model_error_of_best`; the human table's ±error and tie mark, evolve/ui.py) and by
+`within_model_error_of_best`; the human table's ±error and tie mark, evolve/ui/) and by
 `evolve remeasure`, which measures first the candidates the model cannot tell from the best
 (`remeasure_order`).
 """

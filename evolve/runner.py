@@ -223,7 +223,7 @@ def launch(args) -> int:
              if args.resume else ""))  # fmt: skip
     if backend.startswith("model:"):
         print("no GPU: fitness is MODELLED by the performance model (label model:...), not measured")
-    display = LiveDisplay(config.max_evals)
+    display = LiveDisplay(config.max_evals, config.time_budget_s)
     controller = Controller(config, task, store, population, sync, pool,
                             dataclasses.asdict(options), backend, display, judge=judge, llms=llms)  # fmt: skip
     install_interrupt(controller)
