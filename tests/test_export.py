@@ -299,3 +299,86 @@ def test_exported_module_trains_a_patched_mlp_under_the_interpreter(exported):
         assert got["explain"].startswith(reason), (name, got)
         assert got["equal"], name  # the fallback is torch.matmul itself
         assert got["paths"] in (["fallback"], []), (name, got)  # [] : handled before the op (none here)
+
+
+COMPILE_CHILD = r"""
+import json, sys
+sys.path[:0] = SITE
+import torch
+import mm
+
+a = torch.randn(2, 32, 48).to(torch.bfloat16).requires_grad_()
+b = torch.randn(64, 48).to(torch.bfloat16).t().detach().requires_grad_()
+
+
+def f(a, b):
+    return (mm.matmul(a, b).float() ** 2).mean()
+
+
+result = {}
+try:
+    compiled = torch.compile(f, backend=BACKEND, fullgraph=True)
+    mm.clear_recent_calls()
+    loss = compiled(a, b)
+    grads = torch.autograd.grad(loss, (a, b))
+    result["calls"] = [[c["path"], c["layout"]] for c in mm.recent_calls()]
+    ref = f(a, b)
+    ref_grads = torch.autograd.grad(ref, (a, b))
+    result["loss_diff"] = abs(loss.item() - ref.item()) / ref.item()
+    result["grad_diff"] = max((g.float() - r.float()).abs().max().item() for g, r in zip(grads, ref_grads))
+except Exception as e:
+    result["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+print("RESULTS " + json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_of_a_function_calling_the_op(exported, backend):
+    """fullgraph: the op is one node (its fake impl gives the shapes), autograd through it; the compiled
+    forward and backward run the kernel (inductor on CPU: ~1 min of C++ compiling)."""
+    r = run_child(exported, COMPILE_CHILD.replace("BACKEND", repr(backend)), timeout=500)
+    if "error" in r and backend == "inductor" and any(w in r["error"] for w in ("Cxx", "C++", "compiler")):
+        pytest.skip(f"inductor cannot compile C++ on this machine: {r['error'][:300]}")
+    assert "error" not in r, r["error"]
+    assert r["calls"] == [["triton", "nt"], ["triton", "nn"], ["triton", "tn"]]
+    assert r["loss_diff"] <= 1e-3 and r["grad_diff"] <= 1e-2, r
+
+
+NO_TN_CHILD = r"""
+import json, sys
+sys.path[:0] = SITE
+import torch
+import mm_no_tn as mm
+
+layer = torch.nn.Linear(48, 64).to(torch.bfloat16)
+ref = torch.nn.Linear(48, 64).to(torch.bfloat16)
+ref.load_state_dict(layer.state_dict())
+mm.patch(layer)
+x = torch.randn(2, 32, 48).to(torch.bfloat16)
+for model in (layer, ref):
+    model(x).float().square().mean().backward()
+print("RESULTS " + json.dumps({
+    "explain": mm.explain(x, layer.weight.t(), backward=True),
+    "calls": [[c["path"], c["layout"], c["reason"]] for c in mm.recent_calls()],
+    "grad_diff": (layer.weight.grad.float() - ref.weight.grad.float()).abs().max().item(),
+    "grad_scale": ref.weight.grad.float().abs().max().item(),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_backward_falls_back_where_tn_was_not_judged(run, tmp_path):
+    """A kernel judged on nn and nt only: nn.Linear's forward and dA run it, dW (dB = Aᵀ·dC on tn)
+    falls back, says so in the header and explain(), and the gradient is still right."""
+    module = write_export(run["folder"], run["ids"]["no_tn"], tmp_path / "mm_no_tn.py")
+    assert "dB = Aᵀ·dC                   layout tn: NOT judged" in module.read_text()
+    r = run_child(module, NO_TN_CHILD)
+    lines = r["explain"].splitlines()
+    assert lines[0].startswith("forward: triton") and lines[1].startswith("backward dA = dC·Bᵀ: triton")
+    assert lines[2] == (
+        "backward dB = Aᵀ·dC: fallback: layout tn (a column-major, b row-major) not judged (judged: nn, nt)"
+    )
+    assert [c[:2] for c in r["calls"]] == [["triton", "nt"], ["fallback", None]]  # x needs no grad: no dA
+    assert "layout tn" in r["calls"][1][2]
+    assert r["grad_diff"] <= 2e-2 * r["grad_scale"], r

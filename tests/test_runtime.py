@@ -146,3 +146,15 @@ def test_patch_and_unpatch():
     assert rt.unpatch(model) == 2 and type(model[0]) is torch.nn.Linear
     layer = rt.Linear(4, 8)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_autocast_casts_like_torch_matmul(runtime):
+    """Under autocast, the op sees what torch.matmul would compute with (bf16 here), so fp32 training
+    code under autocast runs the kernel; the output dtype is torch's."""
+    a, b = torch.randn(32, 16), torch.randn(16, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert runtime.explain(a, b).startswith("triton: config")
+        out = runtime.matmul(a, b)
+        assert out.dtype == torch.matmul(a, b).dtype == torch.bfloat16
+    assert [c["path"] for c in runtime.recent_calls()] == ["triton"] and ENTRY_CALLS
+    assert runtime.explain(a, b).startswith("fallback: dtype float32 not judged")

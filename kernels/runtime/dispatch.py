@@ -18,7 +18,6 @@ smallest one judged. Everything else runs `torch.matmul` and says why: never sil
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import os
 from typing import NamedTuple
@@ -259,11 +258,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     state = _state()
     if _not_2d_reason(a, b):
         return torch.matmul(a, b)
-    a, b = _autocast(a, b)
     lead = a.shape[:-1]
-    # Cast already: inside, autocast would cast the fallback's torch.matmul again, not the kernel.
-    off = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cuda", "cpu") else None
-    with off or contextlib.nullcontext():
+    kind = a.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        a, b = _autocast(a, b)
+        # Cast already: inside, autocast would cast the fallback's torch.matmul again, not the kernel.
+        with torch.autocast(kind, enabled=False):
+            out = state["op"](_flat(a), b)
+    else:
         out = state["op"](_flat(a), b)
     return out.reshape(*lead, b.shape[1])
 
