@@ -39,6 +39,7 @@ check = [[32, 32, 32], [33, 40, 17]]
 """
 # Where torch and triton live: the only path the fresh process gets (with -S no .pth file runs, so
 # the editable install of this package is not on it either).
+AUTOTUNE = '\n@triton.autotune(configs=[triton.Config({}, num_warps=4)], key=["M", "N", "K"])\n'
 SITE = sorted({str(Path(torch.__file__).parents[1]), str(Path(triton.__file__).parents[1])})
 
 
@@ -73,7 +74,7 @@ def evaluation(backend: str, layouts: list[str], status: str = "ok", stage: str 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
     """runs/r1 in a temp folder: #1 the seed measured on nn/nt/tn, #2 modelled only (nn/nt), #3
-    incorrect, #4 provisional, #5 measured on nn/nt only."""
+    incorrect, #4 provisional, #5 measured on nn/nt only, #6 an @triton.autotune kernel."""
     root = tmp_path_factory.mktemp("exp")
     for name, layouts in (("tiny_bf16.toml", '"nn", "nt", "tn"'),):
         (root / name).write_text(TASK.format(layouts=layouts))
@@ -85,8 +86,11 @@ def run(tmp_path_factory) -> dict:
             ("incorrect", 2, GPU, ["nn"], "incorrect", "verified"),
             ("provisional", 1, GPU, ["nn"], "ok", "provisional"),
             ("no_tn", 16, GPU, ["nn", "nt"], "ok", "verified"),
+            ("autotuned", 32, GPU, ["nn", "nt"], "ok", "verified"),
         ):
             source = SEED.replace("GROUP_M=8", f"GROUP_M={group}")
+            if key == "autotuned":
+                source = source.replace("\n@triton.jit", AUTOTUNE + "@triton.jit", 1)
             cid = s.add_candidate(source, proposer="seed", island=0, generation=0, note=key)
             s.add_evaluation(cid, evaluation(backend, layouts, status, stage))
             ids[key] = cid
@@ -112,7 +116,9 @@ def test_export_writes_one_module_with_provenance(run, tmp_path):
     kernel = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "KERNEL_SOURCE")
     assert ast.literal_eval(kernel.value) == SEED  # the judged source, whole
     judged = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "JUDGED")
-    assert ast.literal_eval(judged.value) == {
+    judged = ast.literal_eval(judged.value)
+    assert judged.pop("cpu_device")["multi_processor_count"] == 132  # sm_90's figures, as the judge's
+    assert judged == {
         "label": "cuda:NVIDIA H200 (measured)", "kind": "measured", "gpu": "NVIDIA H200",
         "dtypes": ["bfloat16"], "layouts": ["nn", "nt", "tn"], "min_shape": [33, 40, 17], "max_elements": 6144,
     }  # fmt: skip
@@ -130,7 +136,7 @@ def test_refusals_say_why_and_what_exists(run, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="was not judged ok .*incorrect \\(wrong on 33x40x17\\)"):
         write_export(folder, ids["incorrect"], tmp_path / "m.py")
     with pytest.raises(
-        UsageError, match=r"no candidate 99 \(judged ids: 1..5\); exportable: #1 .*#2 model:h100"
+        UsageError, match=r"no candidate 99 \(judged ids: 1..6\); exportable: #1 .*#2 model:h100"
     ):
         write_export(folder, 99, tmp_path / "m.py")
     with pytest.raises(UsageError, match="name it like my_matmul.py"):

@@ -158,3 +158,29 @@ def test_autocast_casts_like_torch_matmul(runtime):
         assert out.dtype == torch.matmul(a, b).dtype == torch.bfloat16
     assert [c["path"] for c in runtime.recent_calls()] == ["triton"] and ENTRY_CALLS
     assert runtime.explain(a, b).startswith("fallback: dtype float32 not judged")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device answers for itself")
+def test_device_queries_answered_only_while_the_entry_runs(runtime):
+    """A kernel module reading the SM count on CPU tensors gets the judge's target figures, and only
+    during its call."""
+    seen = []
+
+    def persistent(a, b):
+        seen.append(torch.cuda.get_device_properties(a.device).multi_processor_count)
+        seen.append(torch.cuda.get_device_capability())
+        return stand_in(a, b)
+
+    props = {"name": "NVIDIA H100 80GB HBM3", "major": 9, "minor": 0, "multi_processor_count": 132}
+    rt.configure(persistent, {**JUDGED, "cpu_device": props}, "evolve_test_runtime")
+    runtime.matmul(bf16(32, 16), bf16(16, 24))
+    assert seen == [132, (9, 0)]
+    with pytest.raises((AssertionError, RuntimeError)):  # torch's own answer again: no CUDA here
+        torch.cuda.get_device_properties(0)
+
+
+def test_autotuned_kernels_fall_back_on_cpu(runtime):
+    rt.configure(stand_in, JUDGED, "evolve_test_runtime", autotuned=("matmul_kernel",))
+    assert runtime.explain(bf16(32, 16), bf16(16, 24)) == (
+        "fallback: autotuned kernel (matmul_kernel): Triton's autotuner times its configs on a GPU, never on a CPU"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from evaluators.targets import DEVICE_PROPERTIES
 from evaluators.task import Task, TaskError, load_task
 
 from ..config import UsageError
@@ -131,6 +132,8 @@ def judged_facts(evaluation: dict, task: Task) -> dict:
         "layouts": layouts,
         "min_shape": list(smallest),
         "max_elements": max(max(m * k, k * n, m * n) for m, n, k in dims),
+        # What the judge answered a kernel's CUDA device queries with on a CPU (its compile target).
+        "cpu_device": dataclasses.asdict(DEVICE_PROPERTIES[task.target]),
     }
 
 

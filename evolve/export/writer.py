@@ -264,7 +264,7 @@ def _load_kernel() -> types.ModuleType:
 
 
 kernel = _load_kernel()
-configure(kernel.matmul, JUDGED, NAMESPACE, getattr(kernel, "pick_config", None))
+configure(kernel.matmul, JUDGED, NAMESPACE, getattr(kernel, "pick_config", None), autotuned_kernels(vars(kernel)))
 
 __all__ = {PUBLIC!r}
 '''

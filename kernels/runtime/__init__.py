@@ -20,7 +20,7 @@ from .linear import Linear, patch, unpatch
 from .op import define_op
 
 # The order the export inlines them in: each file only uses names of the files before it.
-RUNTIME_FILES = ("interp_fix.py", "op.py", "dispatch.py", "linear.py")
+RUNTIME_FILES = ("interp_fix.py", "cpu_device.py", "op.py", "dispatch.py", "linear.py")
 
 __all__ = [
     "RUNTIME_FILES",

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 import triton
 
+from .cpu_device import device_answers
 from .interp_fix import ensure_interpreter_fixes
 from .op import define_op
 
@@ -47,9 +48,12 @@ class Operand(NamedTuple):
     stride: tuple[int, int]
 
 
-def configure(entry, judged: dict, namespace: str, pick_config=None) -> None:
+def configure(entry, judged: dict, namespace: str, pick_config=None, autotuned: tuple[str, ...] = ()) -> None:
     """Install `entry(a, b)` (2-D, the candidate's entry point) as the kernel behind `matmul`, with
-    the facts it was judged on, and register its op `<namespace>::matmul`."""
+    the facts it was judged on, and register its op `<namespace>::matmul`. `autotuned`: the names of
+    the module's @triton.autotune kernels (they need a GPU: on CPU tensors the call falls back).
+    judged["cpu_device"] (optional): the device properties a kernel module's CUDA queries get under
+    the interpreter on CPU, as the judge answered them."""
     missing = [k for k in JUDGED_KEYS if k not in judged]
     if missing:
         raise ValueError(f"judged facts lack {missing}; an export writes all of {list(JUDGED_KEYS)}")
@@ -58,6 +62,7 @@ def configure(entry, judged: dict, namespace: str, pick_config=None) -> None:
         pick_config=pick_config,
         judged=dict(judged),
         namespace=namespace,
+        autotuned=tuple(autotuned),
         op=define_op(namespace, run_2d),
     )
 
@@ -121,6 +126,12 @@ def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
         return None, "CPU tensors run the Triton kernel only under TRITON_INTERPRET=1 (Triton's interpreter)"
     if kind not in ("cuda", "cpu"):
         return None, f"device {kind}: the kernel was judged on CUDA GPUs"
+    if kind == "cpu" and _RUNTIME.get("autotuned"):
+        names = ", ".join(_RUNTIME["autotuned"])
+        return (
+            None,
+            f"autotuned kernel ({names}): Triton's autotuner times its configs on a GPU, never on a CPU",
+        )
     dtypes = judged["dtypes"]
     if a.dtype != b.dtype or str(a.dtype).removeprefix("torch.") not in dtypes:
         got = str(a.dtype).removeprefix("torch.")
@@ -234,9 +245,13 @@ def run_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if layout is None:
         _RECENT.append({**record, "path": "fallback", "reason": why})
         return torch.matmul(a, b)
-    if interpreting() and a.device.type == "cpu":
+    if a.device.type == "cpu":  # under the interpreter (decide said so)
         ensure_interpreter_fixes()  # raises rather than let a wrong bf16 dot through
-    out = state["entry"](a, b)
+        with device_answers(state["judged"].get("cpu_device")):
+            out = state["entry"](a, b)
+    else:
+        with torch.cuda.device(a.device):  # Triton launches on the current device: make it a's
+            out = state["entry"](a, b)
     _RECENT.append({**record, "path": "triton", "reason": ""})
     return out
 
