@@ -184,3 +184,18 @@ def test_autotuned_kernels_fall_back_on_cpu(runtime):
     assert runtime.explain(bf16(32, 16), bf16(16, 24)) == (
         "fallback: autotuned kernel (matmul_kernel): Triton's autotuner times its configs on a GPU, never on a CPU"
     )
+
+
+def test_entry_outputs_are_checked_and_row_major(runtime):
+    """The fake impl promises a row-major (M, N) output of a's dtype: a column-major one is made
+    row-major, a wrong shape or dtype is an error, never passed on."""
+    rt.configure(lambda a, b: stand_in(b.t(), a.t()).t(), JUDGED, "evolve_test_runtime")
+    out = runtime.matmul(bf16(32, 16), bf16(16, 24))
+    assert out.is_contiguous() and torch.equal(
+        out, (bf16(32, 16).double() @ bf16(16, 24).double()).bfloat16()
+    )
+    rt.configure(lambda a, b: stand_in(a, b).float(), JUDGED, "evolve_test_runtime")
+    with pytest.raises(
+        RuntimeError, match=r"returned \(32, 24\) torch.float32 for a \(32, 24\) torch.bfloat16"
+    ):
+        runtime.matmul(bf16(32, 16), bf16(16, 24))
