@@ -9,6 +9,7 @@ evolve leaderboard demo [--top N] [--status S[,S]] [--shape MxNxK] [--backend B]
 evolve show demo ID [--source]          (source, verdicts and per-shape metrics, feedback, parents, LLM answer)
 evolve diff demo ID [OTHER]             (unified diff against its first parent, or OTHER)
 evolve lineage demo ID [--backend B]    (ancestry up to the seed: fitness and change note per step)
+evolve report demo [-o FILE] [--backend B] [--top N]   (one self-contained HTML page: plots, lineage, source)
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
 evolve export-prompts demo [--out DIR]   (the prompt template the run's LLM arms were paid best for)
 """
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     export.add_argument("--out", help="folder to write it to (default: runs/<name>/prompts)")
     from .remeasure import add_remeasure_parser, main_remeasure
+    from .report import add_report_parser, main_report
 
     add_remeasure_parser(sub)
+    add_report_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return launch(args)
         if args.command == "remeasure":
             return main_remeasure(args)
+        if args.command == "report":
+            return main_report(args)
         if args.command == "export-prompts":
             return export_prompts(args)
         return INSPECT[args.command](args)
