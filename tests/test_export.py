@@ -153,6 +153,9 @@ def test_cli_subcommand(run, tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser(prog="evolve")
     add_export_parser(parser.add_subparsers(dest="command"))
     monkeypatch.chdir(run["root"])
+    for argv in (["export", "--run", "r1"], ["export", "1", "--portfolio", "--run", "r1"]):
+        assert main_export(parser.parse_args(argv)) == 2
+        assert "give a candidate ID or --portfolio, one of them" in capsys.readouterr().err
     args = parser.parse_args(
         ["export", str(run["ids"]["modelled"]), "--run", "r1", "-o", str(tmp_path / "m.py")]
     )

@@ -6,7 +6,7 @@ dispatch with explain(), nn.Linear patching, the interpreter's bf16 fix) and a p
 `add_export_parser` / `main_export` are the CLI's subcommand.
 """
 
-from .command import add_export_parser, main_export, write_export
+from .command import add_export_parser, main_export, write_export, write_portfolio
 from .facts import Facts, verdict_facts
 
-__all__ = ["Facts", "add_export_parser", "main_export", "verdict_facts", "write_export"]
+__all__ = ["Facts", "add_export_parser", "main_export", "verdict_facts", "write_export", "write_portfolio"]

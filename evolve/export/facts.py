@@ -93,7 +93,7 @@ def choose_evaluation(rows: list[dict], candidate_id: int, allow_modelled: bool,
     )
 
 
-def _task(config: dict, folder: Path, task_path: str | Path | None) -> Task:
+def task_for_run(config: dict, folder: Path, task_path: str | Path | None) -> Task:
     """The run's task (its dtype is what the kernel was judged in): `task_path`, else the run's
     configured task file, as configured or relative to the folder holding runs/."""
     if task_path is not None:
@@ -159,7 +159,7 @@ def verdict_facts(
         raise UsageError(str(e)) from None
     mine = [r for r in rows if r["id"] == candidate_id]
     evaluation = choose_evaluation(mine, candidate_id, allow_modelled, _exportable(rows))
-    task = _task(info.get("config") or {}, folder, task_path)
+    task = task_for_run(info.get("config") or {}, folder, task_path)
     return Facts(
         run=info["name"],
         candidate_id=candidate_id,

@@ -54,23 +54,48 @@ def configure(entry, judged: dict, namespace: str, pick_config=None, autotuned: 
     the module's @triton.autotune kernels (they need a GPU: on CPU tensors the call falls back).
     judged["cpu_device"] (optional): the device properties a kernel module's CUDA queries get under
     the interpreter on CPU, as the judge answered them."""
-    missing = [k for k in JUDGED_KEYS if k not in judged]
-    if missing:
-        raise ValueError(f"judged facts lack {missing}; an export writes all of {list(JUDGED_KEYS)}")
+    kernel = {"name": "", "when": {}, "entry": entry, "judged": judged, "pick_config": pick_config}
+    configure_portfolio([{**kernel, "autotuned": tuple(autotuned)}], namespace)
+
+
+def configure_portfolio(kernels: list[dict], namespace: str) -> None:
+    """Install a portfolio: a list of buckets, each {name, when (bounds on M, N, K: M_min, M_max, N_min,
+    N_max, K_min, K_max, inclusive), entry, judged, pick_config, autotuned, label} or, for a bucket
+    where no kernel won, {name, when, entry: None, reason}. A product takes the first bucket whose
+    bounds hold; the kernel runs there as `configure`'s does, a bucket without one falls back."""
+    for kernel in kernels:
+        if kernel.get("entry") is None:
+            if not kernel.get("reason"):
+                raise ValueError(f"bucket {kernel.get('name')!r} has no kernel and no reason for it")
+            continue
+        missing = [k for k in JUDGED_KEYS if k not in kernel["judged"]]
+        if missing:
+            raise ValueError(f"judged facts lack {missing}; an export writes all of {list(JUDGED_KEYS)}")
     _RUNTIME.update(
-        entry=entry,
-        pick_config=pick_config,
-        judged=dict(judged),
+        kernels=[{"pick_config": None, "autotuned": (), "label": "", **k} for k in kernels],
         namespace=namespace,
-        autotuned=tuple(autotuned),
         op=define_op(namespace, run_2d),
     )
 
 
 def _state() -> dict:
-    if "entry" not in _RUNTIME:
+    if "kernels" not in _RUNTIME:
         raise RuntimeError("no kernel configured: call configure(entry, judged, namespace) first")
     return _RUNTIME
+
+
+BOUNDS = {"M_min": ">=", "M_max": "<=", "N_min": ">=", "N_max": "<=", "K_min": ">=", "K_max": "<="}
+
+
+def bounds_hold(when: dict, m: int, n: int, k: int) -> bool:
+    dims = {"M": m, "N": n, "K": k}
+    return all(dims[key[0]] >= v if key.endswith("_min") else dims[key[0]] <= v for key, v in when.items())
+
+
+def bucket_text(kernel: dict) -> str:
+    """'decode (M <= 16)': a bucket's name and bounds."""
+    bounds = ", ".join(f"{key[0]} {BOUNDS[key]} {value}" for key, value in kernel["when"].items())
+    return f"{kernel['name']} ({bounds or 'any shape'})"
 
 
 def interpreting() -> bool:
@@ -118,16 +143,48 @@ def _layout(a: Operand, b: Operand, judged: dict) -> tuple[str | None, str]:
 
 def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
     """(layout, '') when the Triton kernel runs on these operands, else (None, the reason)."""
-    judged = _state()["judged"]
+    layout, why, _ = _decide(a, b)
+    return layout, why
+
+
+def _decide(a: Operand, b: Operand) -> tuple[str | None, str, dict | None]:
+    """(layout, '', kernel) when a kernel runs on these operands, else (None, the reason, None)."""
+    layout, why, kernel = _decide_kernel(a, b)
+    return (layout, "", kernel) if layout is not None else (None, why, None)
+
+
+def _decide_kernel(a: Operand, b: Operand) -> tuple[str | None, str, dict | None]:
+    kernels = _state()["kernels"]
     if a.device != b.device:
-        return None, f"a on {a.device}, b on {b.device}"
+        return None, f"a on {a.device}, b on {b.device}", None
     kind = a.device.type
     if kind == "cpu" and not interpreting():
-        return None, "CPU tensors run the Triton kernel only under TRITON_INTERPRET=1 (Triton's interpreter)"
+        return (
+            None,
+            "CPU tensors run the Triton kernel only under TRITON_INTERPRET=1 (Triton's interpreter)",
+            None,
+        )
     if kind not in ("cuda", "cpu"):
-        return None, f"device {kind}: the kernel was judged on CUDA GPUs"
-    if kind == "cpu" and _RUNTIME.get("autotuned"):
-        names = ", ".join(_RUNTIME["autotuned"])
+        return None, f"device {kind}: the kernel was judged on CUDA GPUs", None
+    (m, k), n = a.shape, b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return None, f"empty product ({m}x{n}x{k})", None
+    kernel = next((x for x in kernels if bounds_hold(x["when"], m, n, k)), None)
+    if kernel is None:
+        return None, f"no bucket of the portfolio holds {m}x{n}x{k}", None
+    if kernel["entry"] is None:
+        return None, f"bucket {bucket_text(kernel)}: {kernel['reason']}", None
+    layout, why = _fits(kernel, a, b)
+    if layout is None and kernel["name"]:
+        why = f"bucket {bucket_text(kernel)}: {why}"
+    return layout, why, kernel
+
+
+def _fits(kernel: dict, a: Operand, b: Operand) -> tuple[str | None, str]:
+    """(layout, '') when `kernel` was judged on what a and b are, else (None, why not)."""
+    judged = kernel["judged"]
+    if a.device.type == "cpu" and kernel["autotuned"]:
+        names = ", ".join(kernel["autotuned"])
         return (
             None,
             f"autotuned kernel ({names}): Triton's autotuner times its configs on a GPU, never on a CPU",
@@ -139,8 +196,6 @@ def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
             got += f" x {str(b.dtype).removeprefix('torch.')}"
         return None, f"dtype {got} not judged (judged: {', '.join(dtypes)})"
     (m, k), n = a.shape, b.shape[1]
-    if m == 0 or n == 0 or k == 0:
-        return None, f"empty product ({m}x{n}x{k})"
     layout, why = _layout(a, b, judged)
     if layout is None:
         return None, why
@@ -159,8 +214,8 @@ def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
     return layout, ""
 
 
-def _config_text(m: int, n: int, k: int) -> str:
-    pick = _state()["pick_config"]
+def _config_text(kernel: dict, m: int, n: int, k: int) -> str:
+    pick = kernel["pick_config"]
     if pick is None:
         return "chosen inside the kernel's entry point"
     try:
@@ -182,12 +237,13 @@ def _gpu_note(device: torch.device, judged: dict) -> str:
 
 
 def _describe(a: Operand, b: Operand) -> str:
-    layout, why = decide(a, b)
+    layout, why, kernel = _decide(a, b)
     if layout is None:
         return f"fallback: {why}"
-    judged = _state()["judged"]
+    judged = kernel["judged"]
     (m, k), n = a.shape, b.shape[1]
-    text = f"triton: config {_config_text(m, n, k)} (layout {layout}, {str(a.dtype).removeprefix('torch.')}, "
+    bucket = f"bucket {bucket_text(kernel)}, {kernel['label']}, " if kernel["name"] else ""
+    text = f"triton: {bucket}config {_config_text(kernel, m, n, k)} (layout {layout}, {str(a.dtype).removeprefix('torch.')}, "
     text += f"M={m} N={n} K={k}; fitness {judged['label']}{_gpu_note(a.device, judged)})"
     if judged["kind"] != "measured":
         text += (
@@ -233,9 +289,8 @@ def explain(a: torch.Tensor, b: torch.Tensor, backward: bool = False) -> str:
 
 def run_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The op's real work on 2-D a, b: the kernel where `decide` allows it, else torch.matmul."""
-    state = _state()
     fa, fb = operand(a), operand(b)
-    layout, why = decide(fa, fb)
+    layout, why, kernel = _decide(fa, fb)
     record = {
         "shape": (fa.shape[0], fb.shape[1], fa.shape[1]),
         "layout": layout,
@@ -247,16 +302,16 @@ def run_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.matmul(a, b)
     if a.device.type == "cpu":  # under the interpreter (decide said so)
         ensure_interpreter_fixes()  # raises rather than let a wrong bf16 dot through
-        with device_answers(state["judged"].get("cpu_device")):
-            out = state["entry"](a, b)
+        with device_answers(kernel["judged"].get("cpu_device")):
+            out = kernel["entry"](a, b)
     else:
         with torch.cuda.device(a.device):  # Triton launches on the current device: make it a's
-            out = state["entry"](a, b)
+            out = kernel["entry"](a, b)
     m, n = fa.shape[0], fb.shape[1]
     if not isinstance(out, torch.Tensor) or out.shape != (m, n) or out.dtype != a.dtype:
         got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise RuntimeError(f"the kernel's entry point returned {got} for a ({m}, {n}) {a.dtype} product")
-    _RECENT.append({**record, "path": "triton", "reason": ""})
+    _RECENT.append({**record, "path": "triton", "reason": "", "bucket": kernel["name"]})
     # The op's fake implementation promises a row-major output; compiled code relies on its strides.
     return out if out.is_contiguous() else out.contiguous()
 
