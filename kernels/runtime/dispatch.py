@@ -7,7 +7,11 @@ module) with `judged`, the facts of its verdict (see JUDGED_KEYS), and defines i
   any strides; differentiable (dA = dC·Bᵀ, dB = Aᵀ·dC through the same op);
 - `explain(a, b, backward=False) -> str`: "triton: config ..." or "fallback: <reason>" (and, with
   backward=True, the same for both backward products);
-- `recent_calls()`: what the last calls actually ran (path, reason, shape, layout).
+- `recent_calls()`: what the last calls actually ran (path, reason, shape, layout, bucket).
+
+`configure_portfolio(kernels, namespace)` installs several kernels, one per shape bucket (bounds on M,
+N, K): a product takes the first bucket whose bounds hold, and that bucket's kernel under the rules
+below, or torch.matmul where the bucket has none.
 
 The Triton path is taken only for what the kernel was judged on: CUDA tensors (CPU tensors under
 TRITON_INTERPRET=1), the judged dtypes, the judged layouts (a and b row- or column-major, as the
@@ -88,6 +92,7 @@ BOUNDS = {"M_min": ">=", "M_max": "<=", "N_min": ">=", "N_max": "<=", "K_min": "
 
 
 def bounds_hold(when: dict, m: int, n: int, k: int) -> bool:
+    """Whether M, N, K lie within a bucket's bounds ({"M_max": 16, "K_min": 1024, ...}; {}: any)."""
     dims = {"M": m, "N": n, "K": k}
     return all(dims[key[0]] >= v if key.endswith("_min") else dims[key[0]] <= v for key, v in when.items())
 
