@@ -391,3 +391,36 @@ def test_backward_falls_back_where_tn_was_not_judged(run, tmp_path):
     assert [c[:2] for c in r["calls"]] == [["triton", "nt"], ["fallback", None]]  # x needs no grad: no dA
     assert "layout tn" in r["calls"][1][2]
     assert r["grad_diff"] <= 2e-2 * r["grad_scale"], r
+
+
+def test_compare_per_shape_against_torch_and_the_seed(run, capsys):
+    """Stored verdicts of the backend are reused; a candidate without one is judged (here: a stand-in)."""
+    from evolve.export.compare import add_compare_parser, compare, main_compare
+
+    ids = run["ids"]
+    calls = []
+
+    def judge(source, task):
+        calls.append(task.name)
+        return evaluation("model:h100", ["nn"])
+
+    table = compare(run["folder"], [ids["no_tn"], ids["measured"]], judge, GPU)
+    assert calls == [] and table.columns == [f"#{ids['no_tn']}", f"#{ids['measured']}"]  # #1 is the seed
+    row = next(r for r in table.rows if r["shape"] == [64, 64, 32] and r["layout"] == "nn")
+    assert row["kind"] == "train" and row["figures"] == {"#5": 1.1, "#1": 1.1}
+    text = table.render()
+    assert "compare on cuda:NVIDIA H200: speedup over torch.matmul (measured)" in text
+    assert "64x64x32          nn     train              1.00          1.10          1.10" in text
+    modelled = compare(run["folder"], [ids["modelled"], ids["no_tn"]], judge, "model:h100")
+    assert calls == ["tiny_bf16", "tiny_bf16"] and modelled.judged_here == [ids["no_tn"], 1]
+    assert modelled.columns == ["#2", "#5", "seed #1"] and "not modelled" in modelled.render()
+    parser = argparse.ArgumentParser(prog="evolve")
+    add_compare_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compare", str(run["folder"]), "5", "--json"])
+    assert main_compare(args, judge, GPU) == 0
+    assert json.loads(capsys.readouterr().out)["geomean_train"] == {
+        "#5": pytest.approx(1.1),
+        "seed #1": pytest.approx(1.1),
+    }
+    assert main_compare(parser.parse_args(["compare", str(run["folder"]), "77"]), judge, GPU) == 2
+    assert "no candidate 77; run r1 has candidates 1..6" in capsys.readouterr().err
