@@ -10,6 +10,9 @@ evolve show demo ID [--source]          (source, verdicts and per-shape metrics,
 evolve diff demo ID [OTHER]             (unified diff against its first parent, or OTHER)
 evolve lineage demo ID [--backend B]    (ancestry up to the seed: fitness and change note per step)
 evolve report demo [-o FILE] [--backend B] [--top N]   (one self-contained HTML page: plots, lineage, source)
+evolve export ID --run demo [-o my_matmul.py] [--allow-modelled]   (one module: torch + triton only)
+evolve export --portfolio --run demo [-o FILE]   (the best kernel per shape bucket, re-judged, one dispatcher)
+evolve compare demo ID [ID ...] [--json]   (per shape against torch.matmul and the seed)
 evolve remeasure demo [--top N] [--json] [--compare-only]   (measure modelled winners on a GPU)
 evolve export-prompts demo [--out DIR]   (the prompt template the run's LLM arms were paid best for)
 """
@@ -71,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("run", help="run name or folder, e.g. demo or runs/demo")
     export.add_argument("--out", help="folder to write it to (default: runs/<name>/prompts)")
+    from .export import add_compare_parser, add_export_parser, main_compare, main_export
     from .remeasure import add_remeasure_parser, main_remeasure
     from .report import add_report_parser, main_report
 
     add_remeasure_parser(sub)
     add_report_parser(sub)
+    add_export_parser(sub)
+    add_compare_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -87,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             return main_remeasure(args)
         if args.command == "report":
             return main_report(args)
+        if args.command == "export":
+            return main_export(args)
+        if args.command == "compare":
+            return main_compare(args)
         if args.command == "export-prompts":
             return export_prompts(args)
         return INSPECT[args.command](args)

@@ -19,8 +19,8 @@ import triton
 from evaluators.evaluation import Evaluation, ShapeResult
 from evolve.config import UsageError
 from evolve.export import add_export_parser, main_export, write_export
-from evolve.export.facts import RUNS_DIR
 from evolve.store import Store
+from evolve.ui import RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = (REPO / "kernels/seeds/tiled_matmul.py").read_text()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..config import UsageError
 from ..store import Store
+from ..ui import run_dir
 from . import portfolio
-from .facts import run_folder, verdict_facts
+from .facts import verdict_facts
 from .writer import module_text
 
 
@@ -68,7 +69,7 @@ def write_portfolio(
 
 
 def _has_measured(run: str | Path) -> bool:
-    with Store.open(run_folder(run) / "run.sqlite", readonly=True) as store:
+    with Store.open(run_dir(run) / "run.sqlite", readonly=True) as store:
         return any(r["fitness_kind"] == "measured" and r["status"] == "ok" for r in store.all_evaluated())
 
 
@@ -106,13 +107,13 @@ def main_export(args: argparse.Namespace) -> int:
             raise UsageError("give a candidate ID or --portfolio, one of them: evolve export ID --run RUN")
         task = getattr(args, "task", None)
         if args.id is None:
-            out = args.output or run_folder(args.run) / "exports" / "portfolio.py"
+            out = args.output or run_dir(args.run) / "exports" / "portfolio.py"
             path, choices = write_portfolio(args.run, out, bool(args.allow_modelled), task)
             for c in choices:
                 kernel = f"#{c.candidate_id}" if c.candidate_id else "torch.matmul"
                 print(f"{c.name:<8} {kernel}: {c.reason}")
         else:
-            out = args.output or run_folder(args.run) / "exports" / f"candidate_{args.id}.py"
+            out = args.output or run_dir(args.run) / "exports" / f"candidate_{args.id}.py"
             path = write_export(args.run, args.id, out, bool(args.allow_modelled), task)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

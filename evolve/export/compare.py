@@ -22,7 +22,8 @@ from evaluators.task import Task
 
 from ..config import UsageError
 from ..store import Store, StoreError
-from .facts import run_folder, task_for_run
+from ..ui import run_dir
+from .facts import task_for_run
 
 Judge = Callable[[str, Task], dict]
 KINDS = ("train", "held_out")
@@ -90,7 +91,7 @@ def compare(
     """Compare candidates `ids` and the run's seed on `backend` ("cuda:<gpu>" or "model:<gpu>"): the
     run's verdicts on that backend where it has them, `judge`'s for the rest."""
     measured = backend.startswith("cuda:")
-    folder = run_folder(run)
+    folder = run_dir(run)
     with Store.open(folder / "run.sqlite", readonly=True) as store:
         info = store.run_info()
         rows = [r for r in store.all_evaluated() if r["backend"] == backend]
@@ -143,7 +144,7 @@ def default_backend(run: str | Path) -> tuple[str, Judge]:
     if torch.cuda.is_available():
         options = EvalOptions(device="cuda")
         return backend_label(None, options), lambda source, t: evaluate(source, t, options).to_dict()
-    with Store.open(run_folder(run) / "run.sqlite", readonly=True) as store:
+    with Store.open(run_dir(run) / "run.sqlite", readonly=True) as store:
         rows = store.all_evaluated()
     modelled = [r["backend"] for r in rows if r["backend"].startswith("model:") and r["status"] == "ok"]
     model_gpu = max(sorted(set(modelled)), key=modelled.count).split(":", 1)[1] if modelled else "auto"
@@ -154,8 +155,8 @@ def default_backend(run: str | Path) -> tuple[str, Judge]:
         return evaluate(source, task, options).to_dict()
 
     if not backend:  # the label the model gives for this run's task
-        with Store.open(run_folder(run) / "run.sqlite", readonly=True) as store:
-            task = task_for_run(store.run_info().get("config") or {}, run_folder(run), None)
+        with Store.open(run_dir(run) / "run.sqlite", readonly=True) as store:
+            task = task_for_run(store.run_info().get("config") or {}, run_dir(run), None)
         backend = backend_label(task, options)
     return backend, judge
 

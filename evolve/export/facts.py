@@ -17,8 +17,8 @@ from evaluators.task import Task, TaskError, load_task
 
 from ..config import UsageError
 from ..store import Store, StoreError
+from ..ui import run_dir
 
-RUNS_DIR = Path("runs")
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Shape rows of an evaluation that compared the kernel's whole output with a reference at that size
 # ("reduced" and "sampled" rows are verification stand-ins for a training shape, listed under it).
@@ -35,20 +35,6 @@ class Facts:
     task: Task
     judged: dict  # kernels/runtime/dispatch.py JUDGED_KEYS
     candidate: dict  # store.candidate(): lineage (proposer, generation, parents, note)
-
-
-def run_folder(name_or_path: str | Path) -> Path:
-    """`demo`, `runs/demo` or `runs/demo/run.sqlite` -> the folder holding run.sqlite; a UsageError
-    listing the runs there are otherwise."""
-    path = Path(name_or_path)
-    if path.name == "run.sqlite":
-        path = path.parent
-    for folder in (path, RUNS_DIR / path):
-        if (folder / "run.sqlite").is_file():
-            return folder
-    runs = sorted(p.parent.name for p in RUNS_DIR.glob("*/run.sqlite"))
-    known = ", ".join(runs) if runs else "none yet (start one with `evolve run runs/demo.toml`)"
-    raise UsageError(f"no run named {str(name_or_path)!r}; runs in {RUNS_DIR}/: {known}")
 
 
 def _exportable(rows: list[dict], limit: int = 8) -> str:
@@ -141,7 +127,7 @@ def verdict_facts(
     run: str | Path, candidate_id: int, allow_modelled: bool = False, task_path: str | Path | None = None
 ) -> Facts:
     """Everything an export writes about candidate `candidate_id` of run `run` (see module doc)."""
-    folder = run_folder(run)
+    folder = run_dir(run)
     try:
         with Store.open(folder / "run.sqlite", readonly=True) as store:
             info = store.run_info()

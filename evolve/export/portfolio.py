@@ -22,7 +22,8 @@ from kernels.runtime.dispatch import bounds_hold
 
 from ..config import UsageError
 from ..store import Store
-from .facts import SHIPPABLE_STAGES, judged_facts, run_folder, task_for_run
+from ..ui import run_dir
+from .facts import SHIPPABLE_STAGES, judged_facts, task_for_run
 from .writer import assemble, exported_with, python_literal, quote_source
 
 Judge = Callable[[str, Task], dict]  # (source, task) -> Evaluation dict
@@ -92,7 +93,7 @@ def choose(
     buckets=BUCKETS,
 ) -> tuple[str, Task, str, list[BucketChoice]]:
     """(run name, task, backend, one BucketChoice per bucket), the kernels re-judged by `judge`."""
-    folder = run_folder(run)
+    folder = run_dir(run)
     with Store.open(folder / "run.sqlite", readonly=True) as store:
         info = store.run_info()
         rows = store.all_evaluated()
