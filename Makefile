@@ -18,8 +18,13 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
 
+# Every benchmark, saved as pytest-benchmark JSON (machine info, commit) under benchmarks/results/<machine>/
+# and compared with the last run saved there (a first run only warns that there is none). BENCH picks
+# files or tests: `make bench BENCH=benchmarks/test_store_bench.py`.
+BENCH ?= benchmarks
 bench: setup
-	$(PY) -m pytest -q benchmarks -m "slow or not slow" -s --benchmark-enable --benchmark-only -p no:cacheprovider
+	$(PY) -m pytest -q $(BENCH) -m "slow or not slow" -s --benchmark-enable --benchmark-only -p no:cacheprovider \
+		--benchmark-storage=benchmarks/results --benchmark-autosave --benchmark-compare
 
 lint: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
