@@ -13,10 +13,10 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check evaluators evolve kernels tests benchmarks conftest.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m slow tests --durations=10
 
 # Every benchmark, saved as pytest-benchmark JSON (machine info, commit) under benchmarks/results/<machine>/
 # and compared with the last run saved there (a first run only warns that there is none). BENCH picks
