@@ -42,7 +42,8 @@ def leaderboard_json(rows: list[dict], judge: str | None = None) -> list[dict]:
     model_error.py); within_model_error_of_best: the same test against the best (the best: against every
     ranked row). Both are null when unknown (a model_error missing) or not ranked, and false on measured
     rows (no model error applies). max_scaled_err: the largest max |C - R| / (|A||B|) over its checked
-    shapes (None when none was checked)."""
+    shapes (None when none was checked). node: where it was judged, {"id": Ray node id, "address",
+    "hostname"} (evolve/pool.py); None for the engine's own verdicts and older records."""
     judge = judge if judge is not None else judge_fingerprint()
     flags = leaderboard_flags(rows, lambda r: stands(r, judge))
     ranked = sorted(
@@ -55,6 +56,7 @@ def leaderboard_json(rows: list[dict], judge: str | None = None) -> list[dict]:
     return [
         {**{k: r.get(k) for k in JSON_KEYS}, "stale": r["judge"] != judge, "rankable": stands(r, judge),
          "rank": ranks.get((r["id"], r["backend"])), "max_scaled_err": _max_scaled_err(r),
+         "node": ((r.get("metrics") or {}).get("provenance") or {}).get("node"),
          **dataclasses.asdict(flags[r["id"], r["backend"]])}
         for r in rows
     ]  # fmt: skip
