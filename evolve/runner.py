@@ -144,7 +144,7 @@ def launch(args) -> int:
     import dataclasses
 
     from .controller import Controller
-    from .pool import WorkerPool, gpu_workers, start_ray
+    from .pool import PoolExhausted, WorkerPool, gpu_workers, start_ray
     from .raytools import RayMissing, require_ray
     from .ui import LiveDisplay, install_interrupt, render_leaderboard, render_proposing_summary, run_dir
 
@@ -230,6 +230,9 @@ def launch(args) -> int:
     store.set_run_status("running")
     try:
         reason = controller.run()
+    except PoolExhausted as e:  # no evaluator left in the cluster: the run stops, in-flight ones stay pending
+        store.set_run_status("stopped", str(e))
+        raise
     finally:
         display.close()
         controller.proposing.shutdown()
