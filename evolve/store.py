@@ -154,19 +154,39 @@ class Store(MetaRecords):
         self._depth += 1
         try:
             yield self
-        except BaseException:
+        except BaseException as e:
             self._depth -= 1
-            if self._depth == 0:
+            if self._depth == 0 and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+            refused = self._refused_write(e)
+            if refused is not None:
+                raise refused from e
             raise
         self._depth -= 1
         if self._depth == 0:
             try:
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                refused = self._refused_write(e)
+                if refused is not None:
+                    raise refused from e
                 raise
+
+    def _refused_write(self, error: BaseException) -> StoreError | None:
+        """A StoreError naming the fix when the disk refused a write (full, over a file size limit,
+        failing); None for any other error. SQLite rolls the write back: what was committed stays."""
+        if not isinstance(error, sqlite3.OperationalError):
+            return None
+        text = str(error).lower()
+        if "full" not in text and "disk i/o error" not in text:
+            return None
+        return StoreError(
+            f"{self.path}: the disk refused a write ({error}); everything committed before is kept. "
+            f"Free space where the run lives ({self.path.parent}), then continue with "
+            f"`evolve run --resume {self.path.parent}`"
+        )
 
     # ------------------------------------------------------------------ writes
 

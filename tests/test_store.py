@@ -253,6 +253,47 @@ def test_writer_killed_with_sigkill_loses_nothing_committed(store):
     assert os.path.getsize(path) > 0
 
 
+FULL_DISK_WRITER = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from evolve.store import Store, StoreError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+    s = Store.open(sys.argv[1], readonly=False)
+    size = int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))  # the disk is full at `size` bytes a file
+    for i in range(100000):
+        try:
+            cid = s.add_candidate("def kernel():\\n    return %d\\n" % i + "# pad\\n" * 200, proposer="mutator",
+                                  island=0, generation=i)
+        except StoreError as e:
+            print("REFUSED", e, flush=True)
+            break
+        print(cid, flush=True)
+    """
+)
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing_committed(store):
+    path = store.path
+    store.close()
+    limit = 1 << 20  # 1 MiB a file (the WAL): a few hundred candidates
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(path), str(limit)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("REFUSED")]
+    assert len(refused) == 1, proc.stdout[-500:]
+    assert "the disk refused a write" in refused[0] and "everything committed before is kept" in refused[0]
+    assert "evolve run --resume" in refused[0] and "Traceback" not in proc.stderr
+    committed = [int(x) for x in lines if not x.startswith("REFUSED")]
+    assert len(committed) > 10
+    with Store.open(path, readonly=False) as s:  # space is back: every acknowledged candidate is there
+        assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        ids = [r[0] for r in s._conn.execute("SELECT id FROM candidates ORDER BY id")]
+        assert ids == committed
+        assert s.add_candidate("def kernel():\n    return -1\n", proposer="mutator", island=0, generation=0)
+
+
 def test_held_out_read_back_beside_the_fitness(store):
     cid = add(store, 1)
     record = {**ev(1.5, backend=MODEL), "held_out": 0.42}
