@@ -87,7 +87,8 @@ def cluster():
     ray.shutdown()
 
 
-def _run(tmp_path, server, *, llm_options=None, mutator=False, max_evals=4, pool=None, **config_fields):
+def _run(tmp_path, server, *, llm_options=None, mutator=False, max_evals=4, pool=None, on_progress=None,
+         **config_fields):  # fmt: skip
     settings = {"model": "test-model", "base_url": server.url, "max_retries": 1, "timeout_s": 5,
                 **(llm_options or {})}  # fmt: skip
     concurrency = settings.pop("concurrency", 1)
@@ -99,7 +100,7 @@ def _run(tmp_path, server, *, llm_options=None, mutator=False, max_evals=4, pool
     pool = pool or TimedPool(2, 0.05)
     sync = [(RemoteProposer(OfflineMutator()), 1.0)] if mutator else []  # in a Ray actor, as runs do
     controller = Controller(config, load_task(config.task), store, Population(config.population), sync, pool,
-                            {}, "model:h100", llms=[llm])  # fmt: skip
+                            {}, "model:h100", on_progress, llms=[llm])  # fmt: skip
     try:
         reason = controller.run()
     finally:
@@ -214,6 +215,39 @@ def test_repeated_failures_back_off_and_the_mutator_goes_on(cluster, tmp_path):
     assert reason == "max_evals 8 reached"
     assert store.llm_totals()["by_status"] == {"server_error": 3}  # then it backed off
     assert "backing off" in controller.progress.llm and "server_error" in controller.progress.llm
+
+
+@pytest.mark.slow  # ~30 s (it waits out a backoff): `make test-slow`, which CI runs too
+def test_an_endpoint_down_for_a_while_then_back(cluster, tmp_path, monkeypatch):
+    """Down: 3 failed calls, the proposer backs off (said on the live line) while the mutator goes on;
+    back: the LLM's proposals resume and become children; every call is in the store, in order."""
+    import evolve.proposers.llm as llm_module
+
+    monkeypatch.setattr(llm_module, "BACKOFF_FIRST_S", 1.0)  # the driver-side handle counts the failures
+    lines: list[str] = []
+    down = [{"status": 500, "error": "down"}] * 6  # 3 calls, each retried once by the client (max_retries 1)
+    # an edit of a line the seed and every module the mutator renders share: it applies to any parent
+    edit = diff("    c = acc.to(c_ptr.dtype.element_ty)", "    c = (acc * 1.0).to(c_ptr.dtype.element_ty)")
+    with ScriptedServer(down, default={"text": edit}) as server:
+        controller, store, _, reason = _run(
+            tmp_path, server, mutator=True, max_evals=14, pool=TimedPool(2, 1.0),
+            on_progress=lambda p: lines.append(p.llm),
+        )  # fmt: skip
+    assert reason == "max_evals 14 reached"
+    calls = sorted(store.llm_calls(), key=lambda c: c["id"])
+    assert [c["status"] for c in calls[:3]] == ["server_error"] * 3 and calls[3]["status"] == "ok"
+    assert calls[3]["created"] - calls[2]["created"] >= 1.0  # it waited out the pause before calling again
+    assert any("backing off" in line and "server_error" in line for line in lines)
+    assert not any("backing off" in line for line in lines[-3:])  # and the live line says it is over
+    back = calls[3:]  # proposals again: each answer applied as a child or refused with its reason
+    assert back and all(c["status"] == "ok" and c["edit_status"] for c in back), [
+        c["edit_status"] for c in back
+    ]
+    children = {r["id"] for r in store.all_evaluated() if r["proposer"] == "llm:test-model"}
+    assert {c["candidate_id"] for c in back if c["edit_status"] == "applied"} - {None} <= children
+    assert children, [c["edit_status"] for c in back]
+    mutated = [r for r in store.all_evaluated() if r["proposer"] == "mutator"]
+    assert mutated  # the mutator went on while the endpoint was down
 
 
 # ------------------------------------------------------------------------------------ configuration
