@@ -332,15 +332,15 @@ class Proposing:
         if cid not in self.rewards:
             return []
         arm, family, parent_fitness, cost = self.rewards.pop(cid)
-        if family and family in self.families[arm].arms:
-            value = reward(status, fitness, parent_fitness)
-            self.families[arm].update(family, value)
-            self.store.save_bandit(f"{FAMILIES}{arm}", self.families[arm].to_dict())
         variants = (
             sweeps(source, SWEEPS, random.Random(cid)) if status == "ok" and arm.startswith("llm:") else []
         )
         if not variants:
-            self._reward_arm(arm, status, fitness, parent_fitness, cost)
+            with self.store.transaction():  # the arm and its family are paid together, even at a kill
+                if family and family in self.families[arm].arms:
+                    self.families[arm].update(family, reward(status, fitness, parent_fitness))
+                    self.store.save_bandit(f"{FAMILIES}{arm}", self.families[arm].to_dict())
+                self._reward_arm(arm, status, fitness, parent_fitness, cost)
             return []
         self.groups[cid] = {
             "arm": arm,

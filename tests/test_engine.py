@@ -147,8 +147,15 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
                    if r["status"] != "ok" or r["stage"] == "verified"}  # fmt: skip
         pending_at_kill = store.pending_ids()
     assert pending_at_kill, "candidates in flight at the kill stay pending"
+    bandits_at_kill = _pulls(tmp_path)
+    if bandits_at_kill:  # the arm and its family are paid in one transaction: a kill never splits them
+        assert sum(bandits_at_kill["families:mutator"].values()) == bandits_at_kill["arms"]["mutator"]
     out = _evolve(tmp_path, "run", "--resume", "runs/t")
     assert out.returncode == 0, out.stderr[-3000:]
+    resumed = _pulls(tmp_path)  # the resumed run went on from the bandits the store held at the kill
+    for key, pulls in bandits_at_kill.items():
+        assert all(resumed[key][arm] >= n for arm, n in pulls.items()), (bandits_at_kill, resumed)
+    assert sum(resumed["families:mutator"].values()) == resumed["arms"]["mutator"] > 0
     with Store.open(db) as store:
         after = store.all_evaluated()
         assert store.pending_ids() == []
