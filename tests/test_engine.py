@@ -69,6 +69,7 @@ def _board(tmp_path, name="t"):
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow  # ~100 s on 2 cores (two real runs, the bandits read back): `make test-slow`, which CI runs too
 def test_short_run_end_to_end_then_resume(tmp_path):
     run = _run_file(tmp_path, max_evals=5)
     out = _evolve(tmp_path, "run", str(run))
