@@ -114,7 +114,10 @@ def test_an_llm_run_records_every_call_judges_its_children_and_leaks_no_key(tmp_
         calls = store.llm_calls()
         totals = store.llm_totals()
         rows = store.all_evaluated()
-    assert calls[0]["edit_status"] == "no_code" and calls[1]["edit_status"] == "applied"
+    # calls run concurrently: which one the server answered first (and so with which scripted answer) is
+    # a race, so the answers are checked as a set, not in order
+    statuses = [c["edit_status"] for c in calls]
+    assert "no_code" in statuses and "applied" in statuses, statuses
     assert totals["calls"] == len(calls) >= 3 and totals["prompt_tokens"] > 0
     assert len(requests) == len(calls) + 1  # the 429 was retried inside one call
     children = [r for r in rows if r["proposer"] == "llm:scripted"]
