@@ -87,9 +87,8 @@ class Proposing:
         totals = store.llm_totals()
         self.calls, self.cost = int(totals.get("calls", 0)), float(totals.get("cost", 0.0))
         self.tokens = int(totals.get("prompt_tokens", 0)) + int(totals.get("completion_tokens", 0))
-        self.rewards: dict[
-            int, tuple[str, str, float, float]
-        ] = {}  # cid -> (arm, family, parent fitness, cost)
+        # candidate -> (arm, family, parent fitness, cost): what its verdict will pay
+        self.rewards: dict[int, tuple[str, str, float, float]] = {}
         self.evolved_at = self.calls  # LLM calls when a prompt variant was last asked for
         self.distilled_at = store.evaluated_count()  # evaluations when the lessons were last distilled
         self.groups: dict[int, dict] = {}  # an LLM child being swept -> its arm's reward, waiting

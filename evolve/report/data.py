@@ -13,6 +13,7 @@ import statistics
 from typing import Any
 
 from evolve.store import Store
+from evolve.verification import stands
 
 # How many ancestors the lineage tree draws at most (a long run's winner can have hundreds; crossovers
 # widen the tree): the nearest generations are kept, and the report says when it cut.
@@ -148,7 +149,9 @@ def load(store: Store, backend: str | None = None, judge: str | None = None, top
 
 
 def _rankable(row: dict, judge: str | None) -> bool:
-    return row["status"] == "ok" and row["stage"] == "verified" and (judge is None or row["judge"] == judge)
+    if judge is None:  # any judge's verified ok verdict
+        return row["status"] == "ok" and row["stage"] == "verified"
+    return stands(row, judge)  # the rule the engine and the leaderboard rank by
 
 
 def _llm_answer(calls: list[dict], candidate_id: int) -> str:
