@@ -19,6 +19,7 @@ import triton
 from evaluators.evaluation import Evaluation, ShapeResult
 from evolve.config import UsageError
 from evolve.export import add_export_parser, main_export, write_export
+from evolve.export.portfolio import default_judge
 from evolve.store import Store
 from evolve.ui import RUNS_DIR
 
@@ -43,17 +44,23 @@ AUTOTUNE = '\n@triton.autotune(configs=[triton.Config({}, num_warps=4)], key=["M
 SITE = sorted({str(Path(torch.__file__).parents[1]), str(Path(triton.__file__).parents[1])})
 
 
-def evaluation(backend: str, layouts: list[str], status: str = "ok", stage: str = "verified") -> dict:
+def evaluation(
+    backend: str, layouts: list[str], status: str = "ok", stage: str = "verified", task=None, speedup=1.1
+) -> dict:
+    """A stored verdict on the tiny task's shapes (or on `task`'s: train and check ones)."""
     kind = "measured" if backend.startswith("cuda:") else "modelled"
+    groups = (
+        ("train", [(64, 64, 32), (64, 64, 64)]),
+        ("held_out", [(96, 64, 64)]),
+        ("check", [(32, 32, 32), (33, 40, 17)]),
+    )  # fmt: skip
+    if task is not None:
+        groups = (("train", list(task.train)), ("check", list(task.check)))
     shapes = [
         ShapeResult(
-            shape=s, layout=layout, kind=k, max_scaled_err=1e-3, speedup=1.1 if k == "train" else None
+            shape=s, layout=layout, kind=k, max_scaled_err=1e-3, speedup=speedup if k == "train" else None
         )
-        for k, group in (
-            ("train", [(64, 64, 32), (64, 64, 64)]),
-            ("held_out", [(96, 64, 64)]),
-            ("check", [(32, 32, 32), (33, 40, 17)]),
-        )  # fmt: skip
+        for k, group in groups
         for s in group
         for layout in layouts
     ]
@@ -69,6 +76,18 @@ def evaluation(backend: str, layouts: list[str], status: str = "ok", stage: str 
         status, backend, fitness, kind, feedback="wrong on 33x40x17" if status != "ok" else "",
         shapes=shapes, provenance=provenance, held_out=1.1, stage=stage, judge="j1",
     ).to_dict()  # fmt: skip
+
+
+def stand_in_judge(backend: str = GPU, status: str = "ok", speedup: float = 1.1, calls: list | None = None):
+    """The judge's stand-in for the backward products: a verdict of `status` on the task it is given
+    (its shapes and layouts), recording the tasks; the real CPU judge runs in the `exported` fixture."""
+
+    def judge(source: str, task) -> dict:
+        if calls is not None:
+            calls.append(task)
+        return evaluation(backend, list(task.layouts), status, task=task, speedup=speedup)
+
+    return judge
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +117,14 @@ def run(tmp_path_factory) -> dict:
 
 
 def test_export_writes_one_module_with_provenance(run, tmp_path):
-    out = write_export(run["folder"], run["ids"]["measured"], tmp_path / "my_matmul.py")
+    calls: list = []
+    out = write_export(
+        run["folder"], run["ids"]["measured"], tmp_path / "my_matmul.py", judge=stand_in_judge(calls=calls)
+    )
+    # The backward products of the training shapes, judged first: dA (M, K, N), dB (K, N, M).
+    (task,) = calls
+    assert task.name == "tiny_bf16:backward" and task.layouts == ("nn", "nt", "tn") and not task.held_out
+    assert task.train == ((64, 32, 64), (32, 64, 64), (64, 64, 64))
     text = out.read_text()
     tree = ast.parse(text)
     header = ast.get_docstring(tree)
@@ -118,10 +144,15 @@ def test_export_writes_one_module_with_provenance(run, tmp_path):
     judged = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "JUDGED")
     judged = ast.literal_eval(judged.value)
     assert judged.pop("cpu_device")["multi_processor_count"] == 132  # sm_90's figures, as the judge's
-    assert judged == {
-        "label": "cuda:NVIDIA H200 (measured)", "kind": "measured", "gpu": "NVIDIA H200",
-        "dtypes": ["bfloat16"], "layouts": ["nn", "nt", "tn"], "min_shape": [33, 40, 17], "max_elements": 6144,
+    backward = judged.pop("backward")
+    facts = {"label": "cuda:NVIDIA H200 (measured)", "kind": "measured", "gpu": "NVIDIA H200",
+             "dtypes": ["bfloat16"], "layouts": ["nn", "nt", "tn"], "min_shape": [33, 40, 17]}  # fmt: skip
+    assert judged == {**facts, "max_elements": 6144}
+    assert backward == {
+        **facts, "max_elements": 4096, "fitness": 1.25, "shapes": [[64, 32, 64], [32, 64, 64], [64, 64, 64]]
     }  # fmt: skip
+    said = "backward judged on its products 64x32x64, 32x64x64, 64x64x64 (layouts nn, nt, tn): 1.25 on cuda"
+    assert said in " ".join(header.split())
     assert "bulky" not in text  # the judge's working is not copied
 
 
@@ -149,7 +180,29 @@ def test_refusals_say_why_and_what_exists(run, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # a refusal writes nothing
 
 
+def test_backward_refused_slow_or_untimed_falls_back_and_says_why(run, tmp_path):
+    """The backward verdict decides what autograd runs: incorrect, slower than torch.matmul, or (for a
+    measured export, no --allow-modelled) only modelled: every backward product falls back, and the
+    header says why; --allow-modelled ships a modelled backward verdict, labelled."""
+    cases = {
+        "incorrect": (stand_in_judge(status="incorrect"), False, "judged incorrect on the backward products"),
+        "slower": (stand_in_judge(speedup=0.8), False, "slower than torch.matmul on the backward products (0.8x"),
+        "untimed": (stand_in_judge("model:h100"), False, "never timed (no GPU where it was exported)"),
+        "allowed": (stand_in_judge("model:h100"), True, "backward judged on its products"),
+    }  # fmt: skip
+    for name, (judge, allow, said) in cases.items():
+        out = write_export(run["folder"], run["ids"]["measured"], tmp_path / f"{name}.py", allow, judge=judge)
+        header = ast.get_docstring(ast.parse(out.read_text()))
+        assert said in " ".join(header.split()), (name, header)
+        if name != "allowed":
+            assert "backward (dA = dC·Bᵀ, dB = Aᵀ·dC): torch.matmul: " in header
+    assert "1.25 on model:h100 (MODELLED)" in " ".join(header.split())
+
+
 def test_cli_subcommand(run, tmp_path, capsys, monkeypatch):
+    from evolve.export import command
+
+    monkeypatch.setattr(command.portfolio, "default_judge", lambda measured: stand_in_judge("model:h100"))
     parser = argparse.ArgumentParser(prog="evolve")
     add_export_parser(parser.add_subparsers(dest="command"))
     monkeypatch.chdir(run["root"])
@@ -169,7 +222,7 @@ def test_cli_subcommand(run, tmp_path, capsys, monkeypatch):
         "model:h100 (MODELLED)" in header
         and "MODELLED, NOT MEASURED: exported with --allow-modelled" in header
     )
-    assert "dB = Aᵀ·dC                   layout tn: NOT judged: falls back to torch.matmul" in header
+    assert "dB = Aᵀ·dC                   layout tn: runs the kernel" in header
 
 
 def test_modelled_export_says_so_in_explain(run, tmp_path):
@@ -178,7 +231,11 @@ def test_modelled_export_says_so_in_explain(run, tmp_path):
     import importlib.util
 
     out = write_export(
-        run["folder"], run["ids"]["modelled"], tmp_path / "modelled_mm.py", allow_modelled=True
+        run["folder"],
+        run["ids"]["modelled"],
+        tmp_path / "modelled_mm.py",
+        allow_modelled=True,
+        judge=stand_in_judge("model:h100"),
     )
     spec = importlib.util.spec_from_file_location("modelled_mm", out)
     module = importlib.util.module_from_spec(spec)
@@ -271,7 +328,10 @@ def run_child(module: Path, script: str, timeout: int = 240) -> dict:
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> Path:
-    return write_export(run["folder"], run["ids"]["measured"], tmp_path_factory.mktemp("user") / "mm.py")
+    """The measured winner, its backward products judged for real by the CPU judge (interpreter,
+    modelled figures: shipped with allow_modelled, so autograd runs the kernel, labelled MODELLED)."""
+    out = tmp_path_factory.mktemp("user") / "mm.py"
+    return write_export(run["folder"], run["ids"]["measured"], out, True, judge=default_judge(measured=False))
 
 
 def test_exported_module_trains_a_patched_mlp_under_the_interpreter(exported):
@@ -377,19 +437,21 @@ print("RESULTS " + json.dumps({
 
 
 @pytest.mark.slow
-def test_backward_falls_back_where_tn_was_not_judged(run, tmp_path):
-    """A kernel judged on nn and nt only: nn.Linear's forward and dA run it, dW (dB = Aᵀ·dC on tn)
-    falls back, says so in the header and explain(), and the gradient is still right."""
-    module = write_export(run["folder"], run["ids"]["no_tn"], tmp_path / "mm_no_tn.py")
-    assert "dB = Aᵀ·dC                   layout tn: NOT judged" in module.read_text()
+def test_backward_falls_back_where_its_products_were_refused(run, tmp_path):
+    """A kernel whose verdict on the backward products is incorrect: nn.Linear's forward runs it, both
+    backward products fall back, the header and explain() say why, and the gradient is still right."""
+    judge = stand_in_judge(status="incorrect")
+    module = write_export(run["folder"], run["ids"]["no_tn"], tmp_path / "mm_no_tn.py", judge=judge)
+    assert "backward (dA = dC·Bᵀ, dB = Aᵀ·dC): torch.matmul: judged incorrect" in module.read_text()
     r = run_child(module, NO_TN_CHILD)
     lines = r["explain"].splitlines()
-    assert lines[0].startswith("forward: triton") and lines[1].startswith("backward dA = dC·Bᵀ: triton")
-    assert lines[2] == (
-        "backward dB = Aᵀ·dC: fallback: layout tn (a column-major, b row-major) not judged (judged: nn, nt)"
+    assert lines[0].startswith("forward: triton")
+    why = "fallback: backward products not run on the kernel: judged incorrect on the backward products"
+    assert lines[1].startswith(f"backward dA = dC·Bᵀ: {why}") and lines[2].startswith(
+        f"backward dB = Aᵀ·dC: {why}"
     )
     assert [c[:2] for c in r["calls"]] == [["triton", "nt"], ["fallback", None]]  # x needs no grad: no dA
-    assert "layout tn" in r["calls"][1][2]
+    assert "judged incorrect" in r["calls"][1][2]
     assert r["grad_diff"] <= 2e-2 * r["grad_scale"], r
 
 

@@ -21,6 +21,8 @@ JUDGED = {
     "min_shape": [8, 8, 8],
     "max_elements": 1 << 20,
 }
+# The verdict on the backward products (here: their own smallest shape, larger than the forward's).
+JUDGED["backward"] = {**JUDGED, "label": "cuda:NVIDIA TEST (measured, backward)", "min_shape": [16, 16, 16]}
 ENTRY_CALLS: list[tuple] = []
 
 
@@ -104,7 +106,9 @@ def test_leading_dims_flattened_and_values(runtime):
 
 
 def test_autograd_through_the_op(runtime):
-    rt.configure(stand_in, {**JUDGED, "layouts": ["nn", "nt", "tn"]}, "evolve_test_runtime")
+    every = ["nn", "nt", "tn"]
+    judged = {**JUDGED, "layouts": every, "backward": {**JUDGED["backward"], "layouts": every}}
+    rt.configure(stand_in, judged, "evolve_test_runtime")
     a = bf16(32, 16).requires_grad_()
     b = bf16(24, 16).t().detach().requires_grad_()
     (runtime.matmul(a, b).float() * bf16(32, 24).float()).sum().backward()
@@ -112,19 +116,60 @@ def test_autograd_through_the_op(runtime):
     (a2 @ b2 * bf16(32, 24).double()).sum().backward()
     torch.testing.assert_close(a.grad.double(), a2.grad, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(b.grad.double(), b2.grad, rtol=1e-2, atol=1e-2)
-    assert [(c["layout"], c["shape"]) for c in runtime.recent_calls()] == [
-        ("nt", (32, 24, 16)),  # C = A·B
-        ("nn", (32, 16, 24)),  # dA = dC·Bᵀ
-        ("tn", (16, 24, 32)),  # dB = Aᵀ·dC
+    assert [(c["role"], c["layout"], c["shape"]) for c in runtime.recent_calls()] == [
+        ("forward", "nt", (32, 24, 16)),  # C = A·B
+        ("backward", "nn", (32, 16, 24)),  # dA = dC·Bᵀ
+        ("backward", "tn", (16, 24, 32)),  # dB = Aᵀ·dC
     ]
     text = runtime.explain(a, b, backward=True).splitlines()
     assert [line.split(": ")[1] for line in text] == ["triton", "triton", "triton"]
+    assert "fitness on the backward products cuda:NVIDIA TEST (measured, backward)" in text[2]
 
 
 def test_backward_falls_back_where_tn_was_not_judged(runtime):
     text = runtime.explain(bf16(32, 16), bf16(24, 16).t(), backward=True)
     assert "backward dB = Aᵀ·dC: fallback: layout tn (a column-major, b row-major) not judged" in text
     assert text.startswith("forward: triton")
+
+
+def test_backward_products_held_to_their_own_verdict(runtime):
+    """Backward products are held to judged["backward"], not to the forward's facts: a product the
+    forward facts allow but below the backward verdict's smallest shape falls back; a refused backward
+    verdict sends every backward product to torch.matmul with its reason, the gradients still right."""
+    every = ["nn", "nt", "tn"]
+    judged = {**JUDGED, "layouts": every, "backward": {**JUDGED["backward"], "layouts": every}}
+    rt.configure(stand_in, judged, "evolve_test_runtime")
+    lines = runtime.explain(bf16(12, 8), bf16(8, 12), backward=True).splitlines()
+    assert lines[0].startswith("forward: triton")  # 12x12x8 >= 8x8x8
+    assert "too small: 12x8x12 is below the smallest shape the backward products of the training " in lines[1]
+    refused = {**judged, "backward": {"reason": "judged incorrect on the backward products (64x32x64): x"}}
+    rt.configure(stand_in, refused, "evolve_test_runtime")
+    rt.clear_recent_calls()
+    a = bf16(32, 16).requires_grad_()
+    b = bf16(16, 24).requires_grad_()
+    (runtime.matmul(a, b).float() ** 2).sum().backward()
+    calls = runtime.recent_calls()
+    assert [(c["role"], c["path"]) for c in calls] == [
+        ("forward", "triton"),
+        ("backward", "fallback"),
+        ("backward", "fallback"),
+    ]
+    assert calls[1]["reason"] == (
+        "backward products not run on the kernel: judged incorrect on the backward products (64x32x64): x"
+    )
+    a2, b2 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    ((a2 @ b2) ** 2).sum().backward()
+    torch.testing.assert_close(a.grad.double(), a2.grad, rtol=2e-2, atol=2e-1)
+    torch.testing.assert_close(b.grad.double(), b2.grad, rtol=2e-2, atol=2e-1)
+
+
+def test_configure_refuses_facts_without_a_backward_verdict():
+    for backward in ({}, {"layouts": ["nn"]}, None):
+        judged = {**JUDGED, "backward": backward}
+        with pytest.raises(ValueError, match=r"judged\['backward'\] must hold"):
+            rt.configure(stand_in, judged, "evolve_test_runtime")
+    with pytest.raises(ValueError, match=r"judged facts lack \['backward'\]"):
+        rt.configure(stand_in, {k: v for k, v in JUDGED.items() if k != "backward"}, "evolve_test_runtime")
 
 
 def test_fake_impl_for_meta_tensors(runtime):

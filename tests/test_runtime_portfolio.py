@@ -54,14 +54,14 @@ SPEEDUPS = {
 SITE = sorted({str(Path(torch.__file__).parents[1]), str(Path(triton.__file__).parents[1])})
 
 
-def verdict(speedups: dict, shapes: list, held: list, status: str = "ok") -> dict:
+def verdict(speedups: dict, shapes: list, held: list, status: str = "ok", layouts=("nn", "nt")) -> dict:
     rows = [
         ShapeResult(
             shape=s, layout=layout, kind=kind, speedup=speedups[bucket_of(s)] if kind == "train" else None
         )
         for kind, group in (("train", shapes), ("held_out", held), ("check", [(32, 32, 32)]))
         for s in group
-        for layout in ("nn", "nt")
+        for layout in layouts
     ]
     figures = [speedups[bucket_of(s)] for s in shapes]
     fitness = math.exp(sum(map(math.log, figures)) / len(figures)) if status == "ok" else 0.0
@@ -90,9 +90,8 @@ def fake_judge(run: dict, calls: list):
     def judge(source: str, task) -> dict:
         key = run["sources"][source]
         calls.append((key, task.name, [tuple(s) for s in task.train], [tuple(s) for s in task.held_out]))
-        return verdict(
-            SPEEDUPS[key], list(task.train), list(task.held_out), "incorrect" if key == "refused" else "ok"
-        )
+        status = "incorrect" if key == "refused" else "ok"
+        return verdict(SPEEDUPS[key], list(task.train), list(task.held_out), status, task.layouts)
 
     return judge
 
@@ -111,12 +110,17 @@ def test_portfolio_picks_the_best_per_bucket(run, tmp_path):
     assert [(c.name, c.candidate_id) for c in choices] == [
         ("decode", ids["A"]), ("skinny", ids["B"]), ("small_k", ids["C"]), ("large", None),
     ]  # fmt: skip
-    # Each included kernel was judged again on its bucket's training and held-out shapes first.
+    # Each included kernel was judged again on its bucket's training and held-out shapes first, then
+    # on the backward products (dA (M, K, N), dB (K, N, M)) of the training shapes that fall in its
+    # bucket: a backward product is dispatched by its own shape.
     assert calls == [
         ("A", "buckets:decode", [(8, 64, 64)], [(12, 64, 64)]),
+        ("A", "buckets:decode:backward", [(8, 64, 64)], []),
         ("B", "buckets:skinny", [(64, 64, 64)], [(96, 64, 64)]),
+        ("B", "buckets:skinny:backward", [(64, 64, 8), (64, 64, 64), (64, 64, 512)], []),
         ("refused", "buckets:small_k", [(512, 64, 64)], []),
         ("C", "buckets:small_k", [(512, 64, 64)], []),
+        ("C", "buckets:small_k:backward", [(512, 64, 64)], []),
     ]
     assert choices[2].tried == [f"#{ids['refused']} incorrect 0"]
     assert choices[3].reason == "no kernel beat torch.matmul here; the best 0.95"
@@ -134,6 +138,14 @@ def test_portfolio_picks_the_best_per_bucket(run, tmp_path):
     assert "triton: bucket decode (M <= 16), candidate #" in module.explain(
         torch.ones(8, 64, dtype=torch.bfloat16), torch.ones(64, 64, dtype=torch.bfloat16)
     )
+    # A decode forward (8x64x64): dA (8x64x64) runs decode's kernel, dB (64x64x8) skinny's, each held
+    # to its own kernel's verdict on the backward products.
+    lines = module.explain(
+        torch.ones(8, 64, dtype=torch.bfloat16), torch.ones(64, 64, dtype=torch.bfloat16), backward=True
+    ).splitlines()
+    assert f"bucket decode (M <= 16), candidate #{ids['A']} (" in lines[1] and "M=8 N=64 K=64" in lines[1]
+    assert f"bucket skinny (M <= 256), candidate #{ids['B']} (" in lines[2] and "M=64 N=64 K=8" in lines[2]
+    assert "fitness on the backward products" in lines[2]
     header = out.read_text().split('"""')[1]
     assert (
         "decode   {'M_max': 16}: candidate #" in header

@@ -14,6 +14,7 @@ from ..config import UsageError
 from ..store import Store
 from ..ui import run_dir
 from . import portfolio
+from .backward import judge_backward
 from .facts import verdict_facts
 from .writer import module_text
 
@@ -41,14 +42,28 @@ def write_export(
     out_path: str | Path,
     allow_modelled: bool = False,
     task_path: str | Path | None = None,
+    judge: portfolio.Judge | None = None,
 ) -> Path:
     """Write candidate `candidate_id` of the run in `run_folder` (a name, folder or run.sqlite) to
     `out_path` as one self-contained module and return its path. Only a measured verdict ships unless
     `allow_modelled` (then the header and explain() say MODELLED); `task_path` replaces the run's task
-    file when it moved. A missing run or candidate, or a verdict that cannot ship: UsageError."""
+    file when it moved. Before writing, `judge` (default: evaluators.evaluate here, on the GPU when
+    there is one) judges the kernel on the backward products of the task's training shapes
+    (evolve/export/backward.py): autograd runs the kernel only where that verdict allows. A missing run
+    or candidate, or a verdict that cannot ship: UsageError."""
     out = _module_path(out_path)
     facts = verdict_facts(run_folder, candidate_id, allow_modelled, task_path)
+    if judge is None:
+        judge = portfolio.default_judge(_gpu_here())
+    measured = facts.judged["kind"] == "measured"
+    facts.judged["backward"] = judge_backward(facts.source, facts.task, judge, measured, allow_modelled)
     return _write(out, module_text(facts, out.stem))
+
+
+def _gpu_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def write_portfolio(
@@ -114,6 +129,7 @@ def main_export(args: argparse.Namespace) -> int:
                 print(f"{c.name:<8} {kernel}: {c.reason}")
         else:
             out = args.output or run_dir(args.run) / "exports" / f"candidate_{args.id}.py"
+            print("judging the kernel on the backward products of the training shapes ...", file=sys.stderr)
             path = write_export(args.run, args.id, out, bool(args.allow_modelled), task)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

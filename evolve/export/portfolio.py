@@ -23,6 +23,7 @@ from kernels.runtime.dispatch import bounds_hold
 from ..config import UsageError
 from ..store import Store
 from ..ui import run_dir
+from .backward import backward_facts, backward_task
 from .facts import SHIPPABLE_STAGES, judged_facts, task_for_run
 from .writer import assemble, exported_with, python_literal, quote_source
 
@@ -47,6 +48,7 @@ class BucketChoice:
     verdict: dict | None = None  # the re-judge's Evaluation dict
     reason: str = ""  # why it falls back, or the re-judged figure it was included on
     tried: list[str] = dataclasses.field(default_factory=list)  # candidates re-judged and refused
+    backward: dict = dataclasses.field(default_factory=dict)  # judged["backward"] of the included kernel
 
 
 def bucket_of(shape: tuple[int, int, int], buckets=BUCKETS) -> str | None:
@@ -141,11 +143,27 @@ def choose(
                     choice.reason = (
                         f"re-judged on this bucket: {verdict['fitness']:.4g} on {verdict['backend']}"
                     )
+                    choice.backward = _backward(
+                        source, task, bucket["name"], buckets, judge, measured, allow_modelled
+                    )
                     break
                 choice.tried.append(f"#{r['id']} {verdict['status']} {verdict.get('fitness', 0):.4g}")
             else:
                 choice.reason = f"no kernel beat {against} when re-judged here ({', '.join(choice.tried)})"
     return info["name"], task, backend, choices
+
+
+def _backward(
+    source: str, task: Task, name: str, buckets, judge: Judge, measured: bool, allow_modelled: bool
+) -> dict:
+    """judged["backward"] of a bucket's kernel: its verdict on the backward products of the task's
+    training shapes that fall in its bucket (a backward product is dispatched by its own shape)."""
+    whole = backward_task(task)
+    mine = tuple(s for s in whole.train if bucket_of(s, buckets) == name)
+    if not mine:
+        return {"reason": f"no backward product of the training shapes lies in bucket {name}"}
+    bwd = dataclasses.replace(whole, name=f"{task.name}:{name}:backward", train=mine)
+    return backward_facts(judge(source, bwd), bwd, measured, allow_modelled)
 
 
 def default_judge(measured: bool, timeout_s: float = 180.0) -> Judge:
@@ -179,7 +197,7 @@ def portfolio_text(run: str, task: Task, backend: str, choices: list[BucketChoic
                 "metrics": c.verdict,
             }
             bucket_task = dataclasses.replace(task, train=tuple(c.train), held_out=tuple(c.held_out))
-            entry["judged"] = judged_facts(row, bucket_task)
+            entry["judged"] = {**judged_facts(row, bucket_task), "backward": c.backward}
             entry["label"] = (
                 f"candidate #{c.candidate_id} ({c.verdict['fitness']:.4g} on {entry['judged']['label']})"
             )

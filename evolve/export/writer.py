@@ -17,6 +17,7 @@ import json
 import math
 import pprint
 import re
+import textwrap
 from pathlib import Path
 
 from kernels import runtime
@@ -162,20 +163,23 @@ def _shapes_text(evaluation: dict) -> list[str]:
 
 
 def _backward_text(judged: dict) -> list[str]:
-    """What nn.Linear's backward runs: dA = dC·Bᵀ on layout nn, dB = Aᵀ·dC on tn (B = Wᵀ is nt)."""
-    have = set(judged["layouts"])
-    lines = []
-    for product, layout in (
-        ("forward of nn.Linear (x·Wᵀ)", "nt"),
-        ("dA = dC·Bᵀ", "nn"),
-        ("dB = Aᵀ·dC", "tn"),
-    ):
-        verdict = "judged: runs the kernel" if layout in have else "NOT judged: falls back to torch.matmul"
-        lines.append(f"  {product:<28} layout {layout}: {verdict}")
-    lines.append(
-        "  backward products have other shapes than the forward's (dB's inner dimension is the token "
-        "count): timed only where listed above"
+    """What autograd runs for nn.Linear (x·Wᵀ, layout nt): dA = dC·W (nn) and dW through dB = Xᵀ·dC
+    (tn), held to the verdict on the backward products (judged["backward"])."""
+    backward = judged["backward"]
+    forward = "runs the kernel" if "nt" in judged["layouts"] else "NOT judged: torch.matmul"
+    lines = [f"  {'forward of nn.Linear (x·Wᵀ)':<28} layout nt: {forward}"]
+    if backward.get("reason"):
+        lines.append(f"  backward (dA = dC·Bᵀ, dB = Aᵀ·dC): torch.matmul: {backward['reason']}")
+        return lines
+    shapes = ", ".join("x".join(map(str, s)) for s in backward["shapes"])
+    said = (
+        f"backward judged on its products {shapes} (layouts {', '.join(backward['layouts'])}): "
+        f"{backward['fitness']:.4g} on {backward['label']}"
     )
+    lines += textwrap.wrap(said, 100, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
+    for product, layout in (("dA = dC·Bᵀ", "nn"), ("dB = Aᵀ·dC", "tn")):
+        verdict = "runs the kernel" if layout in backward["layouts"] else "NOT judged: torch.matmul"
+        lines.append(f"  {product:<28} layout {layout}: {verdict}")
     return lines
 
 

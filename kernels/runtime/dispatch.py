@@ -17,6 +17,11 @@ The Triton path is taken only for what the kernel was judged on: CUDA tensors (C
 TRITON_INTERPRET=1), the judged dtypes, the judged layouts (a and b row- or column-major, as the
 judge's inputs were, with any leading stride at least the row length), and shapes no smaller than the
 smallest one judged. Everything else runs `torch.matmul` and says why: never silently wrong.
+
+Autograd's products (the op called with backward=True) are held to judged["backward"]: the facts of
+the verdict on the backward products of the training shapes (dA = dC·Bᵀ is (M, K, N), dB = Aᵀ·dC is
+(K, N, M): the token count becomes the inner dimension), or {"reason": ...} when the export judged
+them and refused (or could not time) them: then every backward product falls back and says why.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from .interp_fix import ensure_interpreter_fixes
 from .op import define_op
 
 # Every key a `judged` dict carries (the export writes them; see evolve/export/).
-JUDGED_KEYS = ("label", "kind", "gpu", "dtypes", "layouts", "min_shape", "max_elements")
+JUDGED_KEYS = ("label", "kind", "gpu", "dtypes", "layouts", "min_shape", "max_elements", "backward")
+# What judged["backward"] holds when the backward products may run the kernel (else {"reason": str}).
+BACKWARD_KEYS = ("label", "kind", "gpu", "dtypes", "layouts", "min_shape", "max_elements")
 LAYOUT_WORDS = {"n": "row-major", "t": "column-major"}
 INT32_MAX = 2**31 - 1
 
@@ -75,6 +82,14 @@ def configure_portfolio(kernels: list[dict], namespace: str) -> None:
         missing = [k for k in JUDGED_KEYS if k not in kernel["judged"]]
         if missing:
             raise ValueError(f"judged facts lack {missing}; an export writes all of {list(JUDGED_KEYS)}")
+        backward = kernel["judged"]["backward"]
+        if not (
+            isinstance(backward, dict) and (backward.get("reason") or set(BACKWARD_KEYS) <= set(backward))
+        ):
+            raise ValueError(
+                f"judged['backward'] must hold {list(BACKWARD_KEYS)} or a reason the backward products "
+                f"fall back; got {backward!r}"
+            )
     _RUNTIME.update(
         kernels=[{"pick_config": None, "autotuned": (), "label": "", **k} for k in kernels],
         namespace=namespace,
@@ -146,19 +161,25 @@ def _layout(a: Operand, b: Operand, judged: dict) -> tuple[str | None, str]:
     return None, f"layout {fits[0]} ({words}) not judged (judged: {', '.join(judged['layouts'])})"
 
 
-def decide(a: Operand, b: Operand) -> tuple[str | None, str]:
-    """(layout, '') when the Triton kernel runs on these operands, else (None, the reason)."""
-    layout, why, _ = _decide(a, b)
+def decide(a: Operand, b: Operand, backward: bool = False) -> tuple[str | None, str]:
+    """(layout, '') when the Triton kernel runs on these operands, else (None, the reason);
+    backward: the product is one of autograd's (held to what the backward products were judged on)."""
+    layout, why, _ = _decide(a, b, backward)
     return layout, why
 
 
-def _decide(a: Operand, b: Operand) -> tuple[str | None, str, dict | None]:
+def _decide(a: Operand, b: Operand, backward: bool = False) -> tuple[str | None, str, dict | None]:
     """(layout, '', kernel) when a kernel runs on these operands, else (None, the reason, None)."""
-    layout, why, kernel = _decide_kernel(a, b)
+    layout, why, kernel = _decide_kernel(a, b, backward)
     return (layout, "", kernel) if layout is not None else (None, why, None)
 
 
-def _decide_kernel(a: Operand, b: Operand) -> tuple[str | None, str, dict | None]:
+def judged_for(kernel: dict, backward: bool) -> dict:
+    """The facts a product is held to: the forward verdict's, or the backward products' verdict's."""
+    return kernel["judged"]["backward"] if backward else kernel["judged"]
+
+
+def _decide_kernel(a: Operand, b: Operand, backward: bool) -> tuple[str | None, str, dict | None]:
     kernels = _state()["kernels"]
     if a.device != b.device:
         return None, f"a on {a.device}, b on {b.device}", None
@@ -179,15 +200,18 @@ def _decide_kernel(a: Operand, b: Operand) -> tuple[str | None, str, dict | None
         return None, f"no bucket of the portfolio holds {m}x{n}x{k}", None
     if kernel["entry"] is None:
         return None, f"bucket {bucket_text(kernel)}: {kernel['reason']}", None
-    layout, why = _fits(kernel, a, b)
+    layout, why = _fits(kernel, a, b, backward)
     if layout is None and kernel["name"]:
         why = f"bucket {bucket_text(kernel)}: {why}"
     return layout, why, kernel
 
 
-def _fits(kernel: dict, a: Operand, b: Operand) -> tuple[str | None, str]:
+def _fits(kernel: dict, a: Operand, b: Operand, backward: bool) -> tuple[str | None, str]:
     """(layout, '') when `kernel` was judged on what a and b are, else (None, why not)."""
-    judged = kernel["judged"]
+    judged = judged_for(kernel, backward)
+    if judged.get("reason"):
+        return None, f"backward products not run on the kernel: {judged['reason']}"
+    what = "the backward products of the training shapes" if backward else "the kernel"
     if a.device.type == "cpu" and kernel["autotuned"]:
         names = ", ".join(kernel["autotuned"])
         return (
@@ -207,13 +231,13 @@ def _fits(kernel: dict, a: Operand, b: Operand) -> tuple[str | None, str]:
     small = judged["min_shape"]
     if m * n * k < small[0] * small[1] * small[2]:
         return None, (
-            f"too small: {m}x{n}x{k} is below the smallest shape the kernel was judged on "
+            f"too small: {m}x{n}x{k} is below the smallest shape {what} was judged on "
             f"({'x'.join(map(str, small))}, by M*N*K)"
         )
     elements = max(m * k, k * n, m * n)
     if elements > INT32_MAX and elements > judged["max_elements"]:
         return None, (
-            f"too large: a {elements}-element operand needs 64-bit offsets; the kernel was judged on at "
+            f"too large: a {elements}-element operand needs 64-bit offsets; {what} was judged on at "
             f"most {judged['max_elements']} elements"
         )
     return layout, ""
@@ -241,15 +265,16 @@ def _gpu_note(device: torch.device, judged: dict) -> str:
     return f"; measured on {judged['gpu']}, this GPU is {here}: judged correct there, its speed here is unmeasured"
 
 
-def _describe(a: Operand, b: Operand) -> str:
-    layout, why, kernel = _decide(a, b)
+def _describe(a: Operand, b: Operand, backward: bool = False) -> str:
+    layout, why, kernel = _decide(a, b, backward)
     if layout is None:
         return f"fallback: {why}"
-    judged = kernel["judged"]
+    judged = judged_for(kernel, backward)
     (m, k), n = a.shape, b.shape[1]
     bucket = f"bucket {bucket_text(kernel)}, {kernel['label']}, " if kernel["name"] else ""
     text = f"triton: {bucket}config {_config_text(kernel, m, n, k)} (layout {layout}, {str(a.dtype).removeprefix('torch.')}, "
-    text += f"M={m} N={n} K={k}; fitness {judged['label']}{_gpu_note(a.device, judged)})"
+    on = " on the backward products" if backward else ""
+    text += f"M={m} N={n} K={k}; fitness{on} {judged['label']}{_gpu_note(a.device, judged)})"
     if judged["kind"] != "measured":
         text += (
             " [MODELLED, not measured: exported with allow_modelled; the performance model can be several "
@@ -287,16 +312,18 @@ def explain(a: torch.Tensor, b: torch.Tensor, backward: bool = False) -> str:
         return forward
     (m, k), n = fa.shape, fb.shape[1]
     dc = Operand(fa.device, fa.dtype, (m, n), (n, 1))  # autograd's gradient: a fresh row-major tensor
-    grad_a = _describe(dc, Operand(fb.device, fb.dtype, (n, k), (fb.stride[1], fb.stride[0])))
-    grad_b = _describe(Operand(fa.device, fa.dtype, (k, m), (fa.stride[1], fa.stride[0])), dc)
+    grad_a = _describe(dc, Operand(fb.device, fb.dtype, (n, k), (fb.stride[1], fb.stride[0])), True)
+    grad_b = _describe(Operand(fa.device, fa.dtype, (k, m), (fa.stride[1], fa.stride[0])), dc, True)
     return f"forward: {forward}\nbackward dA = dC·Bᵀ: {grad_a}\nbackward dB = Aᵀ·dC: {grad_b}"
 
 
-def run_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The op's real work on 2-D a, b: the kernel where `decide` allows it, else torch.matmul."""
+def run_2d(a: torch.Tensor, b: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """The op's real work on 2-D a, b: the kernel where `decide` allows it, else torch.matmul;
+    backward: one of autograd's products."""
     fa, fb = operand(a), operand(b)
-    layout, why, kernel = _decide(fa, fb)
+    layout, why, kernel = _decide(fa, fb, backward)
     record = {
+        "role": "backward" if backward else "forward",
         "shape": (fa.shape[0], fb.shape[1], fa.shape[1]),
         "layout": layout,
         "dtype": str(a.dtype).removeprefix("torch."),
@@ -351,8 +378,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def recent_calls() -> list[dict]:
-    """The last calls the op ran (oldest first): {path: 'triton'|'fallback', reason, shape (M, N, K),
-    layout, dtype, device}. Calls traced by torch.compile's fake tensors are not here, their runs are."""
+    """The last calls the op ran (oldest first): {path: 'triton'|'fallback', reason, role:
+    'forward'|'backward', shape (M, N, K), layout, dtype, device}. Calls traced by torch.compile's fake tensors are not here, their runs are."""
     return list(_RECENT)
 
 

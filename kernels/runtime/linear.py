@@ -1,8 +1,9 @@
 """`Linear`: torch.nn.Linear through the exported kernel; `patch(model)` swaps a model's layers.
 
 nn.Linear computes x @ Wᵀ with W of shape (out, in): here b = Wᵀ is a transposed view of W (strides
-(1, in), the "nt" layout), so the kernel runs the forward only if it was judged on nt, dA = dC·W
-on nn and dW (= (Xᵀ·dC)ᵀ) on tn; `explain(x, layer.weight.t(), backward=True)` says which run.
+(1, in), the "nt" layout), so the kernel runs the forward only if it was judged on nt, and the
+backward products dA = dC·W (nn) and dW (= (Xᵀ·dC)ᵀ, tn) only as far as the verdict on the backward
+products allows; `explain(x, layer.weight.t(), backward=True)` says which run.
 """
 
 from __future__ import annotations
