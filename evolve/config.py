@@ -9,6 +9,8 @@ max_evals = 40                    # stop after this many evaluated candidates (a
 time_budget_s = 540               # stop after this many seconds of this segment (0: none)
 target_fitness = 0                # stop once the best fitness reaches this (0: none)
 workers = 2                       # evaluations in flight (default: one per core / per GPU)
+screen_workers = 0                # GPU runs: CPU actors that screen each candidate (static rules,
+                                  # compile, check shapes) before it takes a GPU (evolve/screen.py)
 device = "auto"                   # auto | cpu | cuda
 model_gpu = "auto"                # without a GPU: the GPU the performance model ranks for
 timeout_s = 180                   # hard limit per candidate evaluation
@@ -88,6 +90,8 @@ class RunConfig:
     time_budget_s: float = 0.0  # 0: no time limit
     target_fitness: float = 0.0  # 0: no target
     workers: int = 0  # 0: one per core (CPU) or per GPU
+    # GPU runs: CPU actors judging each candidate's cheap checks first (evolve/screen.py); 0: none
+    screen_workers: int = 0
     device: str = "auto"
     model_gpu: str = "auto"
     timeout_s: float = 180.0
@@ -217,8 +221,8 @@ def _template_file(path: Path, template: str) -> bool:
 
 
 def _check_types(path: Path, run: dict) -> None:
-    numbers = {"seed": int, "max_evals": int, "workers": int, "time_budget_s": float, "target_fitness": float,
-               "timeout_s": float, "verify_programs": int, "verify_sample_s": float, "max_cost": float,
+    numbers = {"seed": int, "max_evals": int, "workers": int, "screen_workers": int, "time_budget_s": float,
+               "target_fitness": float, "timeout_s": float, "verify_programs": int, "verify_sample_s": float, "max_cost": float,
                "max_tokens": int}  # fmt: skip
     for field, kind in numbers.items():
         if field in run:

@@ -223,6 +223,11 @@ class WorkerPool:
         """Jobs submitted and not finished: judging, queued on an actor, or waiting for a new one."""
         return len(self.busy) + len(self.backlog)
 
+    def waiting_on(self) -> list:
+        """The object refs `poll` waits on (jobs judging, actors starting): for a caller that waits on
+        several pools at once."""
+        return [*self.busy, *self.starting]
+
     def submit(self, job: Job, attempt: int = 1) -> None:
         slot = self.free.pop(0)
         ref = self.actors[slot].evaluate.remote(job)
@@ -235,7 +240,7 @@ class WorkerPool:
             return []
         ray = require_ray()
         finished = []
-        for ref in ready([*self.busy, *self.starting], timeout):
+        for ref in ready(self.waiting_on(), timeout):
             if ref in self.starting:  # warm: placed (or died starting, which its job will say)
                 del self.starting[ref]
                 continue

@@ -146,6 +146,7 @@ def launch(args) -> int:
     from .controller import Controller
     from .pool import PoolExhausted, WorkerPool, gpu_workers, start_ray
     from .raytools import RayMissing, require_ray
+    from .screen import with_screen
     from .ui import LiveDisplay, install_interrupt, render_leaderboard, render_proposing_summary, run_dir
 
     try:
@@ -200,6 +201,7 @@ def launch(args) -> int:
     if not args.resume:
         store = Store.create(folder / "run.sqlite", config.name, config.to_dict(), config.seed)
     pool = WorkerPool(workers, use_gpus=device == "cuda")
+    pool = with_screen(pool, config.screen_workers, device, workers, backend)
     judge = pool.judge()  # the workers' judge is the one that judges; only its verdicts stand
     if judge != judge_fingerprint():
         print(f"note: the workers' judge {judge} is not the evaluators/ here now ({judge_fingerprint()}): "
