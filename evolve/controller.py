@@ -426,8 +426,8 @@ class Controller:
         self.proposing.maybe_distil(self.progress.evaluated)
         if standing:
             self._stood(cid, fitness)
-        if self.population.due_migration():
-            self.population.migrate()
+        if self.population.due_migration():  # recorded: a resume rebuilds the islands as they are
+            self.store.add_migration([(m.id, island) for m, island in self.population.migrate()])
 
     def _stood(self, cid: int, fitness: float) -> None:
         self.verification.stood(fitness)

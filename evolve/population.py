@@ -357,14 +357,30 @@ class Population:
 
     @classmethod
     def rebuild(
-        cls, config: PopulationConfig, members: Iterable[Member], seen_hashes: Iterable[str]
+        cls,
+        config: PopulationConfig,
+        members: Iterable[Member],
+        seen_hashes: Iterable[str],
+        migrations: list[list[tuple[int, int]]] | None = None,
     ) -> Population:
-        """Rebuild from the store on resume: add the members in id order, migrating whenever
-        one is due (as a controller that calls migrate() right after a due add would), then
-        mark every hash in `seen_hashes` as seen. Same result as replaying those adds."""
+        """Rebuild from the store on resume: add the members in id order, then place the recorded
+        `migrations` (rounds of (member id, island it entered), as the run made them), then mark every
+        hash in `seen_hashes` as seen. Elites only ever give way to a strictly fitter member, so each
+        (island, niche) ends with the fittest member that entered it, whatever the order: the islands
+        the run had. Without records (None: an older store), migrations are replayed instead, one
+        whenever due while adding (as a controller that calls migrate() right after a due add would)."""
         population = cls(config)
+        by_id: dict[int, Member] = {}
         for member in sorted(members, key=lambda m: m.id):
-            if population.add(member) and population.due_migration():
+            by_id[member.id] = member
+            if population.add(member) and migrations is None and population.due_migration():
                 population.migrate()
+        for moved in migrations or []:
+            for member_id, island in moved:
+                if member_id in by_id and 0 <= island < config.islands:
+                    population.copy_to(by_id[member_id], island)
+            population._migrations += 1
+        if migrations is not None:
+            population._accepted_at_migration = population._accepted  # the next round: one interval on
         population._seen.update(seen_hashes)
         return population

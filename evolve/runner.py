@@ -135,7 +135,7 @@ def rebuild_population(config: RunConfig, store: Store, backend: str, judge: str
                tuple(r["niche"]), r["source_hash"], r["generation"])
         for r in store.population_rows(backend)
     ]  # fmt: skip
-    population = Population.rebuild(config.population, members, store.all_hashes())
+    population = Population.rebuild(config.population, members, store.all_hashes(), store.migrations())
     population.spread([m for m in members if m.generation == 0])  # every island starts from the seeds
     return population
 

@@ -239,6 +239,39 @@ class MetaRecords:
         rows = self.connection.execute("SELECT key, state FROM bandit ORDER BY key").fetchall()
         return {key: json.loads(state) for key, state in rows}
 
+    # -------------------------------------------------------------- migrations
+
+    def add_migration(self, moved: list[tuple[int, int]]) -> None:
+        """Record one migration round of the population: (candidate id, island it entered) for each
+        copy that entered (evolve/population.py migrate); a round that moved nothing is recorded too."""
+        with self.transaction():
+            conn = self.connection
+            last = conn.execute("SELECT COALESCE(MAX(round), 0) FROM migrations").fetchone()[0]
+            rows = [(last + 1, int(cid), int(island), time.time()) for cid, island in moved]
+            conn.executemany(
+                "INSERT INTO migrations (round, candidate_id, island, created) VALUES (?, ?, ?, ?)",
+                rows or [(last + 1, None, None, time.time())],
+            )
+
+    def migrations(self) -> list[list[tuple[int, int]]] | None:
+        """Every migration round recorded, in order, each a list of (candidate id, island entered);
+        None when the store cannot say (it predates schema 6, or was upgraded from it): replay them."""
+        if not table_columns(self.connection, "migrations"):
+            return None
+        unrecorded = self.connection.execute(
+            "SELECT 1 FROM meta WHERE key = 'migrations_unrecorded'"
+        ).fetchone()
+        if unrecorded:
+            return None
+        rounds: dict[int, list[tuple[int, int]]] = {}
+        for rnd, cid, island in self.connection.execute(
+            "SELECT round, candidate_id, island FROM migrations ORDER BY round, rowid"
+        ):
+            rounds.setdefault(rnd, [])
+            if cid is not None:
+                rounds[rnd].append((cid, island))
+        return [rounds[r] for r in sorted(rounds)]
+
     # ----------------------------------------------------------------- lessons
 
     def add_lessons(self, version: int, evaluations: int, text: str) -> None:

@@ -27,7 +27,10 @@ class StoreError(Exception):
 #    before); the tables bandit (the proposing bandit's JSON, evolve/meta/bandit.py, so a resumed run
 #    continues it), lessons (each version of the run's lessons, evolve/meta/lessons.py) and prompts (the
 #    prompt template variants LLMs wrote, evolve/meta/prompt_evolution.py).
-SCHEMA_VERSION = 5
+# 6: migrations (each migration round of the population: the member copied and the island it entered,
+#    evolve/population.py migrate), so a resumed run rebuilds its islands as they were; a store upgraded
+#    from an older schema says "migrations_unrecorded" in meta, and its rebuild replays them instead.
+SCHEMA_VERSION = 6
 PACKAGE = "triton-evolve"
 
 SCHEMA = """
@@ -85,10 +88,17 @@ CREATE TABLE IF NOT EXISTS prompts (
 """
 
 
+# Schema 6's table (IF NOT EXISTS, as TABLES_5). A round that moved nothing is one row of NULLs.
+TABLES_6 = """
+CREATE TABLE IF NOT EXISTS migrations (
+    round INTEGER NOT NULL, candidate_id INTEGER, island INTEGER, created REAL NOT NULL);
+"""
+
+
 def create_tables(conn: sqlite3.Connection, run_name: str, config: dict, seed: int) -> None:
     """Make a new store's tables and its run's row, in one transaction (a new, empty file)."""
     conn.execute("BEGIN IMMEDIATE")
-    for stmt in (SCHEMA + TABLES_5).split(";"):
+    for stmt in (SCHEMA + TABLES_5 + TABLES_6).split(";"):
         if stmt.strip():
             conn.execute(stmt)
     conn.executemany(
@@ -124,6 +134,11 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
             for stmt in TABLES_5.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+        if version < 6:  # the migrations so far were not recorded: a resume replays them
+            for stmt in TABLES_6.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('migrations_unrecorded', '1')")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")

@@ -364,3 +364,56 @@ def test_a_resume_on_another_backend_judges_the_seeds_and_the_best_there_first(t
     judged = {r["id"] for r in store.population_rows("model:b200")}
     assert {1, best_on_h100} <= judged  # the seed and the h100 best, judged on b200 before any proposal
     assert reason == "max_evals 12 reached" and store.pending_ids() == []
+
+
+class OutOfOrderPool(InlinePool):
+    """InlinePool whose verdicts come back last-submitted first (parallel workers finish in any order),
+    and which dies (SystemExit, as a SIGKILL ends the controller) when handed its `at`-th job (None:
+    never): what the store holds then is all a resume has."""
+
+    def __init__(self, workers: int, at: int | None) -> None:
+        super().__init__(workers)
+        self.at, self.count = at, 0
+
+    def submit(self, job) -> None:
+        self.count += 1
+        if self.count == self.at:
+            raise SystemExit("killed")
+        super().submit(job)
+
+    def poll(self, timeout: float):
+        return super().poll(timeout)[::-1]
+
+
+@pytest.mark.parametrize("killed_at", [None, 50])
+def test_the_store_rebuilds_the_population_and_bandits_the_run_had(tmp_path, killed_at):
+    """The offline mutator over 3 islands migrating every 3 accepted candidates: at the end of a run,
+    or when it dies mid-run, the population rebuilt from the store (what --resume continues from) has
+    the very elites the run held, migrants included (each migration round is recorded), and the bandit
+    states in the store are the run's own."""
+    from evolve.proposing import BANDIT_KEY, FAMILIES
+    from evolve.runner import make_proposers, rebuild_population
+
+    config = RunConfig(name="c", task="runs/demo_cpu.toml", seeds=(SEED,), max_evals=60, seed=5,
+                       population=PopulationConfig(islands=3, migration_interval=3))  # fmt: skip
+    store = Store.create(tmp_path / "run.sqlite", "c", config.to_dict(), 0)
+    pool = OutOfOrderPool(3, killed_at)
+    controller = Controller(config, load_task(config.task), store, Population(config.population),
+                            make_proposers(config)[0], pool, {}, "model:h100", judge=pool.judge)  # fmt: skip
+    if killed_at is None:
+        controller.run()
+    else:
+        with pytest.raises(SystemExit):
+            controller.run()
+    live = controller.population
+    assert live.summary()["migrations"] >= 2, "the run did not migrate: the test would prove little"
+    rebuilt = rebuild_population(config, store, "model:h100", pool.judge)
+
+    def cells(population):
+        return sorted((m.island, m.niche, m.id, m.fitness) for m in population.elites())
+
+    assert cells(rebuilt) == cells(live)
+    assert rebuilt.summary()["migrations"] == live.summary()["migrations"]
+    assert store.load_bandit(BANDIT_KEY) == controller.proposing.bandit.to_dict()
+    for name, bandit in controller.proposing.families.items():
+        assert store.load_bandit(f"{FAMILIES}{name}") == bandit.to_dict()

@@ -344,7 +344,8 @@ def test_schema_1_store_is_read_as_is_and_migrated_for_writing(store):
         assert reader.pending_ids() == [pending] and reader.top(1)[0]["id"] == done
         assert reader.run_info()["schema_version"] == 1
     with Store.open(path, readonly=False) as writer:  # resume: migrated in place
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 5
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 6
+        assert writer.migrations() is None  # not recorded before schema 6: a resume replays them
         assert writer.pending_ids() == [pending] and writer.requeue(pending) == 2
         assert writer.top(1)[0]["fitness"] == 2.0
     conn = sqlite3.connect(path)
@@ -367,15 +368,16 @@ def test_schema_2_store_migrates_with_every_verdict_stale(store):
         assert reader.run_info()["schema_version"] == 2
         assert reader.top(1, MODEL)[0]["judge"] == "" and reader.best(MODEL, judge="J1") is None
     with Store.open(path, readonly=False) as writer:
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 5
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 6
+        assert writer.migrations() is None  # not recorded before schema 6: a resume replays them
         (row,) = writer.population_rows(MODEL)
         assert row["id"] == old and row["judge"] == "" and row["fitness"] == 2.0
         assert writer.pending_ids() == [pending]
         writer.add_evaluation(pending, judged(1.0, "J1"))  # a new verdict names its judge
         assert {r["id"]: r["judge"] for r in writer.all_evaluated()} == {old: "", pending: "J1"}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "5"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
 
 
@@ -419,7 +421,8 @@ def test_schema_3_store_migrates_with_no_verdict_verified(store):
         (row,) = reader.top(1, MODEL, judge="J1")
         assert row["stage"] == "" and not row["rankable"] and reader.best(MODEL, judge="J1") is None
     with Store.open(path, readonly=False) as writer:
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 5
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 6
+        assert writer.migrations() is None  # not recorded before schema 6: a resume replays them
         assert writer.population_rows(MODEL)[0]["stage"] == ""
         assert writer.best(MODEL) is None  # never verified: never ranked, not even without a judge
         new = add(writer, 2)

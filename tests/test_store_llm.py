@@ -28,8 +28,8 @@ def call(store: Store, **kw) -> int:
     return store.add_llm_call(**{**args, **kw})
 
 
-def test_schema_is_5():
-    assert SCHEMA_VERSION == 5
+def test_schema_is_6():
+    assert SCHEMA_VERSION == 6
 
 
 def test_llm_call_round_trip_and_candidate_link(store):
@@ -224,7 +224,7 @@ def _schema_4_store(path: Path) -> None:
     conn.close()
 
 
-def test_schema_4_store_is_read_as_is_and_migrated_to_5(tmp_path):
+def test_schema_4_store_is_read_as_is_and_migrated_to_6(tmp_path):
     path = tmp_path / "old.sqlite"
     _schema_4_store(path)
     with Store.open(path) as reader:  # read as is: no new column, no new table
@@ -241,8 +241,9 @@ def test_schema_4_store_is_read_as_is_and_migrated_to_5(tmp_path):
             reader.load_bandit("b") is None and reader.latest_lessons() is None and reader.all_lessons() == []
         )
     with Store.open(path, readonly=False) as writer:  # resume: migrated in place, rows kept
-        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 5
+        assert writer.run_info()["schema_version"] == SCHEMA_VERSION == 6
         assert writer.candidate(1)["proposer"] == "seed"
+        assert writer.migrations() is None  # none recorded before schema 6: a resume replays them
         (old,) = writer.llm_calls()
         assert (old["candidate_id"], old["prompt_tokens"], old["cost"], old["proposer"]) == (1, 11, 0.25, "")
         new = call(writer, answer="A")
@@ -254,8 +255,8 @@ def test_schema_4_store_is_read_as_is_and_migrated_to_5(tmp_path):
             "by_status": {}, "by_edit_status": {},
         }  # fmt: skip
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "5"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "6"
     conn.close()
-    with Store.open(path, readonly=False) as again:  # opening a schema-5 store changes nothing
+    with Store.open(path, readonly=False) as again:  # opening a schema-6 store changes nothing
         assert again.load_bandit("b") == {"n": 1} and len(again.llm_calls()) == 2
