@@ -260,3 +260,69 @@ def test_a_stop_finishes_the_verifications_queued_and_leaves_nothing_pending(tmp
     assert pool.done == [(1, "verified"), (2, "provisional"), (2, "verified")]  # no new candidate after
     assert store.pending_ids() == [] and _verdict(store, 2)["stage"] == "verified"
     assert controller.progress.best_id == 2 and store.run_info()["status"] == "stopped"
+
+
+class ScanningVerification(Verification):
+    """The specification of `due`: every waiting verdict, fittest first, each queued when it is in the
+    top-k or would place in a cell no queued verdict holds (the first implementation, a full scan)."""
+
+    def due(self) -> list[int]:
+        import dataclasses
+
+        busy = {cell for m in self.queued.values() for cell in self.cells(m)}
+        chosen = []
+        for member in sorted(self.waiting.values(), key=lambda m: (-m.fitness, m.id)):
+            cells = self.cells(member)
+            free = [i for i, niche in cells if (i, niche) not in busy]
+            if self._in_top(member.fitness) or any(
+                self.population.would_place(dataclasses.replace(member, island=i)) for i in free
+            ):
+                self._unwait(member.id)
+                self.queued[member.id] = member
+                busy.update(cells)
+                chosen.append(member.id)
+        return chosen
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_due_picks_what_a_full_scan_picks(seed):
+    """`due` looks only at each cell's fittest waiting verdict and the top-k; over random runs of
+    offers, verifications coming back, elites placing and verdicts standing, it picks exactly what the
+    full scan picks, in the same order, and both keep the same waiting and queued verdicts."""
+    import random
+
+    from evolve.population import Member
+
+    rng = random.Random(seed)
+    config = PopulationConfig(islands=3, migration_interval=0)
+    pairs = [
+        (kind(Population(config), top_k=3), Population(config))
+        for kind in (Verification, ScanningVerification)
+    ]
+    pairs = [(v, v.population) for v, _ in pairs]
+    next_id = 1
+    for _ in range(400):
+        action = rng.random()
+        if action < 0.55:  # a new ok verdict that does not stand yet (some seeds, some stale)
+            member = Member(next_id, rng.randrange(3), round(rng.uniform(0.01, 1.0), 3),
+                            (rng.choice("abcdef"),), f"h{next_id}", 0 if rng.random() < 0.05 else 1)  # fmt: skip
+            next_id += 1
+            stale = rng.random() < 0.2
+            for v, _ in pairs:
+                v.wait(member, stale=stale)
+        elif action < 0.75:  # a verification came back: it stands (placed) or not
+            queued = sorted(pairs[0][0].queued)
+            if queued:
+                cid = rng.choice(queued)
+                placed = rng.random() < 0.6
+                for v, population in pairs:
+                    member = v.done(cid)
+                    if placed:
+                        population.readmit(member)
+                        v.stood(member.fitness)
+        else:
+            picks = [v.due() for v, _ in pairs]
+            assert picks[0] == picks[1]
+        assert [sorted(v.waiting) for v, _ in pairs][0] == sorted(pairs[1][0].waiting)
+        assert sorted(pairs[0][0].queued) == sorted(pairs[1][0].queued)
+        assert pairs[0][0].provisional() == pairs[1][0].provisional()
