@@ -25,19 +25,11 @@ import time
 
 from evolve.raytools import ready
 
+from .call_status import FAILED_CALLS
+
 BACKOFF_AFTER = 3  # failed calls in a row before a proposer pauses (one flaky answer is not a pattern)
 BACKOFF_FIRST_S = 15.0  # the first pause; doubled after each further failure, up to BACKOFF_MAX_S
 BACKOFF_MAX_S = 300.0
-# Call statuses that are the endpoint's failure (an answer that applies or not is the model's matter).
-FAILED_CALLS = (
-    "empty",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connection_error",
-    "auth_error",
-    "bad_request",
-)
 
 
 @dataclasses.dataclass(frozen=True)

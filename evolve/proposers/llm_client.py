@@ -16,22 +16,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import httpx2  # the openai client's transport: errors while reading a stream surface as its exceptions
 import openai
 
-Status = Literal[
-    "ok",
-    "truncated",
-    "empty",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connection_error",
-    "auth_error",
-    "bad_request",
-]
+from .call_status import Status
 
 # Error words are kept short: they go into logs and the store, not into prompts.
 _MAX_ERROR_CHARS = 300

@@ -13,6 +13,7 @@ import statistics
 from typing import Any
 
 from evolve.store import Store
+from evolve.ui.board import backend_kind
 from evolve.verification import stands
 
 # How many ancestors the lineage tree draws at most (a long run's winner can have hundreds; crossovers
@@ -77,12 +78,9 @@ class ReportData:
 
 
 def fitness_kind(backend: str | None) -> str:
-    """ "measured" for cuda:* backends, "modelled" for model:*, "none" otherwise."""
-    if backend and backend.startswith("cuda:"):
-        return "measured"
-    if backend and backend.startswith("model:"):
-        return "modelled"
-    return "none"
+    """ "measured" for cuda:* backends, "modelled" for model:*, "none" otherwise (the leaderboard's
+    classification, `backend_kind`, in lower case: the report's plots say it, they do not shout it)."""
+    return backend_kind(backend).lower() if backend else "none"
 
 
 def load(store: Store, backend: str | None = None, judge: str | None = None, top_k: int = 10) -> ReportData:
