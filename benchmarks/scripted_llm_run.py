@@ -35,16 +35,7 @@ from evolve.store import Store  # noqa: E402 - after the path
 SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 SKINNY = "        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)"
 LARGE = "    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)"
-TASK = """
-[task]
-name = "tiny"
-dtype = "fp16"
-layouts = ["nn"]
-trials = 1
-[shapes]
-train = [[2048, 2048, 2048], [16, 2048, 2048]]
-check = [[40, 48, 72]]
-"""
+TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 RUN = """
 [run]
 name = "m"

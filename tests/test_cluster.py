@@ -33,16 +33,7 @@ pytestmark = pytest.mark.slow  # a few minutes on 2 cores: `make test-slow`, whi
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 MAX_EVALS = 6
-TASK = """
-[task]
-name = "tiny"
-dtype = "fp16"
-layouts = ["nn"]
-trials = 1
-[shapes]
-train = [[2048, 2048, 2048], [16, 2048, 2048]]
-check = [[40, 48, 72]]
-"""
+TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 
 
 @pytest.fixture

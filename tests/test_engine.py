@@ -15,16 +15,7 @@ from evolve.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 
-TASK = """
-[task]
-name = "tiny"
-dtype = "fp16"
-layouts = ["nn"]
-trials = 1
-[shapes]
-train = [[2048, 2048, 2048], [16, 2048, 2048]]
-check = [[40, 48, 72]]
-"""
+TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 
 
 def _run_file(tmp_path: Path, max_evals: int, islands: int = 2) -> Path:

@@ -22,16 +22,7 @@ from llm_server import ScriptedServer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 KEY = "sk-e2e-secret-0123456789abcdef"
-TASK = """
-[task]
-name = "tiny"
-dtype = "fp16"
-layouts = ["nn"]
-trials = 1
-[shapes]
-train = [[2048, 2048, 2048], [16, 2048, 2048]]
-check = [[40, 48, 72]]
-"""
+TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 LARGE_OLD = "    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)"
 SKINNY_OLD = "        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)"
 # M = 16: 16x16 tiles give 128 programs on 132 SMs where the seed's 32x64 give 32 (the judge models

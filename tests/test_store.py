@@ -377,7 +377,9 @@ def test_schema_2_store_migrates_with_every_verdict_stale(store):
         assert {r["id"]: r["judge"] for r in writer.all_evaluated()} == {old: "", pending: "J1"}
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION
+    )
     conn.close()
 
 
