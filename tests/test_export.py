@@ -486,3 +486,53 @@ def test_compare_per_shape_against_torch_and_the_seed(run, capsys):
     }
     assert main_compare(parser.parse_args(["compare", str(run["folder"]), "77"]), judge, GPU) == 2
     assert "no candidate 77; run r1 has candidates 1..6" in capsys.readouterr().err
+
+
+CUDA_CHILD = r"""
+import json, sys
+sys.path[:0] = SITE
+import torch
+import mm_cuda as mm
+
+torch.manual_seed(0)
+dev = "cuda"
+layer = torch.nn.Linear(1024, 2048).to(dev, torch.bfloat16)
+ref = torch.nn.Linear(1024, 2048).to(dev, torch.bfloat16)
+ref.load_state_dict(layer.state_dict())
+mm.patch(layer)
+x = torch.randn(4, 512, 1024, device=dev, dtype=torch.bfloat16)
+mm.clear_recent_calls()
+out, out_ref = layer(x), ref(x)
+(out.float().square().mean()).backward()
+(out_ref.float().square().mean()).backward()
+print("RESULTS " + json.dumps({
+    "calls": [[c["role"], c["path"], c["device"]] for c in mm.recent_calls()],
+    "explain": mm.explain(x, layer.weight.t(), backward=True),
+    "out_err": (out.float() - out_ref.float()).abs().max().item(),
+    "out_scale": out_ref.float().abs().max().item(),
+    "grad_err": (layer.weight.grad.float() - ref.weight.grad.float()).abs().max().item(),
+    "grad_scale": ref.weight.grad.float().abs().max().item(),
+}))
+"""
+
+
+@pytest.mark.gpu
+def test_exported_module_runs_on_cuda_and_its_backward_follows_its_verdict(run, tmp_path):
+    """On a GPU: the export judges the backward products on this GPU (measured), the patched layer's
+    forward runs the kernel on CUDA tensors, each backward product runs it only if that verdict was ok
+    and not slower than torch.matmul (as the header says), and outputs and gradients match nn.Linear."""
+    module = write_export(run["folder"], run["ids"]["measured"], tmp_path / "mm_cuda.py")
+    header = ast.get_docstring(ast.parse(module.read_text()))
+    backward_runs = "backward judged on its products" in " ".join(header.split())
+    env_free = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    boot = f"import sys; sys.path.insert(0, {str(module.parent)!r}); SITE = {SITE!r}\n"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", boot + textwrap.dedent(CUDA_CHILD)],
+                          cwd=module.parent, env=env_free, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(
+        [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")][-1].removeprefix("RESULTS ")
+    )
+    assert r["calls"][0] == ["forward", "triton", "cuda:0"], r
+    paths = {path for role, path, _ in r["calls"] if role == "backward"}
+    assert paths == ({"triton"} if backward_runs else {"fallback"}), (header, r["calls"])
+    assert r["out_err"] <= 2e-2 * r["out_scale"] and r["grad_err"] <= 2e-2 * r["grad_scale"], r
