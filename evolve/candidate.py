@@ -38,6 +38,9 @@ class Proposal:
     note: str = ""  # what was changed, e.g. "tiles 128x128x64 -> 128x256x64 for M>=4096"
     model: str = ""  # LLM model name, empty for the mutator
     template: str = ""  # the prompt template id (an LLM) or the transformation family (the mutator)
+    # normalised_hash(source) when the proposer computed it already (the mutator does, to skip its own
+    # duplicates); "": the store computes it. Tokenizing a 4 KB module costs ~7 ms: once is enough.
+    source_hash: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Parent:
     backend: str
     feedback: str
     niche: tuple = ()
+    source_hash: str = ""  # its normalised_hash, as the store holds it ("": not given)
 
 
 @dataclasses.dataclass(frozen=True)

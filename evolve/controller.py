@@ -310,7 +310,11 @@ class Controller:
         for m in members:
             row = rows[m.id]
             feedback = next((e["feedback"] for e in row["evaluations"]), "")
-            parents.append(Parent(m.id, row["source"], m.fitness, self.progress.backend, feedback, m.niche))
+            parents.append(
+                Parent(
+                    m.id, row["source"], m.fitness, self.progress.backend, feedback, m.niche, m.source_hash
+                )
+            )
         return parents
 
     def _add_and_submit(self, proposal: Proposal, island: int, generation: int) -> int | None:

@@ -203,12 +203,14 @@ class Store(MetaRecords):
         model: str = "",
         template: str = "",
         pending: bool = False,
+        source_hash: str = "",
     ) -> int | None:
         """Store a new candidate; its id, or None when its normalised source is already in this run.
 
-        `pending=True` also marks it handed to the pool, in the same commit.
+        `pending=True` also marks it handed to the pool, in the same commit. `source_hash`: its
+        normalised_hash when the caller computed it already (else computed here).
         """
-        h = normalised_hash(source)
+        h = source_hash or normalised_hash(source)
         with self.transaction():
             cur = self._conn.execute(
                 "INSERT INTO candidates (run, source, source_hash, parent_ids, island, generation, proposer,"
@@ -231,7 +233,7 @@ class Store(MetaRecords):
         return self.add_candidate(
             proposal.source, parent_ids=proposal.parent_ids, proposer=proposal.proposer, island=island,
             generation=generation, niche=niche, note=proposal.note, model=proposal.model,
-            template=proposal.template, pending=pending,
+            template=proposal.template, pending=pending, source_hash=proposal.source_hash,
         )  # fmt: skip
 
     def mark_pending(self, candidate_id: int) -> None:

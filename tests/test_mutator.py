@@ -13,7 +13,7 @@ import pytest
 
 from evaluators import evaluate, load_task
 from evaluators.static_rules import check_source
-from evolve.candidate import Parent, ProposalContext
+from evolve.candidate import Parent, ProposalContext, normalised_hash
 from evolve.proposers.kernel_templates import Genome, adopt, parse_bounds, read_genome, render
 from evolve.proposers.mutator import (
     TRANSFORMS,
@@ -113,6 +113,17 @@ def test_proposals_are_new_and_pass_static_rules():
     assert len({p.source for p in proposals} | {SEED, RICH}) == 14
     for p in proposals:
         assert check_source(p.source) == [], p.note
+        assert p.source_hash == normalised_hash(p.source)  # computed once, handed to the store
+
+
+def test_a_given_hash_is_the_one_the_store_deduplicates_by(tmp_path):
+    from evolve.store import Store
+
+    with Store.create(tmp_path / "run.sqlite", "h", {}, 0) as store:
+        proposals = OfflineMutator().propose([parent(1, SEED)], context(3, count=2))
+        assert all(store.add_proposal(p, 0, 1) is not None for p in proposals)
+        assert store.add_proposal(proposals[0], 0, 1) is None  # the same kernel again
+        assert set(store.all_hashes()) >= {p.source_hash for p in proposals}
 
 
 def test_weights_select_transformations():

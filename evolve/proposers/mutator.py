@@ -419,7 +419,7 @@ class OfflineMutator:
         if not parents:
             self.invalid_count += 1
             return []
-        seen = {normalised_hash(p.source) for p in parents}
+        seen = {p.source_hash or normalised_hash(p.source) for p in parents}
         out: list[Proposal] = []
         for n in range(max(context.count, 0)):
             parent = parents[n % len(parents)]
@@ -432,7 +432,9 @@ class OfflineMutator:
                     self.invalid_count += 1
                     continue
                 seen.add(digest)
-                out.append(Proposal(made[0], made[2], self.name, note=made[1], template=made[3]))
+                out.append(
+                    Proposal(made[0], made[2], self.name, note=made[1], template=made[3], source_hash=digest)
+                )
                 break
         return out
 
