@@ -240,6 +240,10 @@ def launch(args) -> int:
         controller.proposing.shutdown()
         pool.shutdown()
     print(f"stopped: {reason or 'done'}")
+    screened = getattr(pool, "screened", None)  # a CPU screen before the GPUs (evolve/screen.py)
+    if screened:
+        print(f"CPU screen: {screened['final']} candidate(s) found wrong before any GPU time, "
+              f"{screened['passed']} passed on to a GPU")  # fmt: skip
     print(render_leaderboard(store, 5, judge))
     summary = render_proposing_summary(store)
     if summary and llms:
