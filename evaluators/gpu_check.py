@@ -17,7 +17,8 @@ was skipped for time, 2 on a bad command line (or no GPU without --dry-run):
               speedups over torch.matmul (full verdict in seed_evaluation.json).
 4. baseline   Triton tutorial 03's configs (kernels/baselines/tutorial_matmul.py), the seed and
               torch.matmul timed with `triton.testing.do_bench` in this (trusted) process, every
-              config on every shape, outputs checked against an fp32 product first.
+              config on every shape (the task's training shapes and CALIBRATION_SHAPES: rows for
+              the model's fit in every shape class), outputs checked against an fp32 product first.
 Then calibration.json and calibration.md (format: evaluators/model/calibration.py) are written
 into the output folder, whose path is printed. `--quick` covers one shape per M, layout
 nn and every other config, for a rerun. `--dry-run --model-gpu NAME` runs step 2 alone
@@ -64,6 +65,15 @@ QUICK_BUDGET_S = 150.0
 # METHOD.md (device notes): bf16 operands land between 1e-3 and 1e-2; tf32 (tl.dot's default for
 # fp32) near 3e-4.
 REL_TOL = {"fp16": 1e-2, "bf16": 1e-2, "fp32": 1e-3}
+# Shapes the baseline is also timed on (full mode), so that one run gives the model's calibration
+# (evaluators/model/fit.py reads calibration.json) rows in the shape classes a training task lacks
+# (evaluators/model/classes.py): small_k (K <= 1024, M*N >= 2048^2) and medium; several are the shapes
+# of published rows in evaluators/model/figures.toml (triton PR #5726: 8192x8192x512; triton #3672:
+# 1024^3, 1536^3; vLLM #53446: M = 256, 1024 at N = 12288, K = 2048), so measured and published meet.
+CALIBRATION_SHAPES = (
+    (8192, 8192, 512), (4096, 4096, 512), (8192, 8192, 1024), (16384, 4096, 256), (8192, 4096, 128),
+    (1024, 1024, 1024), (1536, 1536, 1536), (512, 4096, 4096), (256, 12288, 2048), (1024, 12288, 2048),
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------- what a mode covers
@@ -96,18 +106,26 @@ def interleave_by_m(shapes: Sequence[tuple[int, int, int]]) -> list[tuple[int, i
     return out
 
 
+def calibration_shapes(task: Task) -> list[tuple[int, int, int]]:
+    """CALIBRATION_SHAPES that are not training shapes of `task` (read at call time)."""
+    return [c for c in CALIBRATION_SHAPES if c not in task.train]
+
+
 def make_plan(task: Task, n_configs: int, quick: bool, baseline_layouts: Sequence[str] = ("nn",)) -> Plan:
     """Full: the task's training shapes and layouts for the seed, every config on every training
-    shape in `baseline_layouts` for the baseline. Quick: the first shape of each M for both, the
-    seed in layout nn (else the task's first), every other config. Raises ValueError for a
-    baseline layout the task does not have."""
+    shape and every CALIBRATION_SHAPES one in `baseline_layouts` for the baseline (one shape of each
+    M first, so a run its budget cuts short has still covered every M). Quick: the first shape of
+    each M of the task for both, the seed in layout nn (else the task's first), every other config.
+    Raises ValueError for a baseline layout the task does not have."""
     bad = [lay for lay in baseline_layouts if lay not in task.layouts]
     if bad:
         raise ValueError(f"baseline layouts {bad} are not among the task's layouts {list(task.layouts)}")
     if not quick:
         return Plan(
             seed_task=task,
-            baseline_shapes=tuple(interleave_by_m(task.train)),
+            baseline_shapes=tuple(
+                interleave_by_m([*task.train, *(c for c in CALIBRATION_SHAPES if c not in task.train)])
+            ),
             baseline_layouts=tuple(baseline_layouts),
             config_indices=tuple(range(n_configs)),
             bench_warmup_ms=10.0,
@@ -196,13 +214,18 @@ class Check:
         """Offline compile of the seed (its shapes and layouts, and the baseline's) and of each
         baseline config, modelled on `self.gpu`; fills `self.modelled`."""
         base = self.task.to_dict()
-        seed_shapes = sorted({*map(tuple, self.plan.seed_task.train), *self.plan.baseline_shapes})
+        seed_train = sorted(map(tuple, self.plan.seed_task.train))
         seed_layouts = sorted({*self.plan.seed_task.layouts, *self.plan.baseline_layouts})
         jobs = [
             CompileJob(
-                "seed", None, self.seed_source, {**base, "train": seed_shapes, "layouts": seed_layouts}
+                "seed", None, self.seed_source, {**base, "train": seed_train, "layouts": seed_layouts}
             )
         ]
+        # the seed is timed beside the baseline on the calibration shapes too, in its layouts only
+        extra = sorted(set(self.plan.baseline_shapes) - set(seed_train))
+        if extra:
+            extra_task = {**base, "train": extra, "layouts": list(self.plan.baseline_layouts)}
+            jobs.append(CompileJob("seed", None, self.seed_source, extra_task))
         baseline_task = {
             **base,
             "train": list(self.plan.baseline_shapes),

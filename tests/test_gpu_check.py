@@ -15,7 +15,7 @@ import torch
 
 from evaluators import EvalOptions, Task, evaluate, load_task, static_rules
 from evaluators.evaluation import ShapeResult
-from evaluators.gpu_check import Check, interleave_by_m, main, make_plan, parse_args
+from evaluators.gpu_check import CALIBRATION_SHAPES, Check, interleave_by_m, main, make_plan, parse_args
 from evaluators.measure import (
     BUDGET_SPENT,
     CompileJob,
@@ -30,6 +30,7 @@ from evaluators.measure import (
     timing_summary,
 )
 from evaluators.model import calibration
+from evaluators.model.classes import CLASSES, shape_class
 from evaluators.steps import Step, StepFailed, exit_status, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +118,15 @@ def test_plan_full_and_quick():
     task = load_task(ROOT / "runs" / "llm_bf16.toml")
     full = make_plan(task, 8, quick=False)
     assert full.seed_task == task and full.config_indices == tuple(range(8))
-    assert sorted(full.baseline_shapes) == sorted(task.train) and full.baseline_layouts == ("nn",)
-    assert {s[0] for s in full.baseline_shapes[:6]} == {1, 8, 16, 4096, 8192, 16384}
+    assert sorted(full.baseline_shapes) == sorted({*task.train, *CALIBRATION_SHAPES})
+    assert full.baseline_layouts == ("nn",)
+    ms = {s[0] for s in full.baseline_shapes}  # one shape of every M first
+    assert (
+        {s[0] for s in full.baseline_shapes[: len(ms)]} == ms >= {1, 8, 16, 256, 512, 1024, 4096, 8192, 16384}
+    )
+    # the calibration shapes give the model's fit rows in every class (>= 5 each with the task's)
+    classes = [shape_class(s) for s in full.baseline_shapes]
+    assert all(classes.count(c) >= 5 for c in CLASSES), classes
     quick = make_plan(task, 8, quick=True)
     assert [s[0] for s in quick.seed_task.train] == [4096, 8192, 16384, 1, 8, 16]
     assert quick.seed_task.layouts == ("nn",) and quick.config_indices == (0, 2, 4, 6)
@@ -411,6 +419,7 @@ def test_full_run_with_the_gpu_parts_faked(tmp_path, tiny_task, monkeypatch, cap
         return "faked"
 
     monkeypatch.setattr(gpu_check.Check, "baseline_step", baseline_step)
+    monkeypatch.setattr(gpu_check, "CALIBRATION_SHAPES", ((48, 80, 32),))  # one, small: CPU fakes time it
     out = tmp_path / "out"
     assert main(["--task", str(tiny_task), "--out", str(out), "--jobs", "1"]) == 0, capsys.readouterr()
     doc = calibration.read_table(out / "calibration.json")
@@ -421,10 +430,11 @@ def test_full_run_with_the_gpu_parts_faked(tmp_path, tiny_task, monkeypatch, cap
     judged = [r for r in rows if r["protocol"] == "judge" and r["kernel"] == "seed"]
     assert len(judged) == 3 * 2 and all(r["speedup_vs_torch"] == pytest.approx(0.5) for r in judged)
     timed = [r for r in rows if r["protocol"] == "do_bench" and r["kernel"] != "torch.matmul"]
-    assert len(timed) == 3 * (1 + 8)  # nn only: the seed and every config on every shape
+    assert len(timed) == (3 + 1) * (1 + 8)  # nn only: the seed and every config on every shape
+    assert sum(r["shape"] == [48, 80, 32] for r in timed) == 1 + 8  # the calibration shape too
     assert all(r["modelled_tflops"] and r["ratio"] and r["status"] == "ok" for r in judged + timed)
     assert not [r for r in rows if r["protocol"] is None]  # everything modelled was measured too
-    assert len(doc["correlations"]["by_shape"]) == 3
+    assert len(doc["correlations"]["by_shape"]) == 3 + 1  # each shape its ranking of configs
 
 
 def test_gpu_tests_step_runs_pytest_and_keeps_its_log(tmp_path, tiny_task, monkeypatch):
