@@ -108,6 +108,13 @@ class EvaluatorActor:
         except Exception:  # noqa: BLE001 - the first evaluate() says what went wrong, as a judge_error
             return 0.0
 
+    def backend(self, task: dict, options: dict) -> str:
+        """The backend label this worker's verdicts carry for (task, options): on a GPU run, its GPU's
+        name (`cuda:NVIDIA H200`), which the driver, maybe without a GPU, cannot know."""
+        from evaluators import EvalOptions, Task, backend_label
+
+        return backend_label(Task.from_dict(task), EvalOptions(**options))
+
     def judge(self) -> str:
         """The fingerprint of the judge this worker runs (cached for its life)."""
         from evaluators.fingerprint import judge_fingerprint
@@ -208,6 +215,10 @@ class WorkerPool:
             print(f"warning: the workers run different judges ({', '.join(sorted(set(answers)))}): "
                   f"evaluators/ changed while they started; the run's judge is {judge}", file=sys.stderr)  # fmt: skip
         return judge
+
+    def backends(self, task: dict, options: dict, timeout: float = 600.0) -> list[str]:
+        """Each live worker's backend label for (task, options) (`EvaluatorActor.backend`)."""
+        return require_ray().get([a.backend.remote(task, options) for a in self._live()], timeout=timeout)
 
     def _live(self) -> list:
         return [a for a in self.actors if a is not None]

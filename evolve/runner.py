@@ -98,12 +98,33 @@ def parse_proposer_flags(flags: list[str] | None) -> tuple[ProposerConfig, ...] 
     return tuple(out)
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, cluster_gpus: int = 0) -> str:
+    """`device` as configured, or for "auto": "cuda" when this machine or the joined Ray cluster
+    (`cluster_gpus`, its GPU count) has a GPU, else "cpu"."""
     if device != "auto":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() or cluster_gpus > 0 else "cpu"
+
+
+def gpu_backend(labels: list[str]) -> str:
+    """The one backend label the GPU workers report (`WorkerPool.backends`): a run measures on one kind
+    of GPU. UsageError when they differ (speedups on two kinds are not one ranking) or a worker has no
+    usable GPU."""
+    kinds = sorted(set(labels))
+    if not kinds or "cuda:?" in kinds:
+        raise UsageError(
+            "a GPU worker of the Ray cluster sees no CUDA device (torch.cuda.is_available() is False "
+            "there): check its driver and its CUDA build of torch, or run with --device cpu"
+        )
+    if len(kinds) > 1:
+        counts = ", ".join(f"{k} ({labels.count(k)} worker(s))" for k in kinds)
+        raise UsageError(
+            f"the cluster's GPUs are of more than one kind: {counts}; measured speedups on different "
+            "GPUs are not one ranking: run on nodes of one kind (a cluster of them, or one run per kind)"
+        )
+    return kinds[0]
 
 
 def default_workers(device: str) -> int:
@@ -180,14 +201,18 @@ def launch(args) -> int:
     for seed_path in config.seeds:
         if not Path(seed_path).is_file():
             raise ConfigError(f"{config.source}: field 'run.seeds': {seed_path} does not exist")
-    device = resolve_device(config.device)
+    sync, llm_configs, notes = make_proposers(config)
+    keys = take_keys(llm_configs)  # before Ray starts: its workers must not inherit a key
+    cluster_gpus = 0
+    if args.ray_address:  # a joined cluster's GPUs count, wherever they are (the driver may have none)
+        start_ray(args.ray_address, 0)
+        cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = resolve_device(config.device, cluster_gpus)
     try:
         require_tested_environment(device)
     except UnsupportedEnvironment as e:
         raise UsageError(str(e)) from None
     workers = config.workers or default_workers(device)
-    sync, llm_configs, notes = make_proposers(config)
-    keys = take_keys(llm_configs)  # before Ray starts: its workers must not inherit a key
     start_ray(args.ray_address, workers)  # one evaluator actor per GPU: capped below, said at start
     if device == "cuda":
         try:
@@ -197,10 +222,18 @@ def launch(args) -> int:
         if note:
             print(note)
     options = eval_options(config, device)
-    backend = backend_label(task, options)
+    pool = WorkerPool(workers, use_gpus=device == "cuda")
+    try:  # on a GPU run, the label of the GPUs the workers have (the driver's may differ, or be none)
+        backend = (
+            gpu_backend(pool.backends(task.to_dict(), dataclasses.asdict(options)))
+            if device == "cuda"
+            else backend_label(task, options)
+        )
+    except UsageError:
+        pool.shutdown()
+        raise
     if not args.resume:
         store = Store.create(folder / "run.sqlite", config.name, config.to_dict(), config.seed)
-    pool = WorkerPool(workers, use_gpus=device == "cuda")
     pool = with_screen(pool, config.screen_workers, device, workers, backend)
     judge = pool.judge()  # the workers' judge is the one that judges; only its verdicts stand
     if judge != judge_fingerprint():

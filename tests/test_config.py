@@ -1,6 +1,6 @@
 import pytest
 
-from evolve.config import ConfigError, RunConfig, load_run_config
+from evolve.config import ConfigError, RunConfig, UsageError, load_run_config
 
 
 def test_demo_run_file_loads_and_roundtrips():
@@ -53,3 +53,19 @@ def test_verification_budgets_reach_the_judge(tmp_path):
     path.write_text(GOOD.replace('name = "r"', 'name = "r"\nverify_programs = 256\nverify_sample_s = 4'))
     options = eval_options(load_run_config(path), "cpu")
     assert (options.verify_programs, options.verify_sample_s) == (256, 4.0)
+
+
+def test_auto_device_counts_a_joined_clusters_gpus():
+    """`device = "auto"` on a driver without a GPU: cuda when the joined Ray cluster has GPUs."""
+    import torch
+
+    from evolve.runner import gpu_backend, resolve_device
+
+    assert resolve_device("cpu", cluster_gpus=8) == "cpu" and resolve_device("cuda") == "cuda"
+    assert resolve_device("auto", cluster_gpus=2) == "cuda"
+    assert resolve_device("auto", cluster_gpus=0) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert gpu_backend(["cuda:NVIDIA H200"] * 3) == "cuda:NVIDIA H200"
+    with pytest.raises(
+        UsageError, match=r"more than one kind: cuda:NVIDIA H100 \(1 worker\(s\)\), cuda:NVIDIA H200 \(2"
+    ):
+        gpu_backend(["cuda:NVIDIA H200", "cuda:NVIDIA H100", "cuda:NVIDIA H200"])

@@ -113,3 +113,32 @@ def test_with_screen_sizes_the_screen_to_the_cpus_beside_the_gpus(cluster, capsy
         screened.screen.shutdown()
     finally:
         gpus.shutdown()
+
+
+class NamedGpuStandIn(GpuStandIn):
+    """A GPU worker stand-in that names its GPU as a real one would (`EvaluatorActor.backend`)."""
+
+    def backend(self, task: dict, options: dict) -> str:
+        return BACKEND
+
+
+def test_the_gpu_workers_name_the_runs_backend(cluster):
+    """The driver may have no GPU (or another one): on a GPU run the backend label is the workers'.
+    Here the real EvaluatorActor.backend on a worker Ray gave a GPU that CUDA cannot see is refused
+    with the fix; a stand-in naming its GPU gives the label."""
+    from evolve.config import UsageError
+    from evolve.runner import gpu_backend
+
+    options = dataclasses.asdict(EvalOptions(device="cuda"))
+    for actor, check in ((GpuStandIn, "refused"), (NamedGpuStandIn, BACKEND)):
+        pool = WorkerPool(1, use_gpus=True, actor=actor)
+        try:
+            labels = pool.backends(TINY.to_dict(), options)
+        finally:
+            pool.shutdown()
+        if check == "refused":
+            assert labels == ["cuda:?"]
+            with pytest.raises(UsageError, match="sees no CUDA device"):
+                gpu_backend(labels)
+        else:
+            assert gpu_backend(labels) == BACKEND
