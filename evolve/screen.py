@@ -11,14 +11,15 @@ takes GPU time; every other one (ok, and what the CPU cannot settle: `unsupporte
 
 Backpressure: at most `hold` screened candidates wait for a GPU (default: one per GPU actor); while
 that many wait, the screen takes no new job (idle_slots is 0), so proposals never run ahead of the
-GPUs by more than the screen's slots plus `hold`.
+GPUs by more than the screen's slots plus `hold`. A screen that loses every actor (its nodes left) is
+dropped, said once: the candidates it held, and every later one, go straight to the GPUs.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .pool import Job, WorkerPool
+from .pool import Job, PoolExhausted, WorkerPool
 from .raytools import ready, require_ray
 
 # Screen verdicts that are final: the candidate is wrong on any device (a static-rule violation, a
@@ -36,7 +37,8 @@ class ScreenedPool:
     """CPU screen, then GPU (see the module docstring)."""
 
     def __init__(self, screen: WorkerPool, gpus: WorkerPool, backend: str, hold: int | None = None) -> None:
-        self.screen, self.gpus, self.backend = screen, gpus, backend
+        self.screen: WorkerPool | None = screen  # None once it lost every actor
+        self.gpus, self.backend = gpus, backend
         self.hold = max(1, hold if hold is not None else gpus.size)
         self.jobs: dict[int, Job] = {}  # candidate id -> its job as submitted (the GPU's), while screened
         self.passed: list[Job] = []  # screened, waiting for a GPU actor
@@ -48,12 +50,19 @@ class ScreenedPool:
 
     def idle_slots(self) -> int:
         """Free screen slots while fewer than `hold` screened candidates wait for a GPU, else 0."""
+        if self.screen is None:
+            return max(0, self.gpus.idle_slots() - len(self.passed))
         return self.screen.idle_slots() if len(self.passed) < self.hold else 0
 
     def in_flight(self) -> int:
-        return self.screen.in_flight() + len(self.passed) + self.gpus.in_flight()
+        screening = self.screen.in_flight() if self.screen is not None else 0
+        return screening + len(self.passed) + self.gpus.in_flight()
 
     def submit(self, job: Job, attempt: int = 1) -> None:
+        if self.screen is None:
+            self.passed.append(job)
+            self._feed_gpus()
+            return
         self.jobs[job.candidate_id] = job
         screened = Job(job.candidate_id, job.source, job.task, screen_options(job.options))
         self.screen.submit(screened, attempt)
@@ -62,11 +71,11 @@ class ScreenedPool:
         """Final verdicts as (candidate id, Evaluation dict): the GPU's, or the screen's when final;
         waits at most `timeout` s for either pool."""
         self._feed_gpus()
-        refs = self.screen.waiting_on() + self.gpus.waiting_on()
+        refs = (self.screen.waiting_on() if self.screen is not None else []) + self.gpus.waiting_on()
         if refs and timeout > 0:
             ready(refs, timeout)  # wakes at the first result of either; each pool takes its own
         finished = []
-        for cid, verdict in self.screen.poll(0):
+        for cid, verdict in self._screened():
             job = self.jobs.pop(cid)
             if verdict.get("status") in SCREEN_FINAL:
                 self.screened["final"] += 1
@@ -77,6 +86,21 @@ class ScreenedPool:
         finished += self.gpus.poll(0)
         self._feed_gpus()
         return finished
+
+    def _screened(self) -> list[tuple[int, dict]]:
+        """The screen's verdicts; [] when it has none, or lost its last actor (then it is dropped)."""
+        if self.screen is None:
+            return []
+        try:
+            return self.screen.poll(0)
+        except PoolExhausted as e:
+            print(f"note: the CPU screen has no worker left ({e}); candidates go straight to the GPUs",
+                  file=sys.stderr)  # fmt: skip
+            self.screen.shutdown()
+            self.screen = None
+            self.passed += list(self.jobs.values())  # unscreened: the GPUs judge them
+            self.jobs.clear()
+            return []
 
     def _feed_gpus(self) -> None:
         while self.passed and self.gpus.idle_slots():
@@ -95,7 +119,8 @@ class ScreenedPool:
         stand beside theirs): a mismatch is a UsageError."""
         from .config import UsageError
 
-        gpu, cpu = self.gpus.judge(timeout), self.screen.judge(timeout)
+        gpu = self.gpus.judge(timeout)
+        cpu = self.screen.judge(timeout) if self.screen is not None else gpu
         if gpu != cpu:
             raise UsageError(
                 f"the CPU screen's workers run judge {cpu}, the GPU workers {gpu}: install the same "
@@ -104,7 +129,8 @@ class ScreenedPool:
         return gpu
 
     def shutdown(self) -> None:
-        self.screen.shutdown()
+        if self.screen is not None:
+            self.screen.shutdown()
         self.gpus.shutdown()
 
 
