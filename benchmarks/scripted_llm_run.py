@@ -29,24 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from llm_server import ScriptedServer  # noqa: E402
+from tiny_run import SEED, write_run  # noqa: E402
 
 from evolve.store import Store  # noqa: E402 - after the path
 
-SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 SKINNY = "        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)"
 LARGE = "    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)"
-TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
-RUN = """
-[run]
-name = "m"
-task = "tiny.toml"
-seeds = ["{seed}"]
-seed = {run_seed}
-max_evals = {evals}
-workers = 2
-timeout_s = 120
-verify_programs = 64
-verify_sample_s = 2
+RUN_TAIL = """
 [[proposers]]
 kind = "mutator"
 [[proposers]]
@@ -97,8 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="scripted-llm-run-"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny.toml").write_text(TASK)
-    (folder / "run.toml").write_text(RUN.format(seed=SEED, run_seed=args.seed, evals=args.evals))
+    write_run(folder, seed=args.seed, max_evals=args.evals, name="m", tail=RUN_TAIL)
     with ScriptedServer(answers(random.Random(args.seed), 400)) as server:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-scripted-0123456789",
                "OPENAI_BASE_URL": server.url}  # fmt: skip

@@ -28,12 +28,13 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from evolve.store import Store  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import write_run  # noqa: E402
+
 pytestmark = pytest.mark.slow  # a few minutes on 2 cores: `make test-slow`, which CI runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 MAX_EVALS = 6
-TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 
 
 @pytest.fixture
@@ -65,26 +66,7 @@ def cluster(monkeypatch):
 
 
 def _run_file(tmp_path: Path) -> Path:
-    (tmp_path / "tiny.toml").write_text(TASK)
-    run = tmp_path / "run.toml"
-    run.write_text(
-        f"""
-[run]
-name = "t"
-task = "tiny.toml"
-seeds = ["{SEED}"]
-seed = 7
-max_evals = {MAX_EVALS}
-workers = 2
-timeout_s = 120
-verify_programs = 64
-verify_sample_s = 2
-
-[[proposers]]
-kind = "mutator"
-"""
-    )
-    return run
+    return write_run(tmp_path, seed=7, max_evals=MAX_EVALS, tail='\n[[proposers]]\nkind = "mutator"\n')
 
 
 def _env() -> dict:

@@ -12,29 +12,14 @@ import pytest
 
 from evolve.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import write_run  # noqa: E402
 
-TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_file(tmp_path: Path, max_evals: int, islands: int = 2) -> Path:
-    (tmp_path / "tiny.toml").write_text(TASK)
-    run = tmp_path / "run.toml"
-    run.write_text(
-        f"""
-[run]
-name = "t"
-task = "tiny.toml"
-seeds = ["{SEED}"]
-seed = 7
-max_evals = {max_evals}
-workers = 2
-timeout_s = 120
-# verifications on a small budget (the skinny shape's whole grid, 2 s of samples): make test stays short
-verify_programs = 64
-verify_sample_s = 2
-
+    tail = f"""
 [[proposers]]
 kind = "mutator"
 
@@ -42,8 +27,7 @@ kind = "mutator"
 islands = {islands}
 migration_interval = 3
 """
-    )
-    return run
+    return write_run(tmp_path, seed=7, max_evals=max_evals, tail=tail)
 
 
 def _evolve(tmp_path, *args, timeout=600):

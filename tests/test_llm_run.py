@@ -18,11 +18,10 @@ from evolve.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import ScriptedServer  # noqa: E402
+from tiny_run import write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "kernels" / "seeds" / "tiled_matmul.py"
 KEY = "sk-e2e-secret-0123456789abcdef"
-TASK = (Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny.toml").read_text()
 LARGE_OLD = "    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)"
 SKINNY_OLD = "        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)"
 # M = 16: 16x16 tiles give 128 programs on 132 SMs where the seed's 32x64 give 32 (the judge models
@@ -35,26 +34,7 @@ def _diff(old: str, new: str) -> str:
 
 
 def _run_file(tmp_path: Path) -> Path:
-    (tmp_path / "tiny.toml").write_text(TASK)
-    run = tmp_path / "run.toml"
-    run.write_text(
-        f"""
-[run]
-name = "t"
-task = "tiny.toml"
-seeds = ["{SEED}"]
-seed = 3
-max_evals = 4
-workers = 2
-timeout_s = 120
-verify_programs = 64
-verify_sample_s = 2
-
-[population]
-islands = 1
-"""
-    )
-    return run
+    return write_run(tmp_path, seed=3, max_evals=4, tail="\n[population]\nislands = 1\n")
 
 
 def _other_processes_with_key(own: int) -> list[str]:
