@@ -45,7 +45,13 @@ SITE = sorted({str(Path(torch.__file__).parents[1]), str(Path(triton.__file__).p
 
 
 def evaluation(
-    backend: str, layouts: list[str], status: str = "ok", stage: str = "verified", task=None, speedup=1.1
+    backend: str,
+    layouts: list[str],
+    status: str = "ok",
+    stage: str = "verified",
+    task=None,
+    speedup=1.1,
+    fitness=1.25,
 ) -> dict:
     """A stored verdict on the tiny task's shapes (or on `task`'s: train and check ones)."""
     kind = "measured" if backend.startswith("cuda:") else "modelled"
@@ -71,21 +77,22 @@ def evaluation(
         "gpu": "NVIDIA H200",
         "bulky": [1] * 50,
     }
-    fitness = 1.25 if status == "ok" else 0.0
+    fitness = fitness if status == "ok" else 0.0
     return Evaluation(
         status, backend, fitness, kind, feedback="wrong on 33x40x17" if status != "ok" else "",
         shapes=shapes, provenance=provenance, held_out=1.1, stage=stage, judge="j1",
     ).to_dict()  # fmt: skip
 
 
-def stand_in_judge(backend: str = GPU, status: str = "ok", speedup: float = 1.1, calls: list | None = None):
+def stand_in_judge(backend: str = GPU, status: str = "ok", speedup: float = 1.25, calls: list | None = None):
     """The judge's stand-in for the backward products: a verdict of `status` on the task it is given
-    (its shapes and layouts), recording the tasks; the real CPU judge runs in the `exported` fixture."""
+    (its shapes and layouts; every training row at `speedup`, the fitness their geomean, as the GPU
+    judge's), recording the tasks; the real CPU judge runs in the `exported` fixture."""
 
     def judge(source: str, task) -> dict:
         if calls is not None:
             calls.append(task)
-        return evaluation(backend, list(task.layouts), status, task=task, speedup=speedup)
+        return evaluation(backend, list(task.layouts), status, task=task, speedup=speedup, fitness=speedup)
 
     return judge
 

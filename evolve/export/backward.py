@@ -16,7 +16,6 @@ where the forward was measured and modelled figures were not allowed).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 from evaluators.task import Task
@@ -59,14 +58,6 @@ def backward_task(task: Task) -> Task:
     )
 
 
-def _speedup(verdict: dict) -> float | None:
-    """Geomean speedup over torch.matmul of a measured verdict's training rows (None if unmeasured)."""
-    values = [s.get("speedup") for s in verdict.get("shapes", []) if s.get("kind") == "train"]
-    if not values or any(v is None or v <= 0 for v in values):
-        return None
-    return math.exp(sum(map(math.log, values)) / len(values))
-
-
 def backward_facts(verdict: dict, task: Task, forward_measured: bool, allow_modelled: bool) -> dict:
     """judged["backward"] from the judge's `verdict` (an Evaluation dict) on `task` (backward_task's):
     the facts the runtime holds backward products to (kernels/runtime/dispatch.py BACKWARD_KEYS, plus
@@ -76,12 +67,11 @@ def backward_facts(verdict: dict, task: Task, forward_measured: bool, allow_mode
     if verdict.get("status") != "ok":
         feedback = " ".join(str(verdict.get("feedback") or "").split())[:300]
         return {"reason": f"judged {verdict.get('status')} on the backward products ({shapes}): {feedback}"}
-    measured = verdict.get("fitness_kind") == "measured"
-    if measured:
-        speedup = _speedup(verdict)
-        if speedup is None or speedup < 1.0:
-            figure = "no figure" if speedup is None else f"{speedup:.3g}x"
-            return {"reason": f"slower than torch.matmul on the backward products ({figure}; {shapes})"}
+    if verdict.get("fitness_kind") == "measured":
+        # a measured ok verdict's fitness is the geomean speedup over torch.matmul on its training rows
+        speedup = float(verdict.get("fitness") or 0.0)
+        if speedup < 1.0:
+            return {"reason": f"slower than torch.matmul on the backward products ({speedup:.3g}x; {shapes})"}
     elif forward_measured and not allow_modelled:
         return {
             "reason": f"judged correct on the backward products ({shapes}) on {verdict.get('backend')}, never "

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from evaluators.task import Task
+from evaluators.verdict import geometric_mean
 
 from ..config import UsageError
 from ..store import Store, StoreError
@@ -46,7 +46,7 @@ class Comparison:
         values = [r["figures"].get(column) for r in common]
         if not values or any(v is None or v <= 0 for v in values):
             return None
-        return math.exp(sum(map(math.log, values)) / len(values))
+        return geometric_mean(values)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

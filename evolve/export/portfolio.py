@@ -13,11 +13,11 @@ to torch.matmul, and the module's explain() says why.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 from evaluators.task import Task
+from evaluators.verdict import geometric_mean
 from kernels.runtime.dispatch import bounds_hold
 
 from ..config import UsageError
@@ -66,7 +66,7 @@ def _score(row: dict, shapes: list[tuple[int, int, int]], measured: bool) -> flo
         if not values or any(v is None or v <= 0 for v in values):
             return None
         figures += values
-    return math.exp(sum(map(math.log, figures)) / len(figures))
+    return geometric_mean(figures)
 
 
 def _backend(rows: list[dict], allow_modelled: bool) -> tuple[str, bool]:
