@@ -80,7 +80,6 @@ def backward_facts(verdict: dict, task: Task, forward_measured: bool, allow_mode
     row = {"backend": verdict["backend"], "fitness_kind": verdict["fitness_kind"], "metrics": verdict}
     facts = judged_facts(row, task)
     facts.pop("cpu_device", None)  # the forward's facts carry it; one device for both
-    facts.pop("backward", None)
     facts["fitness"] = verdict.get("fitness")
     facts["shapes"] = [list(s) for s in task.train]
     return facts

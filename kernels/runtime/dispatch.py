@@ -379,7 +379,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def recent_calls() -> list[dict]:
     """The last calls the op ran (oldest first): {path: 'triton'|'fallback', reason, role:
-    'forward'|'backward', shape (M, N, K), layout, dtype, device}. Calls traced by torch.compile's fake tensors are not here, their runs are."""
+    'forward'|'backward', shape (M, N, K), layout, dtype, device}. Calls traced by torch.compile's fake
+    tensors are not here, their runs are."""
     return list(_RECENT)
 
 
