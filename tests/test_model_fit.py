@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluators.model import classes, fit, fit_rows
+from evaluators.model import classes, fit, fit_report, fit_rows, sources
 from evaluators.model.calibration import SCHEMA as CALIBRATION_SCHEMA
 from evaluators.model.constants import FITTED_PATH, GPUS, Constants
 from evaluators.model.figures import (
@@ -206,12 +206,58 @@ def test_leave_one_out_is_out_of_sample():
     moved[2] *= 3.0
     loo_moved = fit.leave_one_out(predicts, moved, weights, free)
     assert loo_moved[2] == loo[2]
+    assert all(factor == 1.0 for _, factor in loo)  # no sources: no factors
     assert any(
-        not math.isclose(a, b, rel_tol=1e-6)
+        not math.isclose(a[0], b[0], rel_tol=1e-6)
         for i, (a, b) in enumerate(zip(loo, loo_moved, strict=True))
         if i != 2
     )
     assert fit.leave_one_out(predicts[:1], published[:1], weights[:1], free) == [None]
+
+
+def test_a_source_factor_is_the_mean_log_ratio_of_its_rows_and_needs_two_of_them():
+    # source "slow" runs every figure at half the model's; "one" has a single row; None is measured
+    modelled = [100.0, 200.0, 300.0, 100.0, 100.0, 50.0, 50.0]
+    published = [50.0, 100.0, 200.0, 50.0, 80.0, 0.5, 0.5]
+    weights = [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    srcs = ["slow", "slow", "slow", "one", None, "wild", "wild"]
+    f = sources.source_factors(modelled, published, weights, srcs)
+    assert set(f) == {"slow", "wild"}  # one row cannot tell a source's level from the model's
+    assert f["slow"] == pytest.approx(math.exp((2 * math.log(0.5) + 2 * math.log(2 / 3)) / 4))  # weighted
+    assert f["wild"] == sources.FACTOR_BOUNDS[0]  # 0.01 clipped to the bound
+    assert sources.factor_of(None, f) == 1.0 and sources.factor_of("one", f) == 1.0
+    # a row the model cannot price neither informs its source's factor nor counts towards its rows
+    assert sources.source_factors([0.0, 100.0], [50.0, 50.0], [1.0, 1.0], ["s", "s"]) == {}
+    g = sources.source_factors([0.0, 100.0, 100.0], [50.0, 50.0, 50.0], [1.0] * 3, ["s"] * 3)
+    assert g["s"] == pytest.approx(0.5)
+
+
+def test_source_factors_keep_a_slow_harness_out_of_the_constants():
+    """One source ran every kernel at 40% of the truth (a throttled machine, a host-bound harness):
+    fitted as published, the constants bend to it; with a factor per source they come back, and the
+    held-out rows are predicted within a few percent once their source's level is fitted."""
+    predicts = _predictors() * 2  # the same kernels, measured by two sources
+    truth = [p(TRUTH) for p in predicts]
+    n = len(SYNTHETIC)
+    published = truth[:n] + [0.4 * t for t in truth[n:]]
+    weights = [1.0] * len(predicts)
+    srcs = ["fast"] * n + ["slow"] * n
+    free = ("epilogue_latency", "wgmma_efficiency")
+    plain = fit.fit_constants(predicts, published, weights, free)
+    with_sources = fit.fit_constants(predicts, published, weights, free, sources=srcs)
+    assert with_sources.wgmma_efficiency == pytest.approx(0.8, rel=0.05)
+    assert abs(plain.wgmma_efficiency - 0.8) > 3 * abs(with_sources.wgmma_efficiency - 0.8)
+    assert fit.loss(predicts, published, weights, with_sources, srcs) < fit.loss(
+        predicts, published, weights, plain
+    )
+    loo = fit.leave_one_out(predicts, published, weights, free, sources=srcs)
+    for (m, factor), p, s in zip(loo, published, srcs, strict=True):
+        assert factor < 0.6 if s == "slow" else factor > 0.9
+        assert m * factor == pytest.approx(p, rel=0.15)
+    # the held-out row enters neither the constants nor its source's factor
+    moved = list(published)
+    moved[n] *= 3.0
+    assert fit.leave_one_out(predicts, moved, weights, free, sources=srcs)[n] == loo[n]
 
 
 def test_summary_follows_the_classes_contract(tmp_path):
@@ -234,6 +280,34 @@ def test_summary_follows_the_classes_contract(tmp_path):
     assert classes.shape_error((8192, 8192, 8192), errors) == (large["error"], large["ratio_error"])
     assert classes.shape_error((8192, 8192, 512), errors) == (1.0, 1.0)  # no pairs: error stands for it
     assert classes.shape_error((1, 4096, 4096), errors) == (None, None)  # skinny: not calibrated
+
+
+def test_summary_and_report_give_the_source_adjusted_figures_beside_the_model_s_own():
+    rows = []
+    for i, (shape, pub, oos, factor) in enumerate([
+        ((8192, 8192, 8192), 600.0, 1200.0, 0.5), ((8192, 8192, 8192), 500.0, 1000.0, 0.55),
+        ((8192, 8192, 512), 200.0, 210.0, 1.0),
+    ]):  # fmt: skip
+        rows.append({"id": str(i), "class": classes.shape_class(shape), "group": str(shape), "published": pub,
+                     "out_of_sample": oos, "in_sample": oos, "error": oos / pub - 1, "fitted": True,
+                     "source_factor": factor, "error_adjusted": oos * factor / pub - 1,
+                     "modelled_default": oos, "source": "s", "excluded": None})  # fmt: skip
+    summary = fit.summarise(rows)
+    large = summary["classes"]["large"]
+    assert large["within_35"] == 0 and large["within_35_adjusted"] == 2  # +100% / +100%, then 0% / +10%
+    assert large["error_adjusted"] == pytest.approx(0.08) and large["max_error_adjusted"] == pytest.approx(
+        0.1
+    )
+    assert (
+        summary["targets"]["each_within_35"] is False
+        and summary["targets"]["each_within_35_adjusted"] is True
+    )
+    doc = {"created": "now", "command": "python -m evaluators.model.fit", "triton": "x", "constants": {},
+           "free": {}, "defaults": {}, "loss": {"default": 1.0, "fitted": 0.5}, "rows": rows, "ceilings": [],
+           "source_factors": True, "sources": [{"source": "s", "rows": 3, "factor": 0.52}], **summary}  # fmt: skip
+    text = fit_report.markdown(doc)
+    assert "| s | 3 | 0.52 |" in text and "(1/3; source-adjusted: 3/3)" in text
+    assert "| 0 | large | 600.0 | 1200.0 | 1200.0 | 1200.0 | +100% | 0.50 | +0% | s |" in text
 
 
 def test_committed_fit_is_readable_by_the_model_and_classes():

@@ -49,8 +49,10 @@ epilogue pass) costs the floor plus reading split fp32 partials and writing C. I
 max per CTA, regs*threads > regs per SM, threads > 1024, no dot at all) -> bound "invalid",
 fraction 0, time inf.
 
-Error: evaluators/model/fit.md, per shape class, out of sample (`make calibrate`); large
-compute-bound shapes within ~15%, small-K, skinny and medium shapes 1.5-3x optimistic today.
+Error: evaluators/model/fit.md, per shape class, out of sample (`make calibrate`); against the
+published figures as they are, large compute-bound shapes within ~25%, small-K, skinny and medium
+shapes 1.5-3x optimistic; once each source's speed factor (its machine and harness,
+evaluators/model/sources.py) is fitted on its other rows, 16 of 17 rows within 35%.
 Use it to rank, with the error each figure carries (evaluators/model/classes.py).
 """
 
