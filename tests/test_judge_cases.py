@@ -36,6 +36,10 @@ KNOWN_GAPS: dict[str, str] = {}
 # rightly (an overflowed value in a training step would turn into NaN). Judged on normal inputs,
 # the README's verdict (ok, modelled far below the seed) is what the case tests.
 NORMAL_INPUTS_ONLY = {"decoy_dot.py"}
+# Cases that take minutes on 2 cores run in `make test-slow` (and test-compat's slow pass), not in
+# `make test`: decoy_dot's CUDA-core loop runs element by element under the interpreter at every check
+# shape and in its full-size sampled programs (~100 s on an idle machine).
+SLOW_CASES = {"decoy_dot.py"}
 TIMEOUT_S = 90.0  # per case; the honest ones take 10-50 s on 2 busy cores
 # Verified verdicts (the expensive stage runs), on a budget that keeps `make test` short: the whole
 # grids of the skinny training shapes (64 programs each) and a few seconds of full-size samples.
@@ -58,7 +62,8 @@ def _rows() -> list[tuple[str, str, str]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and re.match(r"[\w.]+\.(py|toml)\b", cells[0]):
             name = cells[0].split()[0]
-            rows.append(pytest.param(name, cells[1], cells[2], id=name))
+            marks = [pytest.mark.slow] if name in SLOW_CASES else []
+            rows.append(pytest.param(name, cells[1], cells[2], id=name, marks=marks))
     if not rows:
         raise AssertionError(f"{readme}: no case rows found in its table")
     return rows
