@@ -134,6 +134,9 @@ def test_measured_tables_become_weighted_rows_and_ceilings(tmp_path):
         ("kernels/baselines/tutorial_matmul.py", {"CONFIG_INDEX": 2}, 600.0, MEASURED_WEIGHT, "measured")
     ]
     assert [(c.library, c.tflops) for c in ceilings] == [("torch.matmul (measured)", 750.0)]
+    published, _ = load_figures(FIGURES_PATH)
+    # measured rows carry no source factor: they are the judge's own protocol and anchor the model
+    assert sources.row_sources([published[0], rows[0]]) == [published[0].source, None]
     (folder / "calibration.json").write_text(json.dumps({**doc, "schema": "other"}))
     with pytest.raises(FiguresError, match="calibration.json: schema 'other'"):
         measured_rows(tmp_path)

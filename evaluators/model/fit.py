@@ -38,7 +38,7 @@ from .calibration import spearman
 from .classes import CLASSES, shape_class
 from .constants import FITTED_PATH, Constants
 from .figures import FIGURES_PATH, RESULTS_DIR, ROOT, load_figures, measured_rows
-from .sources import factor_of, source_factors
+from .sources import factor_of, row_sources, source_factors
 
 SCHEMA = "triton-evolve/model-fit/1"
 # Free constants by default: few against the rows (7 fitted rows in figures.toml today), and the
@@ -284,11 +284,7 @@ def run(args: argparse.Namespace) -> dict:
     defaults = Constants()
     # Per-source factors (evaluators/model/sources.py): published rows by their source; measured rows
     # (the judge's own protocol) carry none and anchor the model's level.
-    sources = (
-        None
-        if args.no_source_factors
-        else [None if rows[i].kind == "measured" else rows[i].source for i in use]
-    )
+    sources = None if args.no_source_factors else row_sources([rows[i] for i in use])
     fitted = fit_constants(preds, pub, w, free, sources=sources)
     loo = leave_one_out(preds, pub, w, free, sources=sources)
     oos = dict(zip(use, loo, strict=True))

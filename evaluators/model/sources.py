@@ -47,6 +47,12 @@ def source_factors(
     }
 
 
+def row_sources(rows: Sequence) -> list[str | None]:
+    """Per calibration row (evaluators/model/figures.py Row), the source whose factor it shares: its
+    `source` when published, None when measured by `make gpu-check` (no factor: the model's anchor)."""
+    return [None if row.kind == "measured" else row.source for row in rows]
+
+
 def factor_of(source: str | None, factors: dict[str, float]) -> float:
     """The factor of `source` in `factors`: 1 for a measured row (None) or a source without a factor."""
     return 1.0 if source is None else factors.get(source, 1.0)
