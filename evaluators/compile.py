@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -99,6 +100,8 @@ def compiled_facts(asm: dict, shared: int, num_warps: int, num_stages: int, meta
         "uses_wgmma": bool(_WGMMA.search(ptx)),
         "uses_tma": bool(_TMA.search(ptx)),
         "pipeline_stages": pipeline_stages(asm.get("ttgir", "")),
+        "loop_float_flops": loop_float_flops(asm.get("ttgir", "")),
+        "mma_operand_types": mma_operand_types(asm.get("ttgir", "")),
         "dots": dot_facts(ttir),
         "narrowed_to": narrowing_facts(ttir),
         "atomics": "tt.atomic_rmw" in ttir or "tt.atomic_cas" in ttir,
@@ -121,6 +124,67 @@ def pipeline_stages(ttgir: str) -> int:
     if not _ASYNC_COPY.search(ttgir):
         return 1
     return max((int(n) for n in _BUFFERS.findall(ttgir)), default=1)
+
+
+# A dot as lowered: tt.dot on register operands (mma.sync) or ttng.warp_group_dot on shared memory (wgmma).
+_COMPILED_DOT = re.compile(
+    r"\b(?:tt\.dot|ttng\.warp_group_dot)\s.*?:\s*(?:tensor|!ttg\.memdesc)<(?:\d+x)+(\w+)[,>]"
+)
+
+
+def mma_operand_types(ttgir: str) -> list[str]:
+    """The A operand's element type of every dot as the compiler lowered it (TTGIR), e.g. "f16" for an
+    fp8 dot that Hopper's mma.sync path upcasts, where the TTIR still says f8E4M3FN: what sets the
+    tensor-core rate the dot runs at."""
+    return [m.group(1) for m in _COMPILED_DOT.finditer(ttgir)]
+
+
+_DOT_OP = re.compile(r"\b(?:tt\.dot|ttng\.warp_group_dot)\s")
+# Float arithmetic on tensors (or scalars): the op, then the result type's shape and float type.
+_FLOAT_OP = re.compile(
+    r"=\s*(arith\.(?:addf|subf|mulf|divf|negf|maximumf|minimumf|maxnumf|minnumf)|math\.fma)\s[^:]*:\s*"
+    r"(?:tensor<((?:\d+x)+)f\d+|f\d+)"
+)
+
+
+def k_loop_bodies(ttgir: str) -> list[list[str]]:
+    """The body lines (nested regions included) of every scf.for that holds a dot, the innermost loop
+    owning a line."""
+    stack: list[dict] = []  # open regions; an scf.for collects its own body's lines
+    loops = []
+    for line in ttgir.splitlines():
+        text = line.strip()
+        if text.startswith("}"):
+            region = stack.pop() if stack else None
+            if region and region["for"] and any(_DOT_OP.search(x) for x in region["lines"]):
+                loops.append(region["lines"])
+            if text.endswith("{"):  # "} else {": the next region of the same op
+                stack.append({"for": False, "lines": []})
+            continue
+        loop = next((r for r in reversed(stack) if r["for"]), None)
+        if loop is not None:
+            loop["lines"].append(text)
+        if text.endswith("{"):
+            stack.append({"for": "scf.for" in text, "lines": []})
+    return loops
+
+
+def loop_float_flops(ttgir: str) -> int:
+    """Float arithmetic one program executes per iteration of its K loop besides the dot, as compiled:
+    elementwise float ops on tensors (or scalars) in the body of the scf.for that holds the dot, each
+    counted over its elements (math.fma twice). `acc = tl.dot(a, b, acc)` compiles to none (the MMA
+    accumulates); `acc += tl.dot(a, b) * scale` compiles to a multiply and an add per element, run
+    on CUDA cores every step. The largest over a kernel's dot loops; 0 without one."""
+    best = 0
+    for lines in k_loop_bodies(ttgir):
+        flops = 0
+        for x in lines:
+            m = _FLOAT_OP.search(x)
+            if m:
+                elems = math.prod(int(d) for d in m.group(2).rstrip("x").split("x")) if m.group(2) else 1
+                flops += elems * (2 if m.group(1) == "math.fma" else 1)
+        best = max(best, flops)
+    return best
 
 
 _CONSTANT = re.compile(r"(%[\w.]+) = arith\.constant (?:dense<)?(-?[\d.]+(?:e[-+]?\d+)?)")

@@ -1,6 +1,14 @@
 import pytest
 
-from evaluators.compile import CompileCache, dot_facts, precision_problems, spin_wait, truncate
+from evaluators.compile import (
+    CompileCache,
+    dot_facts,
+    loop_float_flops,
+    mma_operand_types,
+    precision_problems,
+    spin_wait,
+    truncate,
+)
 from evaluators.targets import TARGET_LIMITS, limit_violations, peak_tflops
 
 TTIR_TF32 = "%acc = tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<128x64xf32> * tensor<64x128xf32> -> tensor<128x128xf32>"
@@ -134,3 +142,42 @@ def test_precision_below_the_task_is_named(ttir, dtype, phrases):
 )  # fmt: skip
 def test_the_tasks_own_precision_passes(ttir, dtype, allow_tf32):
     assert precision_problems(_facts(ttir), dtype, allow_tf32) == []
+
+
+# TTGIR lines as Triton 3.9 prints them for sm_90 (shortened: the layouts and locations cut).
+K_LOOP_TTGIR = """
+    %acc:3 = scf.for %k = %c0_i32 to %n step %c1_i32 iter_args(%acc_1 = %cst) -> (tensor<128x64xf32, #mma>) : i32 {
+      %a_0 = ttg.async_copy_global_to_local %a_ptrs, %a_buf mask %m other %z {contiguity = 16 : i32} : tensor<128x128x!tt.ptr<f8E4M3FN>, #blocked1> -> <128x128xf8E4M3FN, #shared, #smem, mutable>
+      %d = ttng.warp_group_dot %a_1, %b_1, %cst {inputPrecision = 0 : i32, isAsync = true} : !ttg.memdesc<128x128xf8E4M3FN, #shared, #smem, mutable> * !ttg.memdesc<128x64xf8E4M3FN, #shared1, #smem, mutable> -> tensor<128x64xf32, #mma>
+      %s1 = arith.mulf %d, %as : tensor<128x64xf32, #mma>
+      %s2 = arith.mulf %s1, %bs : tensor<128x64xf32, #mma>
+      %s3 = arith.addf %acc_1, %s2 : tensor<128x64xf32, #mma>
+      %p = arith.addi %k, %c1_i32 : i32
+      %q = scf.if %cond -> (f32) {
+        %r = math.fma %x, %y, %z : f32
+        scf.yield %r : f32
+      } else {
+        scf.yield %x : f32
+      }
+      scf.yield %s3 : tensor<128x64xf32, #mma>
+    } loc(#loc1)
+    %out = arith.truncf %acc#0 : tensor<128x64xf32, #mma> to tensor<128x64xbf16, #mma>
+"""
+MMA_SYNC_TTGIR = """
+    %r = scf.for %k = %c0 to %n step %c1 iter_args(%acc = %cst) -> (tensor<16x32xf32, #mma>) : i32 {
+      %d = tt.dot %a, %b, %acc, inputPrecision = tf32 : tensor<16x128xf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 4}>> * tensor<128x32xf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 4}>> -> tensor<16x32xf32, #mma>
+      scf.yield %d : tensor<16x32xf32, #mma>
+    }
+"""
+
+
+def test_compiled_dot_types_and_the_k_loop_float_work():
+    """The rate a dot runs at is its lowered operand type (an fp8 dot on the mma.sync path is f16 in
+    the TTGIR); the K loop's float work besides the dot is counted over elements, as compiled."""
+    assert mma_operand_types(K_LOOP_TTGIR) == ["f8E4M3FN"]
+    assert mma_operand_types(MMA_SYNC_TTGIR) == ["f16"]
+    # two multiplies and an add over 128x64 elements, and one scalar fma (2 flops) in a nested if;
+    # integer address arithmetic and the truncf after the loop are not the loop's float work
+    assert loop_float_flops(K_LOOP_TTGIR) == 3 * 128 * 64 + 2
+    assert loop_float_flops(MMA_SYNC_TTGIR) == 0  # acc = tl.dot(a, b, acc): the MMA accumulates
+    assert loop_float_flops(K_LOOP_TTGIR.replace("warp_group_dot", "local_load")) == 0  # no dot, no K loop

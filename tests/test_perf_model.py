@@ -11,10 +11,13 @@ KernelLaunch facts are built by hand, except in the one test that compiles the s
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from evaluators.model.constants import GPUS
 from evaluators.model.perf_model import (
+    ExecutedWork,
     KernelLaunch,
     ShapeEstimate,
     estimate_shape,
@@ -269,3 +272,24 @@ def test_fitted_constants_load_with_errors_that_name_file_and_field(tmp_path):
         with pytest.raises(ValueError, match=phrase) as err:
             load_constants(good)
         assert str(good) in str(err.value)
+
+
+def test_the_compiled_dot_sets_the_rate_and_the_k_loop_arithmetic_is_priced():
+    """An fp8 dot that the compiler lowered to 16-bit mma.sync (a 16-row tile on Hopper) runs at fp16's
+    rate, not fp8's; the K loop's other float work in the compile facts (a scale multiply per step)
+    costs CUDA-core time until the executed count replaces it."""
+    facts = {"num_warps": 4, "num_stages": 3, "shared": 40960, "uses_wgmma": False,
+             "dots": [{"precision": "f8E4M3FN", "tile": [16, 64, 128]}]}  # fmt: skip
+    assert launch_from_facts({**facts, "mma_operand_types": ["f16"]}, [132]).dot_rate == "fp16"
+    assert launch_from_facts({**facts, "mma_operand_types": ["f8E4M3FN"]}, [132]).dot_rate == "fp8"
+    assert launch_from_facts(facts, [132]).dot_rate == "fp8"  # no TTGIR facts: the TTIR's type
+    shape = (4096, 4096, 4096)
+    plain = launch((128, 128, 64), 8, 4, shape=shape)
+    scaled = dataclasses.replace(plain, loop_flops=3 * 128 * 128)  # acc += dot * a_s * b_s
+    assert est(scaled, shape).time_s > 1.1 * est(plain, shape).time_s
+    work = ExecutedWork(programs=1024, working=1024, dot_flops=(("bf16", (128, 128, 64), 2 * 128 * 128 * 4096),),
+                        cuda_flops=0.0)  # fmt: skip
+    counted = dataclasses.replace(scaled, work=work)  # what ran supersedes the static count
+    assert est(counted, shape).time_s == pytest.approx(
+        est(dataclasses.replace(plain, work=work), shape).time_s
+    )

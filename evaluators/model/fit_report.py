@@ -94,7 +94,7 @@ def markdown(doc: dict) -> str:
             f"{out} | {err} | {_f(r.get('source_factor'), 2)} | {_pct(r.get('error_adjusted'))} | {r['source']} |"
         )
     if doc.get("ceilings"):
-        lines += ["", "## Ceilings (cuBLAS in the same sources; never fitted)", "", "| gpu | dtype | shape | library | TFLOP/s | source |",
+        lines += ["", "## Ceilings (vendor libraries in the same sources: cuBLAS, CUTLASS; never fitted)", "", "| gpu | dtype | shape | library | TFLOP/s | source |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for c in doc["ceilings"]:
             lines.append(

@@ -21,7 +21,10 @@ S = k-steps of the busiest program (its main-dot FLOPs / 2*BM*BN*BK, or tiles*cd
              eff_mma = wgmma_efficiency*N/(N+8) with wgmma (N per instruction),
              gpu.mma_efficiency_no_wgmma without; an fp32 IEEE dot runs on CUDA cores.
              Executed work adds, per program, every other dot at its own rate and the CUDA-core
-             flops at the fp32 rate. compute_s = w*r*(S*step + extra) / clock
+             flops at the fp32 rate. The dot's rate is the compiled one: an fp8 dot lowered to 16-bit mma.sync runs at fp16's.
+             From compile facts alone, the loop's other float ops per step (compile.loop_float_flops)
+             run at the CUDA-core rate; once verified, the executed count replaces them.
+             compute_s = w*r*(S*step + extra) / clock
   traffic    each CTA loads (min(BM,M)*BK + BK*BN)*elem per k-step (L2 requests). DRAM:
              one wave reads the A/B panels of a square-ish block of tiles (grouped
              ordering); across waves panels are re-read unless A+B fit in ~l2_fit of L2.
@@ -52,7 +55,7 @@ fraction 0, time inf.
 Error: evaluators/model/fit.md, per shape class, out of sample (`make calibrate`); against the
 published figures as they are, large compute-bound shapes within ~25%, small-K, skinny and medium
 shapes 1.5-3x optimistic; once each source's speed factor (its machine and harness,
-evaluators/model/sources.py) is fitted on its other rows, 16 of 17 rows within 35%.
+evaluators/model/sources.py) is fitted on its other rows, 24 of 27 rows within 35%.
 Use it to rank, with the error each figure carries (evaluators/model/classes.py).
 """
 
@@ -117,6 +120,7 @@ class KernelLaunch:
     pipeline_stages: int | None = None  # operand buffers the compiled loop cycles through (None: num_stages)
     dot_rate: str | None = None  # rate key of the main dot (dot_rate_key); None: the task's
     work: ExecutedWork | None = None  # verified stage: what ran
+    loop_flops: float = 0.0  # float ops per K step besides the dot, as compiled (compile.loop_float_flops)
 
     @property
     def buffers(self) -> int:
@@ -154,6 +158,7 @@ def launch_from_facts(facts: dict, grid: list[int], work: ExecutedWork | None = 
         key, tile, _ = work.main_dot
         main = {"tile": list(tile), "precision": key}
     stages = facts.get("pipeline_stages")
+    rate = dot_rate_key(str(main["precision"])) if main and main.get("precision") else None
     return KernelLaunch(
         tile=tuple(int(x) for x in main["tile"]) if main else None,
         grid=tuple(int(g) for g in grid) or (1,),
@@ -166,9 +171,18 @@ def launch_from_facts(facts: dict, grid: list[int], work: ExecutedWork | None = 
         uses_tma=bool(facts.get("uses_tma", False)),
         atomics=bool(facts.get("atomics", False)),
         pipeline_stages=None if stages is None else int(stages),
-        dot_rate=dot_rate_key(str(main["precision"])) if main and main.get("precision") else None,
+        dot_rate=compiled_rate(rate, facts.get("mma_operand_types") or []),
         work=work,
+        loop_flops=float(facts.get("loop_float_flops") or 0),
     )
+
+
+def compiled_rate(rate: str | None, operand_types: list[str]) -> str | None:
+    """The main dot's rate key as compiled: an fp8 dot whose every lowered dot multiplies 16-bit
+    operands (Hopper's mma.sync path upcasts fp8 to fp16) runs at that 16-bit rate, not fp8's."""
+    if rate == "fp8" and operand_types and all(t in ("f16", "bf16") for t in operand_types):
+        return "bf16" if all(t == "bf16" for t in operand_types) else "fp16"
+    return rate
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -306,6 +320,13 @@ def extra_work_cycles(work: ExecutedWork, gpu: GpuSpec, c: Constants) -> float:
     return cycles + work.cuda_flops / (_flops_per_clk(gpu, "fp32") * c.cuda_core_efficiency)
 
 
+def loop_flops_cycles(flops_per_step: float, steps: int, gpu: GpuSpec, c: Constants) -> float:
+    """Compile facts only (no executed count yet): the float arithmetic the compiled K loop runs per
+    step besides the dot (a scale multiply, an add into an accumulator the MMA does not hold), at
+    the CUDA-core fp32 rate, for every step of the busiest program."""
+    return steps * flops_per_step / (_flops_per_clk(gpu, "fp32") * c.cuda_core_efficiency)
+
+
 def overlap(stages: int, resident: int) -> float:
     """Pipelining: fraction of the shorter of compute and memory hidden under the longer. From the
     COMPILED operand buffers (never the launch option): 1 buffer (no async copies) hides nothing,
@@ -431,8 +452,10 @@ def _estimate_launch(
     rate = launch.dot_rate if launch.dot_rate in ("fp16", "bf16", "fp8", "tf32", "tf32x3", "fp32") else key
     step, eff, wgmma = step_cycles(launch, gpu, rate, elem, c)
     program_cycles = g["steps"] * step
-    if launch.work is not None:
+    if launch.work is not None:  # what ran, counted: it holds the loop's arithmetic too
         program_cycles += extra_work_cycles(launch.work, gpu, c)
+    else:
+        program_cycles += loop_flops_cycles(launch.loop_flops, g["steps"], gpu, c)
     compute_s = g["per_sm"] * program_cycles / clock
     mem = memory_seconds(launch, shape, g, gpu, elem, c)
     mem_s = max(mem["dram_s"], mem["l2_s"], mem["ingress_s"], mem["latency_s"])
