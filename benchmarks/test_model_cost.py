@@ -6,7 +6,8 @@ has 24 training shapes x 3 layouts = 72 modelled entry-point calls.
 
 from evaluators import load_task
 from evaluators.model.constants import GPUS
-from evaluators.model.perf_model import estimate_shape, launch_from_facts, modelled_fitness
+from evaluators.model.launch import launch_from_facts
+from evaluators.model.perf_model import estimate_shape, modelled_fitness
 
 # Compile facts of the seed's large-tile kernel for sm_90 (what evaluators/compile.py records).
 FACTS = {"shared": 98304, "num_warps": 8, "num_stages": 3, "uses_wgmma": True, "uses_tma": False,

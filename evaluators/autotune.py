@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 from .model.constants import GpuSpec
-from .model.perf_model import estimate_shape, launch_from_facts
+from .model.launch import launch_from_facts
+from .model.perf_model import estimate_shape
 from .targets import TargetLimits, limit_violations
 
 

@@ -165,7 +165,8 @@ class CpuStages:
         do; each modelled figure carries its class's calibration error (evaluators/model/classes.py)."""
         from .model.classes import class_errors, shape_class, shape_error
         from .model.constants import GPUS
-        from .model.perf_model import estimate_shape, launch_from_facts, modelled_fitness, slowed
+        from .model.launch import launch_from_facts
+        from .model.perf_model import estimate_shape, modelled_fitness, slowed
 
         start = time.perf_counter()
         gpu = GPUS[self.model_gpu]

@@ -28,7 +28,8 @@ from evaluators.model.figures import (
     load_figures,
     measured_rows,
 )
-from evaluators.model.perf_model import KernelLaunch, estimate_shape
+from evaluators.model.launch import KernelLaunch
+from evaluators.model.perf_model import estimate_shape
 
 H100 = GPUS["h100"]
 

@@ -16,14 +16,8 @@ import dataclasses
 import pytest
 
 from evaluators.model.constants import GPUS
-from evaluators.model.perf_model import (
-    ExecutedWork,
-    KernelLaunch,
-    ShapeEstimate,
-    estimate_shape,
-    launch_from_facts,
-    modelled_fitness,
-)
+from evaluators.model.launch import ExecutedWork, KernelLaunch, launch_from_facts
+from evaluators.model.perf_model import ShapeEstimate, estimate_shape, modelled_fitness
 
 H100, A100 = GPUS["h100"], GPUS["a100"]
 BIG = (8192, 8192, 8192)

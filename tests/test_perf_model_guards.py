@@ -12,12 +12,8 @@ import math
 import pytest
 
 from evaluators.model.constants import GPUS
-from evaluators.model.perf_model import (
-    ShapeEstimate,
-    estimate_shape,
-    launch_from_facts,
-    modelled_fitness,
-)
+from evaluators.model.launch import launch_from_facts
+from evaluators.model.perf_model import ShapeEstimate, estimate_shape, modelled_fitness
 
 H100 = GPUS["h100"]
 FACTS = {

@@ -173,7 +173,8 @@ def model_launches(
     (the compile child's reply, evaluators/child.py `compile_offline`). Raises KeyError for a
     call whose key has no facts and for an unknown gpu_key."""
     from .constants import GPUS
-    from .perf_model import estimate_shape, launch_from_facts
+    from .launch import launch_from_facts
+    from .perf_model import estimate_shape
 
     gpu = GPUS[gpu_key]
     out = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from .perf_model import ExecutedWork
+from .launch import ExecutedWork
 
 
 def _parse_key(key: str) -> tuple[str, tuple[int, int, int]] | None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .constants import GPUS, Constants
 from .figures import ROOT, Row
-from .perf_model import estimate_shape, launch_from_facts
+from .launch import launch_from_facts
+from .perf_model import estimate_shape
 
 CACHE_DIR = ROOT / ".cache" / "model-fit"
 COMPILE_TIMEOUT_S = 600.0
