@@ -217,9 +217,7 @@ class Check:
         seed_train = sorted(map(tuple, self.plan.seed_task.train))
         seed_layouts = sorted({*self.plan.seed_task.layouts, *self.plan.baseline_layouts})
         jobs = [
-            CompileJob(
-                "seed", None, self.seed_source, {**base, "train": seed_train, "layouts": seed_layouts}
-            )
+            CompileJob("seed", None, self.seed_source, {**base, "train": seed_train, "layouts": seed_layouts})
         ]
         # the seed is timed beside the baseline on the calibration shapes too, in its layouts only
         extra = sorted(set(self.plan.baseline_shapes) - set(seed_train))
