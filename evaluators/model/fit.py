@@ -181,7 +181,7 @@ def leave_one_out(
         keep = [j for j in range(n) if j != i]
         kept = ([predicts[j] for j in keep], [published[j] for j in keep], [weights[j] for j in keep])
         kept_sources = [srcs[j] for j in keep]
-        c = fit_constants(*kept, free, sources=kept_sources if sources is not None else None)
+        c = fit_constants(*kept, free, sources=kept_sources)  # all None without sources: no factors
         factors = source_factors([p(c) for p in kept[0]], kept[1], kept[2], kept_sources)
         out.append((predicts[i](c), factor_of(srcs[i], factors)))
     return out
@@ -288,18 +288,19 @@ def run(args: argparse.Namespace) -> dict:
     fitted = fit_constants(preds, pub, w, free, sources=sources)
     loo = leave_one_out(preds, pub, w, free, sources=sources)
     oos = dict(zip(use, loo, strict=True))
-    factors = source_factors([p(fitted) for p in preds], pub, w, sources or [None] * len(use))
+    in_sample = [predict(fitted) for predict in predictors]
+    factors = source_factors([in_sample[i] for i in use], pub, w, sources or [None] * len(use))
     results = []
     for i, r in enumerate(rows):
-        default, in_sample = predictors[i](defaults), predictors[i](fitted)
+        default = predictors[i](defaults)
         out, factor = oos.get(i) or (None, None)
         adjusted = None if sources is None or out is None else out * factor
         results.append({
             "id": r.id, "class": shape_class(r.shape), "group": f"{r.gpu} {r.dtype} {'x'.join(map(str, r.shape))} {r.layout}",
             "gpu": r.gpu, "dtype": r.dtype, "shape": list(r.shape), "layout": r.layout, "kernel": r.kernel,
             "settings": r.settings, "config": r.config, "kind": r.kind, "weight": r.weight, "source": r.source,
-            "published": r.tflops, "modelled_default": default, "in_sample": in_sample, "out_of_sample": out,
-            "error": rel_error(out, r.tflops), "error_in_sample": rel_error(in_sample, r.tflops),
+            "published": r.tflops, "modelled_default": default, "in_sample": in_sample[i], "out_of_sample": out,
+            "error": rel_error(out, r.tflops), "error_in_sample": rel_error(in_sample[i], r.tflops),
             "error_default": rel_error(default, r.tflops), "fitted": not r.exclude, "excluded": r.exclude,
             "source_factor": None if sources is None else factor, "out_of_sample_adjusted": adjusted,
             "error_adjusted": rel_error(adjusted, r.tflops),

@@ -1,10 +1,11 @@
 """Offline performance model: rank compiled matmul kernels on a named GPU without one.
 
-Input, per launch (evaluators/model/launch.py): what the offline compile produced (the main dot's tile and rate, warps, shared
-memory, registers, spills, wgmma / TMA from PTX instruction lines, the compiled pipeline's operand
-buffers, atomics), the grid it used for a shape, and, at the verified stage, what its programs
-executed (ExecutedWork: the busiest program's dot FLOPs by rate and tile and CUDA-core flops, and how
-many programs did any work; evaluators/work_count.py counts, evaluators/model/executed.py scales).
+Input, per launch (evaluators/model/launch.py): what the offline compile produced (the main dot's
+tile and rate, warps, shared memory, registers, spills, wgmma / TMA from PTX instruction lines, the
+compiled pipeline's operand buffers, atomics), the grid it used for a shape, and, at the verified
+stage, what its programs executed (ExecutedWork: the busiest program's dot FLOPs by rate and tile and
+CUDA-core flops, and how many programs did any work; evaluators/work_count.py counts,
+evaluators/model/executed.py scales).
 Output: a modelled time per shape, labelled `model:<gpu>` by the caller; it ranks candidates, it does
 not replace a measurement. Tables and constants: evaluators/model/constants.py.
 
@@ -21,7 +22,8 @@ S = k-steps of the busiest program (its main-dot FLOPs / 2*BM*BN*BK, or tiles*cd
              eff_mma = wgmma_efficiency*N/(N+8) with wgmma (N per instruction),
              gpu.mma_efficiency_no_wgmma without; an fp32 IEEE dot runs on CUDA cores.
              Executed work adds, per program, every other dot at its own rate and the CUDA-core
-             flops at the fp32 rate. The dot's rate is the compiled one: an fp8 dot lowered to 16-bit mma.sync runs at fp16's.
+             flops at the fp32 rate. The dot's rate is the compiled one: an fp8 dot lowered to
+             16-bit mma.sync runs at fp16's.
              From compile facts alone, the loop's other float ops per step (compile.loop_float_flops)
              run at the CUDA-core rate; once verified, the executed count replaces them.
              compute_s = w*r*(S*step + extra) / clock

@@ -100,9 +100,8 @@ def launch(a: torch.Tensor, b: torch.Tensor, config: dict) -> torch.Tensor:
     M, K = a.shape
     K2, N = b.shape
     assert K == K2, "inner dimensions differ"
-    fp8 = FP8
-    aq, a_s = quantize_blocks(a, 1, GROUP_K, fp8)  # a_s [M, K groups]
-    wq, b_s = quantize_blocks(b.t(), GROUP_N, GROUP_K, fp8)  # the weight [N, K]; b_s [N groups, K groups]
+    aq, a_s = quantize_blocks(a, 1, GROUP_K, FP8)  # a_s [M, K groups]
+    wq, b_s = quantize_blocks(b.t(), GROUP_N, GROUP_K, FP8)  # the weight [N, K]; b_s [N groups, K groups]
     bq = wq.t()  # [K, N] view of the [N, K] weight, as vLLM passes it
     c = torch.empty((M, N), device=a.device, dtype=torch.bfloat16)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
