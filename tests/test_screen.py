@@ -72,7 +72,9 @@ def test_wrong_candidates_stop_at_the_screen_and_the_rest_wait_for_the_gpu(clust
         results, deadline = [], time.monotonic() + 300
         while not results and time.monotonic() < deadline:
             results += pool.poll(0.5)
-        assert pool.idle_slots() == 1  # #1's screen slot is free again
+        # #1's screen slot is free again; so is #2's if it passed the screen in the same poll (it is then
+        # held on the GPU): which of the two depends on the machine's load, not on the pool
+        assert pool.idle_slots() == (1 if pool.screened["passed"] == 0 else 2)
         pool.submit(_job(3, SEED + "\n# another\n"))
         while pool.screened["passed"] < 2 and time.monotonic() < deadline:
             results += pool.poll(0.5)
